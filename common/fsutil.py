@@ -1,0 +1,45 @@
+"""Crash-safe file writes: temporary file, fsync, rename, fsync of the directory."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask must not widen or narrow what we asked for
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_private(path: str | os.PathLike, data: bytes) -> None:
+    """Keys, tokens and secrets: readable by root only."""
+    write_atomic(path, data, 0o600)
+
+
+def write_json(path: str | os.PathLike, obj, private: bool = False) -> None:
+    data = json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n"
+    write_atomic(path, data, 0o600 if private else 0o644)
+
+
+def read_json(path: str | os.PathLike, default=None):
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return default

@@ -1,0 +1,332 @@
+"""The object model: what the managers replicate and the agents act on.
+
+Every object has an `id` and a `meta` whose `version` is the store index of its last change
+(set by the store, used for optimistic concurrency). Specs are what users write; statuses are
+what the system observes. Later capabilities extend these classes; the codec tolerates fields it
+does not know, so replicas and snapshots written by other versions still load.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+# Node
+NODE_ROLE_WORKER = "worker"
+NODE_ROLE_MANAGER = "manager"
+NODE_ROLES = (NODE_ROLE_WORKER, NODE_ROLE_MANAGER)
+
+AVAILABILITY_ACTIVE = "active"
+AVAILABILITY_PAUSE = "pause"
+AVAILABILITY_DRAIN = "drain"
+AVAILABILITIES = (AVAILABILITY_ACTIVE, AVAILABILITY_PAUSE, AVAILABILITY_DRAIN)
+
+NODE_STATE_UNKNOWN = "unknown"
+NODE_STATE_READY = "ready"
+NODE_STATE_DOWN = "down"
+NODE_STATE_DISCONNECTED = "disconnected"
+
+
+@dataclass
+class Meta:
+    version: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass
+class Platform:
+    os: str = "linux"
+    architecture: str = ""
+
+
+@dataclass
+class Resources:
+    nano_cpus: int = 0
+    memory_bytes: int = 0
+
+
+@dataclass
+class NodeDescription:
+    hostname: str = ""
+    platform: Platform = field(default_factory=Platform)
+    resources: Resources = field(default_factory=Resources)
+    engine_version: str = ""
+
+
+@dataclass
+class NodeSpec:
+    labels: dict[str, str] = field(default_factory=dict)
+    # The role the operator wants; `Node.role` is the role the node has (after its certificate
+    # and raft membership followed).
+    desired_role: str = NODE_ROLE_WORKER
+    availability: str = AVAILABILITY_ACTIVE
+
+
+@dataclass
+class NodeStatus:
+    state: str = NODE_STATE_UNKNOWN
+    message: str = ""
+    addr: str = ""
+
+
+@dataclass
+class ManagerStatus:
+    raft_addr: str = ""   # ip:port of the node's raft endpoint
+    api_addr: str = ""    # ip:port of its 2377 endpoint
+
+
+@dataclass
+class Node:
+    id: str
+    meta: Meta = field(default_factory=Meta)
+    spec: NodeSpec = field(default_factory=NodeSpec)
+    description: NodeDescription = field(default_factory=NodeDescription)
+    status: NodeStatus = field(default_factory=NodeStatus)
+    role: str = NODE_ROLE_WORKER
+    manager_status: Optional[ManagerStatus] = None
+
+
+# Cluster
+@dataclass
+class DispatcherConfig:
+    heartbeat_period: float = 5.0
+
+
+@dataclass
+class CAConfig:
+    node_cert_expiry: float = 90 * 86400.0
+
+
+@dataclass
+class OrchestrationConfig:
+    task_history_retention_limit: int = 5
+
+
+@dataclass
+class RaftConfig:
+    snapshot_interval: int = 10000
+    election_tick_min: float = 0.3
+    election_tick_max: float = 0.8
+
+
+@dataclass
+class ClusterSpec:
+    name: str = "default"
+    labels: dict[str, str] = field(default_factory=dict)
+    dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
+    ca_config: CAConfig = field(default_factory=CAConfig)
+    orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig)
+    raft: RaftConfig = field(default_factory=RaftConfig)
+
+
+@dataclass
+class JoinTokens:
+    worker: str = ""
+    manager: str = ""
+
+
+@dataclass
+class RootCAState:
+    cert_pem: bytes = b""
+    # Replicated so that every manager can issue certificates; never leaves the managers
+    # (the API's view of the cluster drops it).
+    key_pem: bytes = b""
+    digest: str = ""
+
+
+@dataclass
+class Cluster:
+    id: str
+    meta: Meta = field(default_factory=Meta)
+    spec: ClusterSpec = field(default_factory=ClusterSpec)
+    root_ca: RootCAState = field(default_factory=RootCAState)
+    join_tokens: JoinTokens = field(default_factory=JoinTokens)
+
+
+# Services and tasks: the building blocks the orchestrators work on.
+@dataclass
+class RestartPolicy:
+    condition: str = "any"          # none | on-failure | any
+    delay: float = 5.0
+    max_attempts: int = 0           # 0: unlimited
+    window: float = 0.0
+
+
+@dataclass
+class ResourceRequirements:
+    limits: Resources = field(default_factory=Resources)
+    reservations: Resources = field(default_factory=Resources)
+    pids_limit: int = 0
+
+
+@dataclass
+class Placement:
+    constraints: list[str] = field(default_factory=list)
+    preferences: list[str] = field(default_factory=list)
+    max_replicas: int = 0
+
+
+@dataclass
+class Mount:
+    type: str = "volume"            # bind | volume | tmpfs
+    source: str = ""
+    target: str = ""
+    read_only: bool = False
+
+
+@dataclass
+class SecretReference:
+    secret_id: str = ""
+    secret_name: str = ""
+    target: str = ""
+    uid: str = "0"
+    gid: str = "0"
+    mode: int = 0o444
+
+
+@dataclass
+class ContainerSpec:
+    image: str = ""
+    command: list[str] = field(default_factory=list)
+    args: list[str] = field(default_factory=list)
+    env: list[str] = field(default_factory=list)
+    dir: str = ""
+    user: str = ""
+    hostname: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    mounts: list[Mount] = field(default_factory=list)
+    secrets: list[SecretReference] = field(default_factory=list)
+    stop_signal: str = "SIGTERM"
+    stop_grace_period: float = 10.0
+
+
+@dataclass
+class NetworkAttachmentConfig:
+    target: str = ""
+    aliases: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TaskSpec:
+    container: ContainerSpec = field(default_factory=ContainerSpec)
+    resources: ResourceRequirements = field(default_factory=ResourceRequirements)
+    restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
+    placement: Placement = field(default_factory=Placement)
+    networks: list[NetworkAttachmentConfig] = field(default_factory=list)
+    force_update: int = 0
+
+
+@dataclass
+class ServiceMode:
+    mode: str = "replicated"        # replicated | global | replicated-job | global-job
+    replicas: int = 1
+
+
+@dataclass
+class PortConfig:
+    name: str = ""
+    protocol: str = "tcp"
+    target_port: int = 0
+    published_port: int = 0
+    publish_mode: str = "ingress"
+
+
+@dataclass
+class EndpointSpec:
+    mode: str = "vip"               # vip | dnsrr
+    ports: list[PortConfig] = field(default_factory=list)
+
+
+@dataclass
+class ServiceSpec:
+    name: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    task_template: TaskSpec = field(default_factory=TaskSpec)
+    mode: ServiceMode = field(default_factory=ServiceMode)
+    endpoint_spec: EndpointSpec = field(default_factory=EndpointSpec)
+
+
+@dataclass
+class Service:
+    id: str
+    meta: Meta = field(default_factory=Meta)
+    spec: ServiceSpec = field(default_factory=ServiceSpec)
+    previous_spec: Optional[ServiceSpec] = None
+
+
+# Task states only move forward; their order is their rank.
+TASK_STATES = ("new", "pending", "assigned", "accepted", "preparing", "starting", "running",
+               "complete", "shutdown", "failed", "rejected", "remove", "orphaned")
+TASK_STATE_RANK = {s: i for i, s in enumerate(TASK_STATES)}
+
+
+@dataclass
+class TaskStatus:
+    state: str = "new"
+    message: str = ""
+    err: str = ""
+    timestamp: float = 0.0
+    exit_code: Optional[int] = None
+    container_id: str = ""
+
+
+@dataclass
+class Task:
+    id: str
+    meta: Meta = field(default_factory=Meta)
+    service_id: str = ""
+    slot: int = 0
+    node_id: str = ""
+    spec: TaskSpec = field(default_factory=TaskSpec)
+    spec_version: int = 0
+    desired_state: str = "running"
+    status: TaskStatus = field(default_factory=TaskStatus)
+
+
+@dataclass
+class IPAMConfig:
+    subnet: str = ""
+    gateway: str = ""
+
+
+@dataclass
+class NetworkSpec:
+    name: str = ""
+    driver: str = "overlay"
+    labels: dict[str, str] = field(default_factory=dict)
+    ipam: list[IPAMConfig] = field(default_factory=list)
+    attachable: bool = False
+    ingress: bool = False
+
+
+@dataclass
+class Network:
+    id: str
+    meta: Meta = field(default_factory=Meta)
+    spec: NetworkSpec = field(default_factory=NetworkSpec)
+    vni: int = 0
+
+
+@dataclass
+class SecretSpec:
+    name: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    data: bytes = b""
+
+
+@dataclass
+class Secret:
+    id: str
+    meta: Meta = field(default_factory=Meta)
+    spec: SecretSpec = field(default_factory=SecretSpec)
+
+
+# Table name -> object class; the store's tables and the codec's type tags.
+TABLES: dict[str, type] = {
+    "clusters": Cluster,
+    "nodes": Node,
+    "services": Service,
+    "tasks": Task,
+    "networks": Network,
+    "secrets": Secret,
+}

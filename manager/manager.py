@@ -1,0 +1,168 @@
+"""The manager role of a node: the replicated store over raft, and the loops that only the
+leader runs (dispatcher, ...). The control API (manager/api.py) works on this object."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Awaitable, Callable, Optional
+
+from common import errors
+from common.model import NODE_ROLE_MANAGER, Cluster, Node
+from common.nodestate import API_PORT, NodeFiles, NodeState, RAFT_PORT
+from manager.dispatcher import Dispatcher
+from manager.raft import RaftNode, RaftTimings
+from manager.store import Store, Transaction, TxnResult
+
+log = logging.getLogger("shoal.manager")
+
+_RESULT_ERRORS = {"conflict": errors.Conflict, "not_found": errors.NotFound,
+                  "exists": errors.Conflict, "invalid": errors.InvalidArgument}
+
+# A leader-only loop: started when this manager becomes leader, cancelled when it stops being.
+LeaderLoop = Callable[["Manager"], Awaitable[None]]
+
+
+class Manager:
+    def __init__(self, files: NodeFiles, state: NodeState, *, bind_addr: str | None = None,
+                 timings: RaftTimings | None = None) -> None:
+        self.files = files
+        self.state = state
+        self.store = Store()
+        self.raft: Optional[RaftNode] = None
+        self.dispatcher = Dispatcher(self)
+        self._bind_addr = bind_addr
+        self._timings = timings
+        self._tasks: list[asyncio.Task] = []
+        self._leader_tasks: list[asyncio.Task] = []
+        self.leader_loops: list[LeaderLoop] = []
+        # Raft allows one membership change at a time; joins and demotions queue here.
+        self.membership_lock = asyncio.Lock()
+
+    @property
+    def node_id(self) -> str:
+        return self.state.node_id
+
+    async def start(self) -> None:
+        partners = [a for a in self.state.raft_members if a != self.state.raft_addr]
+        self.raft = RaftNode(self.store, self.state.raft_addr, partners, self.files.raft_dir,
+                             self.files.load_raft_secret(), bind_addr=self._bind_addr,
+                             timings=self._timings)
+        self._tasks = [asyncio.create_task(self._watch_leadership(), name="leadership"),
+                       asyncio.create_task(self._persist_members(), name="raft-members")]
+
+    async def stop(self) -> None:
+        await self._stop_leader_loops()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.raft is not None:
+            await asyncio.to_thread(self.raft.close)
+            self.raft = None
+
+    # ---- leadership -------------------------------------------------------------------------
+    async def _watch_leadership(self) -> None:
+        leading = False
+        while True:
+            now_leading = self.raft is not None and self.raft.is_leader
+            if now_leading and not leading:
+                log.info("this manager is the leader now (term %s)", self.raft.term)
+                self.dispatcher = Dispatcher(self)
+                self._leader_tasks = [asyncio.create_task(self.dispatcher.run(), name="dispatcher")]
+                self._leader_tasks += [asyncio.create_task(loop(self)) for loop in self.leader_loops]
+            elif leading and not now_leading:
+                log.info("this manager is not the leader any more")
+                await self._stop_leader_loops()
+            leading = now_leading
+            await asyncio.sleep(0.05)
+
+    async def _stop_leader_loops(self) -> None:
+        for t in self._leader_tasks:
+            t.cancel()
+        for t in self._leader_tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._leader_tasks = []
+
+    async def _persist_members(self) -> None:
+        """A restarting manager needs its peers before it can read its own log: keep them on disk."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self.raft is None:
+                continue
+            members = sorted(self.raft.member_addrs())
+            if members != sorted(self.state.raft_members):
+                self.state.raft_members = members
+                self.files.save_state(self.state)
+
+    @property
+    def is_leader(self) -> bool:
+        return self.raft is not None and self.raft.is_leader
+
+    def require_leader(self) -> None:
+        if not self.is_leader:
+            raise errors.Unavailable(self.no_leader_reason())
+
+    def no_leader_reason(self) -> str:
+        if self.raft is None:
+            return "the manager is not running"
+        members = self.raft.members()
+        up = sum(1 for m in members if m.connected)
+        return (f"no quorum: this manager reaches {up} of {len(members)} managers and no leader "
+                f"is elected; a majority ({len(members) // 2 + 1}) must be reachable")
+
+    async def propose(self, txn: Transaction, timeout: float = 1.5) -> TxnResult:
+        self.require_leader()
+        result = await self.raft.commit(txn, timeout)
+        if not result.ok:
+            raise _RESULT_ERRORS.get(result.code, errors.ShoalError)(result.message)
+        return result
+
+    # ---- views used by the API and the dispatcher -----------------------------------------
+    def cluster(self) -> Optional[Cluster]:
+        clusters = self.store.list("clusters")
+        return clusters[0] if clusters else None
+
+    def manager_nodes(self) -> list[Node]:
+        return [n for n in self.store.list("nodes") if n.role == NODE_ROLE_MANAGER]
+
+    def manager_api_addrs(self) -> list[str]:
+        return sorted(n.manager_status.api_addr for n in self.manager_nodes()
+                      if n.manager_status and n.manager_status.api_addr)
+
+    def node_by_raft_addr(self, raft_addr: str) -> Optional[Node]:
+        for n in self.manager_nodes():
+            if n.manager_status and n.manager_status.raft_addr == raft_addr:
+                return n
+        return None
+
+    def leader_api_addr(self) -> Optional[str]:
+        if self.raft is None or self.raft.leader_addr is None:
+            return None
+        leader = self.raft.leader_addr
+        node = self.node_by_raft_addr(leader)
+        if node is not None and node.manager_status.api_addr:
+            return node.manager_status.api_addr
+        return f"{leader.rsplit(':', 1)[0]}:{API_PORT}"
+
+    def leader_node_id(self) -> Optional[str]:
+        if self.raft is None or self.raft.leader_addr is None:
+            return None
+        node = self.node_by_raft_addr(self.raft.leader_addr)
+        return node.id if node else None
+
+    def reachability(self) -> dict[str, str]:
+        """raft addr -> leader | reachable | unreachable, as this manager sees it."""
+        if self.raft is None:
+            return {}
+        leader = self.raft.leader_addr
+        out = {}
+        for m in self.raft.members():
+            out[m.addr] = "leader" if m.addr == leader else ("reachable" if m.connected else "unreachable")
+        return out
+
+
+def raft_addr_for(ip: str) -> str:
+    return f"{ip}:{RAFT_PORT}"

@@ -1,0 +1,84 @@
+"""The shoal command line, shaped like the docker CLI."""
+from __future__ import annotations
+
+import click
+
+from shoal import API_VERSION, __version__
+from shoal.cli.client import Cli, ShoalGroup, pass_cli, socket_path_default
+from shoal.cli.output import format_option, print_json
+
+
+@click.group(cls=ShoalGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--socket", "socket_path", default=socket_path_default, show_default="$SHOAL_SOCKET or /run/shoal/shoal.sock",
+              help="The local daemon's API socket")
+@click.pass_context
+def main(ctx: click.Context, socket_path: str) -> None:
+    """shoal: run services on a swarm of Linux hosts."""
+    ctx.obj = Cli(socket_path)
+
+
+@main.command()
+@format_option()
+@pass_cli
+def version(cli: Cli, fmt: str) -> None:
+    """Show the shoal version information."""
+    client = {"version": __version__, "api_version": API_VERSION}
+    try:
+        server = cli.call("GET", "/info", timeout=5)
+        daemon = {"version": server["version"], "api_version": server["api_version"]}
+    except Exception as exc:  # the client version is worth printing without a daemon too
+        daemon = {"error": getattr(exc, "message", str(exc))}
+    if fmt == "json":
+        print_json({"client": client, "daemon": daemon})
+        return
+    click.echo(f"Client:\n Version:     {__version__}\n API version: {API_VERSION}")
+    if "error" in daemon:
+        click.echo(f"Daemon:\n {daemon['error']}")
+    else:
+        click.echo(f"Daemon:\n Version:     {daemon['version']}\n API version: {daemon['api_version']}")
+
+
+@main.command()
+@format_option()
+@pass_cli
+def info(cli: Cli, fmt: str) -> None:
+    """Display system-wide information."""
+    data = cli.call("GET", "/info", timeout=10)
+    if fmt == "json":
+        print_json(data)
+        return
+    sw = data["swarm"]
+    click.echo(f"Hostname: {data['hostname']}")
+    click.echo(f"Version: {data['version']}")
+    click.echo(f"Data root: {data['data_root']}")
+    click.echo(f"Swarm: {sw['state']}")
+    if sw["state"] == "active":
+        click.echo(f" NodeID: {sw['node_id']}")
+        click.echo(f" Is Manager: {str(sw['is_manager']).lower()}")
+        click.echo(f" ClusterID: {sw['cluster_id']}")
+        click.echo(f" Node Address: {sw['node_addr']}")
+        click.echo(f" Connected to managers: {str(sw['connected']).lower()}")
+        if sw["is_manager"] and "managers" in sw:
+            click.echo(f" Managers: {sw['managers']}")
+            click.echo(f" Nodes: {sw['nodes']}")
+            click.echo(f" Heartbeat Period: {sw.get('heartbeat_period', '')}s")
+            click.echo(f" Raft: term {sw['raft']['term']}, commit index {sw['raft']['commit_index']}, "
+                       f"this manager is {'the leader' if sw['leader'] else 'a follower'}")
+        click.echo(" Manager Addresses:")
+        for addr in sw["remote_managers"]:
+            click.echo(f"  {addr}")
+
+
+from shoal.cli import node as _node, swarm as _swarm  # noqa: E402
+
+main.add_command(_swarm.swarm)
+main.add_command(_node.node)
+try:
+    from shoal.cli.lab import lab as _lab
+    main.add_command(_lab)
+except ImportError:  # pragma: no cover - the lab needs pyroute2, which is a dependency anyway
+    pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""Tables and JSON on stdout, the way the docker CLI prints them."""
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Sequence
+
+import click
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=False))
+
+
+def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    rows = [[("" if c is None else str(c)) for c in r] for r in rows]
+    widths = [len(h) for h in headers]
+    for r in rows:
+        for i, c in enumerate(r):
+            widths[i] = max(widths[i], len(c))
+    line = lambda cells: "   ".join(c.ljust(widths[i]) for i, c in enumerate(cells)).rstrip()
+    click.echo(line(list(headers)))
+    for r in rows:
+        click.echo(line(r))
+
+
+def format_option(default: str = "table"):
+    return click.option("--format", "fmt", type=click.Choice(["table", "json"]), default=default,
+                        show_default=True, help="Output format")

@@ -1,0 +1,135 @@
+"""`shoal swarm ...`"""
+from __future__ import annotations
+
+import click
+
+from common.durations import format_duration, parse_duration
+from shoal.cli.client import Cli, pass_cli
+from shoal.cli.output import print_json
+
+
+class Duration(click.ParamType):
+    name = "duration"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = Duration()
+
+
+def _spec_overrides(heartbeat_period: float | None, cert_expiry: float | None) -> dict:
+    spec: dict = {}
+    if heartbeat_period is not None:
+        spec["dispatcher"] = {"heartbeat_period": heartbeat_period}
+    if cert_expiry is not None:
+        spec["ca_config"] = {"node_cert_expiry": cert_expiry}
+    return spec
+
+
+@click.group()
+def swarm() -> None:
+    """Manage the swarm."""
+
+
+@swarm.command()
+@click.option("--advertise-addr", help="IP address other nodes reach this node at")
+@click.option("--listen-addr", help="IP[:PORT] to listen on for cluster traffic (default 0.0.0.0:2377)")
+@click.option("--dispatcher-heartbeat", "heartbeat_period", type=DURATION,
+              help="Heartbeat period of the agents (default 5s)")
+@click.option("--cert-expiry", type=DURATION, help="Validity of node certificates (default 90d)")
+@pass_cli
+def init(cli: Cli, advertise_addr, listen_addr, heartbeat_period, cert_expiry) -> None:
+    """Initialize a swarm: this node becomes its first manager."""
+    result = cli.call("POST", "/swarm/init", {
+        "advertise_addr": advertise_addr, "listen_addr": listen_addr,
+        "spec": _spec_overrides(heartbeat_period, cert_expiry) or None})
+    tokens = cli.call("GET", "/swarm")["join_tokens"]
+    info = cli.call("GET", "/info")
+    addr = info["swarm"]["remote_managers"][0]
+    click.echo(f"Swarm initialized: current node ({result['node_id']}) is now a manager.\n")
+    click.echo("To add a worker to this swarm, run the following command:\n")
+    click.echo(f"    shoal swarm join --token {tokens['worker']} {addr}\n")
+    click.echo("To add a manager to this swarm, run 'shoal swarm join-token manager' and follow "
+               "the instructions.")
+
+
+@swarm.command()
+@click.option("--token", required=True, help="Token for entry into the swarm")
+@click.option("--advertise-addr", help="IP address other nodes reach this node at")
+@click.option("--listen-addr", help="IP[:PORT] to listen on for cluster traffic")
+@click.argument("remote")
+@pass_cli
+def join(cli: Cli, token, advertise_addr, listen_addr, remote) -> None:
+    """Join a swarm as a node and/or manager. REMOTE is a manager's IP[:PORT]."""
+    result = cli.call("POST", "/swarm/join", {"remote_addr": remote, "token": token,
+                                              "advertise_addr": advertise_addr,
+                                              "listen_addr": listen_addr}, timeout=90)
+    click.echo(f"This node joined a swarm as a {result['role']}.")
+
+
+@swarm.command("join-token")
+@click.option("-q", "--quiet", is_flag=True, help="Only display the token")
+@click.option("--rotate", is_flag=True, help="Rotate the join token")
+@click.argument("role", type=click.Choice(["worker", "manager"]))
+@pass_cli
+def join_token(cli: Cli, quiet, rotate, role) -> None:
+    """Manage join tokens."""
+    if rotate:
+        cli.call("POST", "/swarm/update", params={f"rotate_{role}_token": "true"})
+        if not quiet:
+            click.echo(f"Successfully rotated {role} join token.\n")
+    cluster = cli.call("GET", "/swarm")
+    token = cluster["join_tokens"][role]
+    if quiet:
+        click.echo(token)
+        return
+    addr = cli.call("GET", "/info")["swarm"]["node_addr"]
+    click.echo(f"To add a {role} to this swarm, run the following command:\n")
+    click.echo(f"    shoal swarm join --token {token} {addr}:2377\n")
+
+
+@swarm.command()
+@click.option("-f", "--force", is_flag=True, help="Leave even if this node is a manager")
+@pass_cli
+def leave(cli: Cli, force) -> None:
+    """Leave the swarm."""
+    cli.call("POST", "/swarm/leave", params={"force": "true" if force else "false"})
+    click.echo("Node left the swarm.")
+
+
+@swarm.command()
+@click.option("--format", "fmt", type=click.Choice(["json", "pretty"]), default="json", show_default=True)
+@pass_cli
+def inspect(cli: Cli, fmt) -> None:
+    """Display the swarm's settings (the CA key is never shown)."""
+    cluster = cli.call("GET", "/swarm")
+    if fmt == "json":
+        print_json(cluster)
+        return
+    spec = cluster["spec"]
+    click.echo(f"ID: {cluster['id']}")
+    click.echo(f"Heartbeat Period: {format_duration(spec['dispatcher']['heartbeat_period'])}")
+    click.echo(f"Node Certificate Expiry: {format_duration(spec['ca_config']['node_cert_expiry'])}")
+    click.echo(f"Task History Retention Limit: {spec['orchestration']['task_history_retention_limit']}")
+    click.echo(f"CA Digest: {cluster['root_ca']['digest']}")
+
+
+@swarm.command()
+@click.option("--dispatcher-heartbeat", "heartbeat_period", type=DURATION, help="Heartbeat period")
+@click.option("--cert-expiry", type=DURATION, help="Validity of node certificates")
+@pass_cli
+def update(cli: Cli, heartbeat_period, cert_expiry) -> None:
+    """Update the swarm's settings."""
+    cluster = cli.call("GET", "/swarm")
+    spec = cluster["spec"]
+    for key, value in _spec_overrides(heartbeat_period, cert_expiry).items():
+        spec[key].update(value)
+    cli.call("POST", "/swarm/update", {"spec": spec},
+             params={"version": str(cluster["meta"]["version"])})
+    click.echo("Swarm updated.")

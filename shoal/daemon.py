@@ -1,0 +1,237 @@
+"""shoald: the node daemon. Every node runs one; it composes the roles the node has.
+
+- the local API on a root-only Unix socket (what the CLI talks to),
+- once in a swarm: the 2377 endpoint with mutual TLS, the agent (heartbeats, role changes,
+  certificate renewal), and on managers the raft-backed manager.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+from pathlib import Path
+from typing import Optional
+
+from aiohttp import web
+
+from common import errors, pki
+from common.httpclient import DEFAULT_SOCKET, ApiClient, Endpoint
+from common.model import NODE_ROLE_MANAGER, NODE_ROLE_WORKER
+from common.nodestate import API_PORT, NodeFiles, NodeState
+from manager import api as control_api
+from manager.httputil import error_middleware
+from manager.manager import Manager
+from worker.agent import Agent
+
+log = logging.getLogger("shoal.daemon")
+
+
+class Daemon:
+    def __init__(self, data_root: Path, advertise_addr: str, listen_addr: str, socket_path: str,
+                 hostname: str) -> None:
+        self.files = NodeFiles(data_root)
+        self.default_advertise_addr = advertise_addr
+        self.default_listen_addr = listen_addr
+        self.socket_path = socket_path
+        self.hostname = hostname
+        self.state = NodeState()
+        self.manager: Optional[Manager] = None
+        self.agent: Optional[Agent] = None
+        self._server_ctx: Optional[ssl.SSLContext] = None
+        self._client_ctx: Optional[ssl.SSLContext] = None
+        self._clients: dict[str, ApiClient] = {}
+        self._tcp_runner: Optional[web.AppRunner] = None
+        self._unix_runner: Optional[web.AppRunner] = None
+        self.role_lock = asyncio.Lock()
+        self.stopping = asyncio.Event()
+
+    # ---- lifecycle --------------------------------------------------------------------------
+    async def run(self) -> None:
+        self.files.prepare()
+        self.state = self.files.load_state()
+        if self.state.in_swarm:
+            await self.start_roles()
+        await self._serve_unix()
+        log.info("shoald ready on unix://%s (data root %s)", self.socket_path, self.files.root)
+        await self.stopping.wait()
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        await self.stop_roles()
+        if self._unix_runner is not None:
+            await self._unix_runner.cleanup()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+
+    async def _serve_unix(self) -> None:
+        from shoal import localapi
+        app = web.Application(middlewares=[error_middleware, control_api.forward_middleware])
+        app["ctx"] = self
+        app["daemon"] = self
+        app.add_routes(localapi.routes() + control_api.routes())
+        self._unix_runner = web.AppRunner(app, access_log=None)
+        await self._unix_runner.setup()
+        Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+        old = os.umask(0o177)  # root only, from the moment it exists
+        try:
+            await web.UnixSite(self._unix_runner, self.socket_path).start()
+        finally:
+            os.umask(old)
+
+    async def start_roles(self) -> None:
+        """Bring up what the node's saved state says it is (after init, join or a restart)."""
+        ca, cert, key = self.files.load_certs()
+        self._server_ctx = pki.server_ssl_context(ca, cert, key)
+        self._client_ctx = pki.client_ssl_context(ca, cert, key)
+        if self.state.role == NODE_ROLE_MANAGER:
+            await self._start_manager()
+        await self._serve_tcp()
+        self.agent = Agent(self)
+        self.agent.start()
+
+    async def stop_roles(self) -> None:
+        if self.agent is not None:
+            await self.agent.stop()
+            self.agent = None
+        if self._tcp_runner is not None:
+            await self._tcp_runner.cleanup()
+            self._tcp_runner = None
+        await self._stop_manager()
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
+
+    async def _start_manager(self) -> None:
+        host = self.state.listen_addr.rsplit(":", 1)[0]
+        bind = None if host in ("0.0.0.0", "") else host
+        self.manager = Manager(self.files, self.state, bind_addr=bind)
+        await self.manager.start()
+
+    async def _stop_manager(self) -> None:
+        if self.manager is not None:
+            manager, self.manager = self.manager, None
+            await manager.stop()
+
+    async def _serve_tcp(self) -> None:
+        app = web.Application(middlewares=[
+            error_middleware, control_api.auth_middleware(lambda: self.state.cluster_id),
+            control_api.forward_middleware])
+        app["ctx"] = self
+        app.add_routes(control_api.routes())
+        app.router.add_get("/_ping", lambda _: web.Response(text="OK"))
+        self._tcp_runner = web.AppRunner(app, access_log=None)
+        await self._tcp_runner.setup()
+        host, port = self.state.listen_addr.rsplit(":", 1)
+        try:
+            await web.TCPSite(self._tcp_runner, host, int(port), ssl_context=self._server_ctx,
+                              reuse_address=True).start()
+        except OSError as exc:
+            await self._tcp_runner.cleanup()
+            self._tcp_runner = None
+            raise errors.FailedPrecondition(
+                f"cannot listen on {self.state.listen_addr}: {exc.strerror}; pick another "
+                "--listen-addr") from None
+
+    # ---- peers ------------------------------------------------------------------------------
+    def peer_client(self, addr: str) -> ApiClient:
+        client = self._clients.get(addr)
+        if client is None:
+            client = ApiClient(Endpoint(addr=addr, ssl_context=self._client_ctx))
+            self._clients[addr] = client
+        return client
+
+    async def install_certificate(self, cert_pem: bytes, key_pem: bytes) -> None:
+        ca, _, _ = self.files.load_certs()
+        pki.verify_issued_by(cert_pem, ca)
+        self.files.save_certs(ca, cert_pem, key_pem)
+        # Same context objects: the listening server and pooled clients pick it up from the
+        # next handshake on.
+        pki.load_cert_chain(self._server_ctx, cert_pem, key_pem)
+        pki.load_cert_chain(self._client_ctx, cert_pem, key_pem)
+        for client in self._clients.values():
+            await client.close()
+
+    async def on_role_change(self, role: str) -> None:
+        async with self.role_lock:
+            if role == self.state.role:
+                return
+            if role == NODE_ROLE_MANAGER:
+                await self.agent.renew_certificate()
+                info = await self.peer_client(self.agent.leader or self.state.managers[0]).request(
+                    "POST", "/raft/join", {}, timeout=30)
+                self.files.save_raft_secret(bytes.fromhex(info["secret"]))
+                self.state.raft_members = info["members"]
+                self.state.role = NODE_ROLE_MANAGER
+                self.files.save_state(self.state)
+                await self._start_manager()
+                log.info("promoted: this node is a manager now")
+            elif role == NODE_ROLE_WORKER:
+                await self._stop_manager()
+                self.files.wipe_raft()
+                self.state.role = NODE_ROLE_WORKER
+                self.state.raft_members = []
+                self.files.save_state(self.state)
+                await self.agent.renew_certificate()
+                log.info("demoted: this node is a worker now")
+
+
+def _parse_addr(value: str, default_port: int) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = value, str(default_port)
+    ipaddress.ip_address(host)
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad port in {value!r}")
+    return f"{host}:{port}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="shoald", description="shoal node daemon")
+    parser.add_argument("--data-root", default="/var/lib/shoal", help="state directory")
+    parser.add_argument("--advertise-addr", default="",
+                        help="IP address other nodes reach this node at")
+    parser.add_argument("--listen-addr", default=f"0.0.0.0:{API_PORT}",
+                        help="IP:PORT for cluster traffic (default 0.0.0.0:2377)")
+    parser.add_argument("--socket", default=os.environ.get("SHOAL_SOCKET", DEFAULT_SOCKET),
+                        help="path of the local API socket")
+    parser.add_argument("--hostname", default=socket.gethostname(), help="node name to report")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    try:
+        listen = _parse_addr(args.listen_addr, API_PORT)
+        if args.advertise_addr:
+            ipaddress.ip_address(args.advertise_addr)
+    except ValueError as exc:
+        parser.error(f"--listen-addr/--advertise-addr: {exc}")
+    if os.geteuid() != 0:
+        parser.error("shoald must run as root (it manages namespaces, mounts and containers)")
+    os.umask(0o022)
+    daemon = Daemon(Path(args.data_root), args.advertise_addr, listen, args.socket, args.hostname)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, daemon.stopping.set)
+        await daemon.run()
+
+    try:
+        asyncio.run(run())
+    except errors.ShoalError as exc:
+        print(f"shoald: {exc.message}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""Creating, joining and leaving a swarm: what `swarm init | join | leave` do on this node."""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import ssl
+import time
+
+from common import errors, pki, tokens
+from common.httpclient import ApiClient, Endpoint
+from common.ids import new_id
+from common.model import (NODE_ROLE_MANAGER, Cluster, ClusterSpec, JoinTokens, ManagerStatus, Node,
+                          NodeDescription, NodeSpec, NodeStatus, RootCAState, NODE_STATE_READY)
+from common.nodestate import API_PORT, NodeState
+from common import codec
+from manager.store import Transaction
+from worker.agent import describe_node
+
+log = logging.getLogger("shoal.lifecycle")
+
+
+def _require_ip(value: str, flag: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise errors.InvalidArgument(f"{flag} must be an IP address of this node, got {value!r}",
+                                     field=flag.lstrip("-").replace("-", "_")) from None
+    return value
+
+
+def _not_in_swarm(daemon) -> None:
+    if daemon.state.in_swarm:
+        raise errors.FailedPrecondition(
+            "this node is already part of a swarm: use 'shoal swarm leave' to leave it before "
+            "creating or joining another")
+
+
+def _listen(listen_addr: str | None, default: str) -> str:
+    value = listen_addr or default
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = value, str(API_PORT)
+    _require_ip(host, "--listen-addr")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise errors.InvalidArgument(f"--listen-addr has a bad port: {value!r}", field="listen_addr")
+    return f"{host}:{port}"
+
+
+async def init_swarm(daemon, advertise_addr: str | None, listen_addr: str | None,
+                     spec: dict | None) -> dict:
+    async with daemon.role_lock:
+        _not_in_swarm(daemon)
+        advertise = _require_ip(advertise_addr or daemon.default_advertise_addr or "",
+                                "--advertise-addr") if (advertise_addr or daemon.default_advertise_addr) \
+            else None
+        if advertise is None:
+            raise errors.InvalidArgument("--advertise-addr is required: the IP address other nodes "
+                                         "reach this node at", field="advertise_addr")
+        listen = _listen(listen_addr, daemon.default_listen_addr)
+        cluster_spec = ClusterSpec()
+        if spec:
+            from manager.api import _parse_cluster_spec
+            cluster_spec = _parse_cluster_spec({**codec.to_plain(cluster_spec), **spec})
+        cluster_id, node_id = new_id(), new_id()
+        root = pki.RootCA.generate(cluster_id)
+        key = pki.generate_key()
+        cert = root.issue(pki.make_csr(key, node_id), node_id, pki.ROLE_MANAGER, cluster_id,
+                          [advertise], cluster_spec.ca_config.node_cert_expiry)
+        state = NodeState(node_id=node_id, cluster_id=cluster_id, role=NODE_ROLE_MANAGER,
+                          advertise_addr=advertise, listen_addr=listen)
+        state.managers = [state.api_addr]
+        state.raft_members = [state.raft_addr]
+        daemon.files.save_certs(root.cert_pem, cert, key)
+        daemon.files.save_raft_secret(os.urandom(32))
+        daemon.state = state
+        daemon.files.save_state(state)
+        try:
+            await daemon.start_roles()
+            await _wait(lambda: daemon.manager.is_leader, 10, "this manager to elect itself leader")
+            now = time.time()
+            cluster = Cluster(id=cluster_id, spec=cluster_spec,
+                              root_ca=RootCAState(cert_pem=root.cert_pem, key_pem=root.key_pem,
+                                                  digest=root.digest()),
+                              join_tokens=JoinTokens(worker=tokens.new_token(root.cert_pem),
+                                                     manager=tokens.new_token(root.cert_pem)))
+            cluster.meta.created_at = cluster.meta.updated_at = now
+            node = Node(id=node_id, spec=NodeSpec(desired_role=NODE_ROLE_MANAGER),
+                        description=codec.from_plain(NodeDescription, describe_node(daemon.hostname)),
+                        status=NodeStatus(state=NODE_STATE_READY, addr=advertise),
+                        role=NODE_ROLE_MANAGER,
+                        manager_status=ManagerStatus(raft_addr=state.raft_addr, api_addr=state.api_addr))
+            node.meta.created_at = node.meta.updated_at = now
+            await daemon.manager.propose(Transaction().create("clusters", cluster).create("nodes", node),
+                                         timeout=10)
+        except BaseException:
+            # Nothing half-made survives a failed init.
+            await daemon.stop_roles()
+            daemon.files.wipe()
+            daemon.state = NodeState()
+            raise
+        log.info("swarm %s initialised; this node (%s) is its first manager", cluster_id, node_id)
+        return {"node_id": node_id, "cluster_id": cluster_id}
+
+
+async def join_swarm(daemon, remote_addr: str, token: str, advertise_addr: str | None,
+                     listen_addr: str | None) -> dict:
+    async with daemon.role_lock:
+        _not_in_swarm(daemon)
+        parsed = tokens.parse_token(token)
+        remote = _listen(remote_addr, remote_addr)
+        advertise = advertise_addr or daemon.default_advertise_addr
+        if not advertise:
+            raise errors.InvalidArgument("--advertise-addr is required: the IP address other nodes "
+                                         "reach this node at", field="advertise_addr")
+        _require_ip(advertise, "--advertise-addr")
+        listen = _listen(listen_addr, daemon.default_listen_addr)
+
+        # Step 1: fetch the CA without trusting anyone, and trust it only if the token pins it.
+        unverified = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        unverified.check_hostname = False
+        unverified.verify_mode = ssl.CERT_NONE
+        async with ApiClient(Endpoint(addr=remote, ssl_context=unverified)) as client:
+            status, ca_pem = await client.request_raw("GET", "/join/ca", timeout=10)
+        if status != 200:
+            raise errors.Unavailable(f"{remote} did not hand out its CA (HTTP {status}): "
+                                     f"{ca_pem[:200].decode(errors='replace')}")
+        if not pki.pinned_ca_matches(ca_pem, parsed.ca_digest):
+            raise errors.Unauthorized(
+                f"the manager at {remote} presented a CA that does not match the join token: the "
+                "token is for another swarm (or someone is in the middle); check both")
+
+        # Step 2: a CSR with the token, over TLS verified against the pinned CA.
+        key = pki.generate_key()
+        csr = pki.make_csr(key, "joining")
+        async with ApiClient(Endpoint(addr=remote, ssl_context=pki.client_ssl_context(ca_pem))) as client:
+            answer = await client.request("POST", "/join", {
+                "token": token, "csr": csr.decode(), "advertise_addr": advertise,
+                "description": describe_node(daemon.hostname)}, timeout=30)
+        cert = answer["cert"].encode()
+        pki.verify_issued_by(cert, ca_pem)
+        state = NodeState(node_id=answer["node_id"], cluster_id=answer["cluster_id"],
+                          role=answer["role"], advertise_addr=advertise, listen_addr=listen,
+                          managers=sorted(answer.get("managers") or [remote]))
+        daemon.files.save_certs(ca_pem, cert, key)
+        if answer["role"] == NODE_ROLE_MANAGER:
+            daemon.files.save_raft_secret(bytes.fromhex(answer["raft"]["secret"]))
+            state.raft_members = answer["raft"]["members"]
+        daemon.state = state
+        daemon.files.save_state(state)
+        try:
+            await daemon.start_roles()
+            await _wait(lambda: daemon.agent.connected.is_set(), 15, "the first heartbeat")
+            if state.role == NODE_ROLE_MANAGER:
+                await _wait(lambda: daemon.manager.raft.caught_up, 30, "raft to catch up")
+        except errors.ShoalError:
+            log.warning("joined, but not settled yet; the node keeps trying in the background")
+        log.info("joined swarm %s as %s (node %s)", state.cluster_id, state.role, state.node_id)
+        return {"node_id": state.node_id, "role": state.role}
+
+
+async def leave_swarm(daemon, force: bool) -> dict:
+    async with daemon.role_lock:
+        if not daemon.state.in_swarm:
+            raise errors.NotInSwarm("this node is not part of a swarm")
+        if daemon.state.role == NODE_ROLE_MANAGER and not force:
+            raise errors.FailedPrecondition(
+                "this node is a manager: leaving removes a raft member and, for the last manager, "
+                "the whole swarm state. Demote it first ('shoal node demote NODE' on another "
+                "manager) or use --force")
+        await daemon.stop_roles()
+        daemon.files.wipe()
+        daemon.state = NodeState()
+        return {"left": True}
+
+
+async def _wait(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise errors.Unavailable(f"timed out after {timeout:g}s waiting for {what}")
+        await asyncio.sleep(0.05)

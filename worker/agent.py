@@ -1,0 +1,150 @@
+"""The agent: the node's one session with the managers.
+
+It heartbeats to the leader (any manager forwards), learns the manager list and the leader
+from every answer, moves to another manager when one stops answering, notices role changes
+(promotion, demotion) and renews its certificate before it expires.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import platform
+from typing import Optional, Protocol
+
+from common import errors, pki
+from common.httpclient import ApiClient
+from common.nodestate import NodeFiles, NodeState
+
+log = logging.getLogger("shoal.agent")
+
+
+class AgentHost(Protocol):
+    """What the agent needs from the daemon that runs it."""
+
+    state: NodeState
+    files: NodeFiles
+    hostname: str
+
+    def peer_client(self, addr: str) -> ApiClient: ...
+    async def on_role_change(self, role: str) -> None: ...
+    async def install_certificate(self, cert_pem: bytes, key_pem: bytes) -> None: ...
+
+
+def describe_node(hostname: str) -> dict:
+    mem = 0
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    mem = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    from shoal import __version__
+    return {"hostname": hostname,
+            "platform": {"os": "linux", "architecture": platform.machine()},
+            "resources": {"nano_cpus": (os.cpu_count() or 1) * 10**9, "memory_bytes": mem},
+            "engine_version": __version__}
+
+
+class Agent:
+    def __init__(self, host: AgentHost) -> None:
+        self.host = host
+        self.leader: Optional[str] = None
+        self.period = 1.0
+        self.connected = asyncio.Event()
+        self._description = describe_node(host.hostname)
+        self._sent_description = False
+        self._task: Optional[asyncio.Task] = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="agent")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._task = None
+
+    def _candidates(self) -> list[str]:
+        known = list(self.host.state.managers)
+        if self.leader and self.leader in known:
+            known.remove(self.leader)
+        return ([self.leader] if self.leader else []) + known
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            candidates = self._candidates() or [self.host.state.api_addr]
+            addr = candidates[failures % len(candidates)]
+            try:
+                answer = await self._heartbeat(addr)
+            except errors.NotFound as exc:
+                log.warning("%s", exc.message)
+                self.connected.clear()
+                await asyncio.sleep(5)
+                continue
+            except errors.ShoalError as exc:
+                failures += 1
+                if self.connected.is_set():
+                    log.warning("lost the session with %s: %s", addr, exc.message)
+                self.connected.clear()
+                self.leader = None
+                await asyncio.sleep(min(0.2 * failures, 1.0))
+                continue
+            failures = 0
+            self.connected.set()
+            await self._follow(answer)
+            await asyncio.sleep(self.period)
+
+    async def _heartbeat(self, addr: str) -> dict:
+        body = {"addr": self.host.state.advertise_addr}
+        if not self._sent_description:
+            body["description"] = self._description
+        # A short timeout: a dead manager must not delay the move to another one.
+        answer = await self.host.peer_client(addr).request(
+            "POST", "/dispatcher/heartbeat", body, timeout=max(2.0, self.period))
+        self._sent_description = True
+        return answer
+
+    async def _follow(self, answer: dict) -> None:
+        self.period = float(answer.get("period") or 5.0)
+        self.leader = answer.get("leader") or None
+        managers = sorted(answer.get("managers") or [])
+        state = self.host.state
+        if managers and managers != sorted(state.managers):
+            state.managers = managers
+            self.host.files.save_state(state)
+        role = answer.get("role")
+        if role and role != state.role:
+            log.info("the swarm changed this node's role: %s -> %s", state.role, role)
+            try:
+                await self.host.on_role_change(role)
+            except errors.ShoalError as exc:
+                log.warning("role change to %s not done yet: %s", role, exc.message)
+            return
+        _, cert, _ = self.host.files.load_certs()
+        if pki.needs_renewal(cert):
+            await self.renew_certificate()
+
+    async def renew_certificate(self) -> None:
+        key = pki.generate_key()
+        csr = pki.make_csr(key, self.host.state.node_id)
+        answer = await self._request_leader("POST", "/certificates/renew", {"csr": csr.decode()})
+        await self.host.install_certificate(answer["cert"].encode(), key)
+        log.info("node certificate renewed (role %s)", answer.get("role"))
+
+    async def _request_leader(self, method: str, path: str, body: dict) -> dict:
+        last: Exception | None = None
+        for addr in self._candidates() or [self.host.state.api_addr]:
+            try:
+                return await self.host.peer_client(addr).request(method, path, body, timeout=15)
+            except errors.Unavailable as exc:
+                last = exc
+        raise last or errors.Unavailable("no manager known")
+
+
