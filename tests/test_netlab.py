@@ -311,3 +311,93 @@ def test_cli(make_lab):
     res = runner.invoke(cli_lab.lab, ["down", "--name", lab.name])
     assert res.exit_code == 0, res.output
     assert_gone(lab)
+
+
+class FakeClusterLab(Lab):
+    """Answers `shoal ...` commands from an in-memory cluster, to test how the lab forms it."""
+
+    def __init__(self, *args, fail_join: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls: list[tuple[str, tuple]] = []
+        self.nodes: dict[str, dict] = {}
+        self.fail_join = fail_join
+
+    def exec(self, host, argv, *, check=False, timeout=60, input=None):
+        if argv[:1] != ["shoal"]:
+            return super().exec(host, argv, check=check, timeout=timeout, input=input)
+        args = list(argv[1:])
+        self.calls.append((host, tuple(args)))
+
+        def done(out="", code=0, err=""):
+            res = subprocess.CompletedProcess(argv, code, out, err)
+            if check and code:
+                raise netlab.LabCommandError(f"{host}: failed: {err}", res)
+            return res
+        if args[:2] == ["swarm", "init"]:
+            assert args[2:] == ["--advertise-addr", "172.31.0.11"] and host == "manager1"
+            self.nodes[host] = {"hostname": host, "status": "ready", "availability": "active",
+                                "manager_status": "leader"}
+            return done()
+        if args[:3] == ["swarm", "join-token", "-q"]:
+            return done(f"TOKEN-{args[3]}\n")
+        if args[:2] == ["swarm", "join"]:
+            if host == self.fail_join:
+                return done(code=1, err="join refused")
+            token = args[args.index("--token") + 1]
+            assert args[args.index("--advertise-addr") + 1] == self.host(host).address
+            managers = {h.address for h in self.hosts() if h.role == "manager"}
+            assert args[-1].endswith(":2377") and args[-1].split(":")[0] in managers
+            # raft membership changes one at a time: every earlier manager is settled
+            assert all(n["status"] == "ready" for n in self.nodes.values()
+                       if n["manager_status"]), "manager joined while another was pending"
+            if token == "TOKEN-worker":  # workers only after all managers
+                assert all(h.name in self.nodes for h in self.hosts() if h.role == "manager")
+            self.nodes[host] = {"hostname": host, "status": "down", "availability": "active",
+                                "manager_status": "unreachable" if "manager" in token else ""}
+            return done()
+        if args[:2] == ["node", "ls"]:
+            assert args[2:] == ["--format", "json"]
+            out = json.dumps(list(self.nodes.values()))
+            for n in self.nodes.values():  # each poll brings pending nodes to ready
+                if n["status"] == "down":
+                    n["status"] = "ready"
+                    n["manager_status"] = "reachable" if n["manager_status"] else ""
+            return done(out)
+        raise AssertionError(f"unexpected command {args}")
+
+
+def test_form_cluster_order(fake_daemon):
+    lab = FakeClusterLab("t" + secrets.token_hex(3), daemon_argv=fake_daemon)
+    try:
+        lab.up(managers=3, workers=2, form=True, timeout=30)
+        assert lab.formed and json.loads(lab.json_path.read_text())["state"] == "up"
+        joins = [h for h, a in lab.calls if a[:2] == ("swarm", "join")]
+        assert joins[:2] == ["manager2", "manager3"] and sorted(joins[2:]) == ["worker1", "worker2"]
+        assert all(n["status"] == "ready" for n in lab.nodes.values()) and len(lab.nodes) == 5
+        # a host added later joins through a running manager
+        lab.kill("manager1")
+        assert lab.add_host("worker") == "worker3"
+        assert ("manager2", ("swarm", "join-token", "-q", "worker")) in lab.calls
+        join = [a for h, a in lab.calls if h == "worker3"]
+        assert len(join) == 1 and join[0][:2] == ("swarm", "join")
+        assert join[0][-1] == "172.31.0.12:2377"
+        assert lab.nodes["worker3"]["status"] == "ready"
+    finally:
+        lab.down()
+    assert_gone(lab)
+
+
+def test_form_failure_tears_down(fake_daemon):
+    lab = FakeClusterLab("t" + secrets.token_hex(3), daemon_argv=fake_daemon,
+                         fail_join="worker1")
+    with pytest.raises(netlab.LabCommandError, match="join refused"):
+        lab.up(managers=1, workers=1, timeout=30)
+    assert_gone(lab)
+
+
+def test_needs_root(monkeypatch):
+    monkeypatch.setattr(netlab.os, "geteuid", lambda: 1000)
+    with pytest.raises(LabError, match="needs root.*sudo"):
+        Lab("nolab42").up(1, 0, form=False)
+    with pytest.raises(LabError, match="needs root"):
+        Lab("nolab42").down()

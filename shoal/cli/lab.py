@@ -57,8 +57,10 @@ def lab():
 
 
 @lab.command("up")
-@click.option("--managers", default=3, show_default=True, type=click.IntRange(0, netlab.MAX_MANAGERS))
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(0, netlab.MAX_WORKERS))
+@click.option("--managers", default=3, show_default=True,
+              type=click.IntRange(0, netlab.MAX_MANAGERS))
+@click.option("--workers", default=2, show_default=True,
+              type=click.IntRange(0, netlab.MAX_WORKERS))
 @click.option("--no-form", is_flag=True, help="Start the daemons but do not form a cluster.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds for the whole bring-up.")
 @name_option
@@ -78,10 +80,16 @@ def up_cmd(managers, workers, no_form, timeout, name):
     click.echo()
     click.echo(f"lab {name!r} is up: {managers} managers, {workers} workers on "
                f"{netlab.SUBNET}.0/{netlab.PREFIXLEN}")
-    click.echo(f"  shoal lab exec{flag} manager1 -- shoal node ls     run a command on a host")
-    click.echo(f"  shoal lab ls{flag}                                 hosts, addresses, PIDs")
-    click.echo(f"  shoal lab kill|stop|start|partition|heal{flag} HOST   inject faults")
-    click.echo(f"  shoal lab down{flag}                               remove everything")
+    hints = [
+        (f"shoal lab exec{flag} manager1 -- shoal node ls", "run a command on a host"),
+        (f"shoal lab ls{flag}", "hosts, addresses, PIDs"),
+        (f"shoal lab kill|stop|start|partition|heal{flag} HOST", "inject faults"),
+        (f"shoal lab add{flag} --role worker|manager", "one more host"),
+        (f"shoal lab down{flag}", "remove everything"),
+    ]
+    width = max(len(cmd) for cmd, _ in hints)
+    for cmd, what in hints:
+        click.echo(f"  {cmd.ljust(width)}   {what}")
 
 
 @lab.command("ls")

@@ -380,7 +380,7 @@ class Lab:
     def __repr__(self) -> str:
         return f"Lab({self.name!r})"
 
-    # -- context manager -----------------------------------------------------------------------
+    # -- context manager --
     def __enter__(self) -> "Lab":
         return self
 
@@ -388,7 +388,7 @@ class Lab:
         self.down()
         return False
 
-    # -- state -----------------------------------------------------------------------------------
+    # -- state --
     @classmethod
     def load(cls, name: str = "lab", **kwargs) -> "Lab":
         lab = cls(name, **kwargs)
@@ -480,7 +480,7 @@ class Lab:
         """The last lines of a host's shoald.log."""
         return _tail(self.host(host).log, lines)
 
-    # -- processes --------------------------------------------------------------------------------
+    # -- processes --
     def _alive(self, pid: int | None, h: dict | None = None) -> bool:
         """Is `pid` alive and (when a host record is given) still that host's daemon?"""
         if not pid:
@@ -578,7 +578,7 @@ class Lab:
                     f"last lines:\n{_tail(h['log'])}")
             time.sleep(0.05)
 
-    # -- network ----------------------------------------------------------------------------------
+    # -- network --
     def _create_underlay(self) -> None:
         netns.create(self.underlay)
         # the underlay is a plain switch: no IPv6 link-local addresses on br0 or its ports
@@ -624,7 +624,7 @@ class Lab:
                                f"lab (`shoal lab down --name {self.name}` then `up`)") from None
             h["partitioned"] = not up
 
-    # -- building ---------------------------------------------------------------------------------
+    # -- building --
     def _new_host_record(self, data: dict, role: str) -> tuple[str, dict]:
         if role not in ROLES:
             raise LabError(f"invalid role {role!r}: use manager or worker")
@@ -817,7 +817,7 @@ class Lab:
             self._wait_nodes(via, [name], deadline)
         return name
 
-    # -- running commands -------------------------------------------------------------------------
+    # -- running commands --
     def command(self, host: str, argv: Iterable[str]) -> tuple[list[str], dict]:
         """The full argv and env that run `argv` inside `host` (`shoal` maps to this CLI)."""
         data = self._read()
@@ -865,7 +865,7 @@ class Lab:
             raise LabError(f"{host}: `shoal {' '.join(args)} --format json` did not print JSON: "
                            f"{res.stdout[:200]!r}") from exc
 
-    # -- fault injection ----------------------------------------------------------------------------
+    # -- fault injection --
     def _running_record(self, host: str, verb: str) -> tuple[dict, int]:
         data = self._read()
         h = self._host_record(data, host)
@@ -924,7 +924,7 @@ class Lab:
         require_root()
         self._set_peer(host, up=True)
 
-    # -- teardown -----------------------------------------------------------------------------------
+    # -- teardown --
     def down(self) -> None:
         """Remove everything of this lab: processes, mounts, namespaces, directories.
 

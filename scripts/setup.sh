@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Install what shoal needs on a Debian 12 machine (as root) and the package itself in .venv.
+# Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: run as root (shoal manages namespaces, mounts and containers)" >&2
+    exit 1
+fi
+
+# runc, busybox-static, nftables and docker-registry are for containers, images and load
+# balancing; iproute2/iputils-ping/procps for the namespace lab and its tests.
+APT_PACKAGES=(python3 python3-venv python3-pip iproute2 iputils-ping procps nftables runc
+              busybox-static ca-certificates)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+stamp=.venv/.shoal-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    log=$(mktemp)
+    if ! { .venv/bin/python -m pip install -q --upgrade pip && \
+           .venv/bin/python -m pip install -q -e '.[test]'; } >"$log" 2>&1; then
+        cat "$log" >&2; rm -f "$log"
+        echo "setup: installing the Python package failed (output above)" >&2
+        exit 1
+    fi
+    rm -f "$log"
+    touch "$stamp"
+fi
+echo "setup: ready ($(.venv/bin/python --version), shoal $(.venv/bin/python -c 'import shoal; print(shoal.__version__)'))"

@@ -1,0 +1,98 @@
+"""The raft adapter with three real pysyncobj replicas on loopback, in one process."""
+import asyncio
+import socket
+import time
+
+import pytest
+
+from common.errors import Unavailable
+from common.model import Node
+from manager.raft import RaftNode
+from manager.store import Store, Transaction
+
+
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+async def wait_for(check, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+def test_three_replicas_converge_and_survive_leader_loss(tmp_path):
+    async def scenario():
+        addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
+        nodes = [RaftNode(Store(), a, addrs, tmp_path / str(i), b"k" * 32) for i, a in enumerate(addrs)]
+        try:
+            await wait_for(lambda: any(n.is_leader for n in nodes))
+            leader = next(n for n in nodes if n.is_leader)
+            for i in range(20):
+                r = await leader.commit(Transaction().create("nodes", Node(id=f"n{i}")))
+                assert r.ok
+            await asyncio.gather(*[leader.commit(Transaction().create("nodes", Node(id=f"c{i}")))
+                                   for i in range(100)])
+            await wait_for(lambda: all(n.store.count("nodes") == 120 for n in nodes))
+            # The leader goes: another takes over, with everything.
+            leader.close()
+            rest = [n for n in nodes if n is not leader]
+            await wait_for(lambda: any(n.is_leader for n in rest), 5)
+            new_leader = next(n for n in rest if n.is_leader)
+            assert (await new_leader.commit(Transaction().create("nodes", Node(id="after")))).ok
+            await wait_for(lambda: all(n.store.get("nodes", "after") for n in rest))
+            # A follower alone (no quorum once the other is gone too) answers quickly with the reason.
+            new_leader.close()
+            lonely = next(n for n in rest if n is not new_leader)
+            t0 = time.monotonic()
+            with pytest.raises(Unavailable, match="quorum|leader"):
+                await lonely.commit(Transaction().create("nodes", Node(id="lost")), timeout=1.0)
+            assert time.monotonic() - t0 < 2.0
+        finally:
+            for n in nodes:
+                n.close()
+    asyncio.run(scenario())
+
+
+def test_restart_replays_journal(tmp_path):
+    async def scenario():
+        (port,) = free_ports(1)
+        addr = f"127.0.0.1:{port}"
+        node = RaftNode(Store(), addr, [], tmp_path, b"s" * 32)
+        await wait_for(lambda: node.is_leader)
+        for i in range(10):
+            await node.commit(Transaction().create("nodes", Node(id=f"n{i}")))
+        node.close()
+        again = RaftNode(Store(), addr, [], tmp_path, b"s" * 32)
+        try:
+            await wait_for(lambda: again.store.count("nodes") == 10)
+            await wait_for(lambda: again.is_leader)
+            assert (await again.commit(Transaction().create("nodes", Node(id="x")))).ok
+        finally:
+            again.close()
+    asyncio.run(scenario())
+
+
+def test_password_is_mandatory(tmp_path):
+    async def scenario():
+        with pytest.raises(ValueError, match="raft secret"):
+            RaftNode(Store(), "127.0.0.1:1", [], tmp_path, b"")
+    asyncio.run(scenario())
+
+
+def test_raft_files_are_private(tmp_path):
+    async def scenario():
+        (port,) = free_ports(1)
+        node = RaftNode(Store(), f"127.0.0.1:{port}", [], tmp_path / "raft", b"s" * 32)
+        try:
+            assert (tmp_path / "raft").stat().st_mode & 0o777 == 0o700
+        finally:
+            node.close()
+    asyncio.run(scenario())
