@@ -12,7 +12,7 @@ fi
 # runc, busybox-static, nftables and docker-registry are for containers, images and load
 # balancing; iproute2/iputils-ping/procps for the namespace lab and its tests.
 APT_PACKAGES=(python3 python3-venv python3-pip iproute2 iputils-ping procps nftables runc
-              busybox-static ca-certificates)
+              busybox-static ca-certificates bc)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
