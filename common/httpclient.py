@@ -104,6 +104,26 @@ class ApiClient:
                 f"no answer from {self.endpoint.describe()} within {timeout:g}s "
                 f"(the manager is unreachable or has no quorum)") from None
 
+    async def open_stream(self, method: str, path: str, *, params: dict | None = None,
+                          connect_timeout: float = 10.0) -> aiohttp.ClientResponse:
+        """A response to read incrementally (no total timeout); raises on an error status."""
+        session = self._get_session()
+        tmo = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_connect=connect_timeout)
+        try:
+            resp = await session.request(method, self.endpoint.base_url + path, params=params,
+                                         timeout=tmo)
+        except (FileNotFoundError, ConnectionRefusedError, aiohttp.ClientConnectorError) as exc:
+            raise self._unreachable(exc) from None
+        except asyncio.TimeoutError:
+            raise errors.Unavailable(f"no answer from {self.endpoint.describe()}") from None
+        if resp.status >= 400:
+            body = _parse(await resp.read())
+            resp.release()
+            if isinstance(body, dict) and "message" in body:
+                raise errors.from_dict(body, resp.status)
+            raise errors.ShoalError(f"{method} {path} failed with HTTP {resp.status}")
+        return resp
+
     def _unreachable(self, exc: Exception) -> errors.ShoalError:
         if self.endpoint.unix_path:
             return errors.Unavailable(

@@ -216,10 +216,24 @@ class TaskSpec:
     force_update: int = 0
 
 
+SERVICE_MODES = ("replicated", "global", "replicated-job", "global-job")
+
+
 @dataclass
 class ServiceMode:
     mode: str = "replicated"        # replicated | global | replicated-job | global-job
     replicas: int = 1
+    # jobs: how many tasks run at once, and how many must complete (replicated-job)
+    max_concurrent: int = 0
+    total_completions: int = 0
+
+    @property
+    def is_job(self) -> bool:
+        return self.mode.endswith("-job")
+
+    @property
+    def is_global(self) -> bool:
+        return self.mode.startswith("global")
 
 
 @dataclass
@@ -258,6 +272,7 @@ class Service:
 TASK_STATES = ("new", "pending", "assigned", "accepted", "preparing", "starting", "running",
                "complete", "shutdown", "failed", "rejected", "remove", "orphaned")
 TASK_STATE_RANK = {s: i for i, s in enumerate(TASK_STATES)}
+TASK_TERMINAL_STATES = frozenset({"complete", "shutdown", "failed", "rejected", "remove", "orphaned"})
 
 
 @dataclass
@@ -275,12 +290,23 @@ class Task:
     id: str
     meta: Meta = field(default_factory=Meta)
     service_id: str = ""
-    slot: int = 0
+    service_name: str = ""
+    slot: int = 0                   # replicated: 1..N; global: 0 (one per node)
     node_id: str = ""
     spec: TaskSpec = field(default_factory=TaskSpec)
-    spec_version: int = 0
+    spec_version: int = 0           # the service version the spec was taken from
+    ports: list[PortConfig] = field(default_factory=list)
     desired_state: str = "running"
     status: TaskStatus = field(default_factory=TaskStatus)
+
+    @property
+    def name(self) -> str:
+        """Like docker's container names: web.3.<id> (global: web.<node id>.<id>)."""
+        return f"{self.service_name}.{self.slot or self.node_id}.{self.id}"
+
+    @property
+    def terminal(self) -> bool:
+        return self.status.state in TASK_TERMINAL_STATES
 
 
 @dataclass

@@ -12,9 +12,9 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from common import codec
-from common.model import NODE_STATE_DOWN, NODE_STATE_READY
-from manager.store import Transaction
+from common import codec, errors
+from common.model import NODE_STATE_DOWN, NODE_STATE_READY, TASK_STATE_RANK, TASK_STATES
+from manager.store import Event, Transaction
 
 if TYPE_CHECKING:
     from manager.manager import Manager
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("shoal.dispatcher")
 
 GRACE_MULTIPLIER = 3
+_TOMBSTONE_LIMIT = 5000
+_STATUS_FIELDS = ("state", "message", "err", "exit_code", "container_id")
 
 
 class Dispatcher:
@@ -29,6 +31,14 @@ class Dispatcher:
         self.manager = manager
         self._last_seen: dict[str, float] = {}
         self._started = time.monotonic()
+        # Assignment streams: agents ask for what changed since the index they last saw.
+        self._start_index = manager.store.index
+        self._changed: dict[str, asyncio.Event] = {}
+        self._tombstones: dict[str, list[tuple[int, str]]] = {}
+        self._oldest_tombstone: dict[str, int] = {}
+        # Status reports from all agents, committed together.
+        self._status_queue: list[tuple[str, dict, asyncio.Future]] = []
+        self._flusher: asyncio.Task | None = None
 
     @property
     def period(self) -> float:
@@ -64,6 +74,113 @@ class Dispatcher:
         }
 
     async def run(self) -> None:
+        await asyncio.gather(self._watch_heartbeats(), self._watch_tasks())
+
+    async def _watch_tasks(self) -> None:
+        queue = self.manager.watch(lambda e: e.table == "tasks")
+        try:
+            while True:
+                for e in await queue.get():
+                    self._note(e)
+        finally:
+            self.manager.unwatch(queue)
+
+    def _note(self, e: Event) -> None:
+        for node_id in {e.obj.node_id, e.old.node_id if e.old is not None else ""} - {""}:
+            if e.action == "delete" or (e.old is not None and e.old.node_id == node_id != e.obj.node_id):
+                stones = self._tombstones.setdefault(node_id, [])
+                stones.append((e.index, e.obj.id))
+                if len(stones) > _TOMBSTONE_LIMIT:
+                    dropped = stones[: len(stones) - _TOMBSTONE_LIMIT]
+                    del stones[: len(dropped)]
+                    self._oldest_tombstone[node_id] = dropped[-1][0]
+            self._changed.setdefault(node_id, asyncio.Event()).set()
+
+    async def assignments(self, node_id: str, since: int, wait: float) -> dict:
+        """This node's tasks that changed after index `since` (all of them when `since` is
+        older than what this leader can tell apart), and the ids of those removed.
+        Waits up to `wait` seconds for a change when there is none."""
+        deadline = time.monotonic() + wait
+        while True:
+            event = self._changed.setdefault(node_id, asyncio.Event())
+            event.clear()
+            answer = self._assignment_delta(node_id, since)
+            remaining = deadline - time.monotonic()
+            if answer["full"] or answer["tasks"] or answer["removed"] or remaining <= 0:
+                return answer
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    def _assignment_delta(self, node_id: str, since: int) -> dict:
+        store = self.manager.store
+        index = store.index
+        full = since <= 0 or since < self._start_index or since < self._oldest_tombstone.get(node_id, 0)
+        tasks = store.by_index("tasks", "node_id", node_id)
+        if not full:
+            tasks = [t for t in tasks if t.meta.version > since]
+        removed = [] if full else [tid for idx, tid in self._tombstones.get(node_id, ()) if idx > since]
+        return {"index": index, "full": full, "removed": removed,
+                "tasks": [codec.to_plain(t) for t in tasks]}
+
+    async def report_status(self, node_id: str, updates: list[dict]) -> None:
+        """Record task states reported by a node's agent; returns once they are committed."""
+        futures = []
+        loop = asyncio.get_running_loop()
+        for update in updates:
+            if not isinstance(update, dict) or not isinstance(update.get("task_id"), str):
+                raise errors.InvalidArgument("each status update needs a task_id", field="updates")
+            if update.get("state") not in TASK_STATE_RANK:
+                raise errors.InvalidArgument(f"unknown task state {update.get('state')!r}: one of "
+                                             f"{', '.join(TASK_STATES)}", field="updates.state")
+            fut = loop.create_future()
+            self._status_queue.append((node_id, update, fut))
+            futures.append(fut)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_status())
+        await asyncio.gather(*futures)
+
+    async def _flush_status(self) -> None:
+        await asyncio.sleep(0.03)  # gather reports from many agents into one transaction
+        batch, self._status_queue = self._status_queue, []
+        for attempt in range(6):
+            txn = Transaction()
+            store = self.manager.store
+            for node_id, update, _ in batch:
+                task = store.get("tasks", update["task_id"])
+                if task is None or task.node_id != node_id:
+                    continue  # reaped, or not this node's: nothing to record
+                new_rank = TASK_STATE_RANK[update["state"]]
+                cur_rank = TASK_STATE_RANK.get(task.status.state, 0)
+                if new_rank < cur_rank or (new_rank == cur_rank and all(
+                        update.get(f, getattr(task.status, f)) == getattr(task.status, f)
+                        for f in _STATUS_FIELDS)):
+                    continue  # states only move forward
+                for f in _STATUS_FIELDS:
+                    if f in update:
+                        setattr(task.status, f, update[f])
+                task.status.timestamp = float(update.get("timestamp") or time.time())
+                task.meta.updated_at = time.time()
+                txn.update("tasks", task)
+            try:
+                if txn.ops:
+                    await self.manager.propose(txn, timeout=5)
+                break
+            except errors.Conflict:
+                continue  # the orchestrator changed one of them: read again and re-apply
+            except Exception as exc:
+                for _, _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                return
+        for _, _, fut in batch:
+            if not fut.done():
+                fut.set_result(None)
+        if self._status_queue:
+            self._flusher = asyncio.create_task(self._flush_status())
+
+    async def _watch_heartbeats(self) -> None:
         """Mark nodes Down that missed their heartbeats (leader only)."""
         while True:
             period = self.period

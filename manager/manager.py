@@ -13,6 +13,7 @@ from common.nodestate import API_PORT, NodeFiles, NodeState, RAFT_PORT
 from manager.dispatcher import Dispatcher
 from manager.raft import RaftNode, RaftTimings
 from manager.store import Store, Transaction, TxnResult
+from manager.watch import WatchHub
 
 log = logging.getLogger("shoal.manager")
 
@@ -30,6 +31,7 @@ class Manager:
         self.state = state
         self.store = Store()
         self.raft: Optional[RaftNode] = None
+        self.hub: Optional[WatchHub] = None
         self.dispatcher = Dispatcher(self)
         self._bind_addr = bind_addr
         self._timings = timings
@@ -44,6 +46,7 @@ class Manager:
         return self.state.node_id
 
     async def start(self) -> None:
+        self.hub = WatchHub(self.store, asyncio.get_running_loop())
         partners = [a for a in self.state.raft_members if a != self.state.raft_addr]
         self.raft = RaftNode(self.store, self.state.raft_addr, partners, self.files.raft_dir,
                              self.files.load_raft_secret(), bind_addr=self._bind_addr,
@@ -61,6 +64,14 @@ class Manager:
         if self.raft is not None:
             await asyncio.to_thread(self.raft.close)
             self.raft = None
+        if self.hub is not None:
+            self.hub.close()
+
+    def watch(self, accept=None) -> asyncio.Queue:
+        return self.hub.watch(accept)
+
+    def unwatch(self, queue: asyncio.Queue) -> None:
+        self.hub.unwatch(queue)
 
     # ---- leadership -------------------------------------------------------------------------
     async def _watch_leadership(self) -> None:
@@ -69,8 +80,12 @@ class Manager:
             now_leading = self.raft is not None and self.raft.is_leader
             if now_leading and not leading:
                 log.info("this manager is the leader now (term %s)", self.raft.term)
+                from manager.orchestrator import Orchestrator
+                from manager.scheduling import SchedulingLoop
                 self.dispatcher = Dispatcher(self)
-                self._leader_tasks = [asyncio.create_task(self.dispatcher.run(), name="dispatcher")]
+                self._leader_tasks = [asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
+                                      asyncio.create_task(Orchestrator(self).run(), name="orchestrator"),
+                                      asyncio.create_task(SchedulingLoop(self).run(), name="scheduler")]
                 self._leader_tasks += [asyncio.create_task(loop(self)) for loop in self.leader_loops]
             elif leading and not now_leading:
                 log.info("this manager is not the leader any more")

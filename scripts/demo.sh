@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job in one command: install what is needed, bring up a local multi-host lab
-# (3 managers + 2 workers, each a network namespace running a real shoald), show the cluster,
-# then kill the leader and show another manager take over. The lab stays up for you to play
-# with: `.venv/bin/shoal lab exec manager1 -- shoal node ls`; remove it with
+# (3 managers + 2 workers, each a network namespace running a real shoald), deploy a service
+# of 6 replicas as runc containers, kill one of its containers and a leader, and watch the
+# cluster repair both. The lab stays up for you to play with:
+# `.venv/bin/shoal lab exec --name demo manager1 -- shoal service ps web`; remove it with
 # `.venv/bin/shoal lab down --name demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,25 @@ lab_exec() { $SHOAL lab exec --name demo "$@"; }
 echo
 echo "== the swarm, seen from manager2"
 lab_exec manager2 -- shoal node ls
+
+echo
+echo "== an image built from Debian's busybox-static, imported on every host"
+img=$(mktemp -d)
+trap 'rm -rf "$img"' EXIT
+.venv/bin/python -c "import sys; from pathlib import Path; from tests.imagebuild import build_busybox_oci_layout as b; b(Path(sys.argv[1]), tag='1')" "$img/busybox"
+for h in manager1 manager2 manager3 worker1 worker2; do lab_exec "$h" -- shoal image import "$img/busybox" busybox:1; done
+
+echo
+echo "== deploy: 6 replicas of a web server, on the workers"
+lab_exec manager1 -- shoal service create --name web --replicas 6 --constraint node.role==worker \
+    busybox:1 httpd -f -p 80
+lab_exec manager1 -- shoal service ps web
+echo
+echo "== SIGKILL one of its containers on worker1: the slot gets a new task"
+pid=$(lab_exec worker1 -- shoal container ls --format json | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)[0]["pid"])')
+kill -9 "$pid"
+sleep 7
+lab_exec manager1 -- shoal service ps web
 
 leader=$(lab_exec manager1 -- shoal node ls --format json |
          .venv/bin/python -c 'import json,sys; print(next(n["hostname"] for n in json.load(sys.stdin) if n["manager_status"] == "leader"))')

@@ -12,7 +12,7 @@ fi
 # runc, busybox-static, nftables and docker-registry are for containers, images and load
 # balancing; iproute2/iputils-ping/procps for the namespace lab and its tests.
 APT_PACKAGES=(python3 python3-venv python3-pip iproute2 iputils-ping procps nftables runc
-              busybox-static ca-certificates bc)
+              busybox-static docker-registry ca-certificates bc)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -22,6 +22,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Debian starts the registry it ships on every interface; the tests run their own on
+    # loopback. Stop the one we just installed (an existing registry is left alone).
+    if [[ " ${missing[*]} " == *" docker-registry "* ]] && command -v systemctl >/dev/null; then
+        systemctl disable --now docker-registry >/dev/null 2>&1 || true
+    fi
 fi
 
 PY=${PYTHON:-python3}

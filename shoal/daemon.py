@@ -26,6 +26,7 @@ from common.httpclient import DEFAULT_SOCKET, ApiClient, Endpoint
 from common.model import NODE_ROLE_MANAGER, NODE_ROLE_WORKER
 from common.nodestate import API_PORT, NodeFiles, NodeState
 from manager import api as control_api
+from manager import api_services
 from manager.httputil import error_middleware
 from manager.manager import Manager
 from worker.agent import Agent
@@ -49,6 +50,9 @@ class Daemon:
         self._clients: dict[str, ApiClient] = {}
         self._tcp_runner: Optional[web.AppRunner] = None
         self._unix_runner: Optional[web.AppRunner] = None
+        self.images = None
+        self.executor = None
+        self.insecure_registries: frozenset[str] = frozenset()
         self.role_lock = asyncio.Lock()
         self.stopping = asyncio.Event()
 
@@ -56,6 +60,10 @@ class Daemon:
     async def run(self) -> None:
         self.files.prepare()
         self.state = self.files.load_state()
+        from worker.executor import Executor
+        from worker.images import ImageStore
+        self.images = ImageStore(self.files.root / "images")
+        self.executor = Executor(self.files.root / "executor", self.images)
         if self.state.in_swarm:
             await self.start_roles()
         await self._serve_unix()
@@ -71,11 +79,12 @@ class Daemon:
             os.unlink(self.socket_path)
 
     async def _serve_unix(self) -> None:
-        from shoal import localapi
+        from shoal import localapi, workerapi
         app = web.Application(middlewares=[error_middleware, control_api.forward_middleware])
         app["ctx"] = self
         app["daemon"] = self
-        app.add_routes(localapi.routes() + control_api.routes())
+        app.add_routes(localapi.routes() + control_api.routes() + api_services.routes()
+                       + workerapi.local_routes())
         self._unix_runner = web.AppRunner(app, access_log=None)
         await self._unix_runner.setup()
         Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
@@ -95,7 +104,10 @@ class Daemon:
         if self.state.role == NODE_ROLE_MANAGER:
             await self._start_manager()
         await self._serve_tcp()
+        from worker.taskrunner import TaskRunner
         self.agent = Agent(self)
+        self.agent.runner = TaskRunner(self.executor, self.images, self.hostname,
+                                       self.agent.send_reports, self.insecure_registries)
         self.agent.start()
 
     async def stop_roles(self) -> None:
@@ -126,7 +138,8 @@ class Daemon:
             error_middleware, control_api.auth_middleware(lambda: self.state.cluster_id),
             control_api.forward_middleware])
         app["ctx"] = self
-        app.add_routes(control_api.routes())
+        from shoal import workerapi
+        app.add_routes(control_api.routes() + api_services.routes() + workerapi.cluster_routes())
         app.router.add_get("/_ping", lambda _: web.Response(text="OK"))
         self._tcp_runner = web.AppRunner(app, access_log=None)
         await self._tcp_runner.setup()
@@ -204,6 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--socket", default=os.environ.get("SHOAL_SOCKET", DEFAULT_SOCKET),
                         help="path of the local API socket")
     parser.add_argument("--hostname", default=socket.gethostname(), help="node name to report")
+    parser.add_argument("--insecure-registry", action="append", default=[], metavar="HOST:PORT",
+                        help="registry reached over plain HTTP (repeatable)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -219,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("shoald must run as root (it manages namespaces, mounts and containers)")
     os.umask(0o022)
     daemon = Daemon(Path(args.data_root), args.advertise_addr, listen, args.socket, args.hostname)
+    daemon.insecure_registries = frozenset(args.insecure_registry)
 
     async def run() -> None:
         loop = asyncio.get_running_loop()

@@ -170,6 +170,13 @@ async def leave_swarm(daemon, force: bool) -> dict:
                 "the whole swarm state. Demote it first ('shoal node demote NODE' on another "
                 "manager) or use --force")
         await daemon.stop_roles()
+        # Like docker: a node that leaves stops and removes its service containers.
+        for container in daemon.executor.list():
+            try:
+                await daemon.executor.stop(container.id, None, 10)
+            except errors.ShoalError:
+                pass
+            await daemon.executor.remove(container.id)
         daemon.files.wipe()
         daemon.state = NodeState()
         return {"left": True}

@@ -10,11 +10,14 @@ import asyncio
 import logging
 import os
 import platform
-from typing import Optional, Protocol
+from typing import TYPE_CHECKING, Optional, Protocol
 
 from common import errors, pki
 from common.httpclient import ApiClient
 from common.nodestate import NodeFiles, NodeState
+
+if TYPE_CHECKING:
+    from worker.taskrunner import TaskRunner
 
 log = logging.getLogger("shoal.agent")
 
@@ -49,26 +52,50 @@ def describe_node(hostname: str) -> dict:
 
 
 class Agent:
-    def __init__(self, host: AgentHost) -> None:
+    def __init__(self, host: AgentHost, runner: Optional["TaskRunner"] = None) -> None:
         self.host = host
+        self.runner = runner
         self.leader: Optional[str] = None
         self.period = 1.0
         self.connected = asyncio.Event()
         self._description = describe_node(host.hostname)
         self._sent_description = False
-        self._task: Optional[asyncio.Task] = None
+        self._tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="agent")
+        self._tasks = [asyncio.create_task(self._run(), name="agent")]
+        if self.runner is not None:
+            self._tasks.append(asyncio.create_task(self._assignments(), name="assignments"))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in getattr(self, "_tasks", []):
+            task.cancel()
             try:
-                await self._task
+                await task
             except (asyncio.CancelledError, Exception):
                 pass
-            self._task = None
+        self._tasks = []
+        if self.runner is not None:
+            await self.runner.stop()
+
+    async def _assignments(self) -> None:
+        """Follow this node's assignments; tasks keep running while no manager answers."""
+        await self.runner.start()
+        since = 0
+        while True:
+            addr = self.leader or (self._candidates() or [self.host.state.api_addr])[0]
+            try:
+                answer = await self.host.peer_client(addr).request(
+                    "POST", "/dispatcher/assignments", {"since": since, "wait": 20}, timeout=30)
+            except errors.ShoalError as exc:
+                log.debug("assignments from %s: %s", addr, exc.message)
+                await asyncio.sleep(0.5)
+                continue
+            await self.runner.apply(answer)
+            since = answer["index"]
+
+    async def send_reports(self, updates: list[dict]) -> None:
+        await self._request_leader("POST", "/dispatcher/status", {"updates": updates})
 
     def _candidates(self) -> list[str]:
         known = list(self.host.state.managers)

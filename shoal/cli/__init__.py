@@ -69,10 +69,14 @@ def info(cli: Cli, fmt: str) -> None:
             click.echo(f"  {addr}")
 
 
-from shoal.cli import node as _node, swarm as _swarm  # noqa: E402
+from shoal.cli import container as _container, node as _node, service as _service, swarm as _swarm  # noqa: E402
 
 main.add_command(_swarm.swarm)
 main.add_command(_node.node)
+main.add_command(_service.service)
+main.add_command(_container.container)
+main.add_command(_container.image)
+_service.node_ps_command(_node.node)
 try:
     from shoal.cli.lab import lab as _lab
     main.add_command(_lab)

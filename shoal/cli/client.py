@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import click
 
@@ -21,6 +22,23 @@ class Cli:
             async with ApiClient(Endpoint(unix_path=self.socket_path)) as client:
                 return await client.request(method, path, body, params=params, timeout=timeout)
         return asyncio.run(go())
+
+
+    def stream(self, method: str, path: str, *, params: dict | None = None) -> Iterator[dict]:
+        """An NDJSON response, one parsed object at a time (for logs -f)."""
+        loop = asyncio.new_event_loop()
+        client = ApiClient(Endpoint(unix_path=self.socket_path))
+        try:
+            response = loop.run_until_complete(client.open_stream(method, path, params=params))
+            while True:
+                line = loop.run_until_complete(response.content.readline())
+                if not line:
+                    break
+                if line.strip():
+                    yield json.loads(line)
+        finally:
+            loop.run_until_complete(client.close())
+            loop.close()
 
 
 def socket_path_default() -> str:

@@ -342,6 +342,18 @@ def _mounts_under(dirs: Iterable[Path]) -> list[str]:
 _libc = None
 
 
+def _remove_runc_containers(state_root: Path) -> list[str]:
+    problems = []
+    if shutil.which("runc") is None:
+        return problems
+    for entry in sorted(p.name for p in state_root.iterdir() if p.is_dir()):
+        r = subprocess.run(["runc", "--root", str(state_root), "delete", "--force", entry],
+                           capture_output=True, text=True, timeout=30)
+        if r.returncode != 0 and (state_root / entry).exists():
+            problems.append(f"runc could not remove container {entry}: {r.stderr.strip()}")
+    return problems
+
+
 def _umount_lazy(path: str) -> None:
     global _libc
     if _libc is None:
@@ -541,8 +553,11 @@ class Lab:
                 log.write(f"=== shoal lab {stamp}: starting {name} in {h['namespace']}: "
                           f"{' '.join(argv)}\n".encode())
                 log.flush()
+                # Only the network namespace: `ip netns exec` would also give the daemon a mount
+                # namespace with a fresh /sys, hiding the cgroup hierarchy runc needs, and
+                # would hide its container mounts from `lab down`. A real host has neither.
                 proc = subprocess.Popen(
-                    ["ip", "netns", "exec", h["namespace"], *argv],
+                    ["nsenter", f"--net={NETNS_DIR / h['namespace']}", "--", *argv],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     start_new_session=True, close_fds=True, cwd=h["data_root"],
                     env=_child_env({"SHOAL_LAB": self.name, "SHOAL_LAB_HOST": name}))
@@ -956,6 +971,10 @@ class Lab:
             problems.append(f"processes still alive after SIGKILL: {sorted(left)}")
         for pid in list(self._children):
             self._reap(pid)
+        # Containers run in network namespaces of their own and outlive a killed daemon: ask
+        # runc, whose state each host's executor keeps under its data root, to remove them.
+        for state_root in self.state_dir.glob("*/executor/runc-state"):
+            problems += _remove_runc_containers(state_root)
 
         # 2. mounts under the lab's directories, deepest first, lazily
         for mnt in _mounts_under([self.state_dir, self.run_dir]):

@@ -1,0 +1,241 @@
+"""Control API for services and tasks, and the agents' assignment and status streams."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import aiohttp
+from aiohttp import web
+
+from common import codec, errors
+from common.ids import new_id
+from common.model import Service, Task
+from common.nodestate import API_PORT
+from manager.api import _find_node, _identity, _manager
+from manager.httputil import body_json, field, query_int, reply
+from manager.services import parse_service_spec
+from manager.store import Transaction
+
+
+def _find_service(manager, ref: str) -> Service:
+    svc = manager.store.find("services", ref)
+    if svc is None:
+        raise errors.NotFound(f"no such service: {ref}")
+    return svc
+
+
+def service_view(manager, svc: Service) -> dict:
+    plain = codec.to_plain(svc)
+    tasks = manager.store.by_index("tasks", "service_id", svc.id)
+    live = [t for t in tasks if t.desired_state == "running"]
+    mode = svc.spec.mode
+    if mode.is_global:
+        desired = len(live)
+    elif mode.is_job:
+        desired = mode.total_completions or mode.replicas
+    else:
+        desired = mode.replicas
+    plain["replicas_status"] = {
+        "running": sum(1 for t in live if t.status.state == "running"),
+        "completed": sum(1 for t in tasks if t.status.state == "complete"),
+        "desired": desired,
+    }
+    return plain
+
+
+async def service_create(request: web.Request) -> web.Response:
+    manager = _manager(request)
+    data = await body_json(request)
+    spec = parse_service_spec(data.get("spec", data))
+    if manager.store.by_name("services", spec.name) is not None:
+        raise errors.Conflict(f"service {spec.name!r} already exists: pick another name or update it "
+                              f"with 'shoal service update {spec.name}'", field="name")
+    now = time.time()
+    svc = Service(id=new_id(), spec=spec)
+    svc.meta.created_at = svc.meta.updated_at = now
+    await manager.propose(Transaction().create("services", svc))
+    return reply({"id": svc.id}, status=201)
+
+
+async def service_list(request: web.Request) -> web.Response:
+    manager = _manager(request)
+    services = sorted(manager.store.list("services"), key=lambda s: s.spec.name)
+    return reply([service_view(manager, s) for s in services])
+
+
+async def service_inspect(request: web.Request) -> web.Response:
+    manager = _manager(request)
+    return reply(service_view(manager, _find_service(manager, request.match_info["ref"])))
+
+
+async def service_update(request: web.Request) -> web.Response:
+    manager = _manager(request)
+    svc = manager.store.get("services", _find_service(manager, request.match_info["ref"]).id)
+    version = query_int(request, "version")
+    if version is None:
+        raise errors.InvalidArgument("the 'version' query parameter is required: read the service "
+                                     "and send the version you changed", field="version")
+    if version != svc.meta.version:
+        raise errors.Conflict(f"service {svc.spec.name} changed since version {version} (now "
+                              f"{svc.meta.version}); read it again and retry")
+    data = await body_json(request)
+    spec = parse_service_spec(data.get("spec", data))
+    if spec.name != svc.spec.name:
+        raise errors.InvalidArgument("a service cannot be renamed", field="name")
+    svc.previous_spec, svc.spec = svc.spec, spec
+    svc.meta.updated_at = time.time()
+    await manager.propose(Transaction().update("services", svc))
+    return reply(service_view(manager, manager.store.get("services", svc.id)))
+
+
+async def service_remove(request: web.Request) -> web.Response:
+    manager = _manager(request)
+    svc = _find_service(manager, request.match_info["ref"])
+    txn = Transaction().delete("services", svc.id)
+    # Every task is told to stop in the same transaction; the reaper drops them once stopped.
+    now = time.time()
+    for t in manager.store.by_index("tasks", "service_id", svc.id):
+        if t.desired_state == "running":
+            t = codec.clone(t)
+            t.desired_state = "shutdown"
+            t.meta.updated_at = now
+            txn.update("tasks", t, check_version=False)
+    await manager.propose(txn)
+    return reply({"id": svc.id})
+
+
+def task_view(manager, task: Task) -> dict:
+    plain = codec.to_plain(task)
+    node = manager.store.find("nodes", task.node_id) if task.node_id else None
+    plain["node_hostname"] = node.description.hostname if node else ""
+    plain["name"] = task.name
+    return plain
+
+
+async def task_list(request: web.Request) -> web.Response:
+    manager = _manager(request)
+    store = manager.store
+    service_ref = request.query.get("service")
+    node_ref = request.query.get("node")
+    if service_ref:
+        tasks = store.by_index("tasks", "service_id", _find_service(manager, service_ref).id)
+    elif node_ref:
+        tasks = store.by_index("tasks", "node_id", _find_node(manager, node_ref).id)
+    else:
+        tasks = store.list("tasks")
+    if node_ref and service_ref:
+        node_id = _find_node(manager, node_ref).id
+        tasks = [t for t in tasks if t.node_id == node_id]
+    desired = request.query.get("desired_state")
+    if desired:
+        tasks = [t for t in tasks if t.desired_state == desired]
+    tasks = sorted(tasks, key=lambda t: (t.service_name, t.slot, t.node_id, -t.meta.created_at))
+    return reply([task_view(manager, t) for t in tasks])
+
+
+async def task_inspect(request: web.Request) -> web.Response:
+    manager = _manager(request)
+    task = manager.store.find("tasks", request.match_info["ref"])
+    if task is None:
+        raise errors.NotFound(f"no such task: {request.match_info['ref']}")
+    return reply(task_view(manager, task))
+
+
+async def dispatcher_assignments(request: web.Request) -> web.Response:
+    manager = _manager(request)
+    ident = _identity(request)
+    if ident is None:
+        raise errors.Unauthorized("assignments need the node's certificate")
+    if manager.store.get("nodes", ident.node_id) is None:
+        raise errors.NotFound(f"node {ident.node_id} is not part of this swarm (it was removed)")
+    data = await body_json(request)
+    since = field(data, "since", int, required=False, default=0)
+    wait = min(float(field(data, "wait", (int, float), required=False, default=0)), 25.0)
+    return reply(await manager.dispatcher.assignments(ident.node_id, since, wait))
+
+
+async def dispatcher_status(request: web.Request) -> web.Response:
+    manager = _manager(request)
+    ident = _identity(request)
+    if ident is None:
+        raise errors.Unauthorized("status reports need the node's certificate")
+    data = await body_json(request)
+    await manager.dispatcher.report_status(ident.node_id, field(data, "updates", list))
+    return reply({"ok": True})
+
+
+async def service_logs(request: web.Request) -> web.StreamResponse:
+    """Every task's log lines, gathered from the nodes that ran them (mutual TLS to each)."""
+    manager = _manager(request)
+    svc = _find_service(manager, request.match_info["ref"])
+    follow = request.query.get("follow", "false") == "true"
+    tail = request.query.get("tail", "all")
+    by_node: dict[str, list[Task]] = {}
+    for t in manager.store.by_index("tasks", "service_id", svc.id):
+        if t.node_id and t.status.container_id:
+            by_node.setdefault(t.node_id, []).append(t)
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await resp.prepare(request)
+    queue: asyncio.Queue = asyncio.Queue(maxsize=1000)
+    done = object()
+
+    async def from_node(node_id: str, tasks: list[Task]) -> None:
+        node = manager.store.get("nodes", node_id)
+        hostname = node.description.hostname if node else node_id
+        names = {t.id: t.name for t in tasks}
+        try:
+            if node is None or not node.status.addr:
+                raise errors.Unavailable("node is gone")
+            client = request.app["ctx"].peer_client(f"{node.status.addr}:{API_PORT}")
+            params = [("follow", "true" if follow else "false"), ("tail", tail)] + \
+                [("task", t.id) for t in tasks]
+            stream = await client.open_stream("GET", "/worker/logs", params=params, connect_timeout=3)
+            try:
+                async for raw in stream.content:
+                    if raw.strip():
+                        entry = json.loads(raw)
+                        entry.update(task=names.get(entry.pop("task_id"), "?"), node=hostname)
+                        await queue.put(entry)
+            finally:
+                stream.release()
+        except (errors.ShoalError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            await queue.put({"error": getattr(exc, "message", str(exc)) or type(exc).__name__,
+                             "node": hostname})
+        finally:
+            await queue.put(done)
+
+    pumps = [asyncio.create_task(from_node(n, ts)) for n, ts in by_node.items()]
+    remaining, pending = len(pumps), []
+    try:
+        while remaining:
+            item = await queue.get()
+            if item is done:
+                remaining -= 1
+            elif follow:
+                await resp.write(json.dumps(item).encode() + b"\n")
+            else:
+                pending.append(item)
+        for item in sorted(pending, key=lambda e: e.get("t", 0)):
+            await resp.write(json.dumps(item).encode() + b"\n")
+    except (ConnectionResetError, ConnectionError):
+        pass
+    finally:
+        for p in pumps:
+            p.cancel()
+    return resp
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.post("/services/create", service_create),
+        web.get("/services", service_list),
+        web.get("/services/{ref}", service_inspect),
+        web.post("/services/{ref}/update", service_update),
+        web.delete("/services/{ref}", service_remove),
+        web.get("/services/{ref}/logs", service_logs),
+        web.get("/tasks", task_list),
+        web.get("/tasks/{ref}", task_inspect),
+        web.post("/dispatcher/assignments", dispatcher_assignments),
+        web.post("/dispatcher/status", dispatcher_status),
+    ]

@@ -1,0 +1,306 @@
+"""The orchestrators (leader only): keep the tasks in the store equal to what services ask for.
+
+One loop reacts to store changes (coalesced) and reconciles every service:
+- replicated: one live task per slot 1..N; extra slots shut down;
+- global: one live task per eligible node, including nodes that join later;
+- jobs: run to completion (replicated-job: total completions, max concurrent; global-job: once
+  per node);
+- restarts (the restart supervisor): a task that ended, or whose node went down, drained or
+  left, is replaced per the restart policy (condition, delay, max attempts in a window);
+- the task reaper: keeps the newest N finished tasks per slot and drops the tasks of removed
+  services once they stopped.
+Tasks are immutable once created: a restart is a new task for the same slot, and the old one is
+told to shut down (desired_state). Conflicts with concurrent writers just cause another round.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from typing import TYPE_CHECKING, Optional
+
+from common import codec, errors
+from common.ids import new_id
+from common.model import (AVAILABILITY_ACTIVE, AVAILABILITY_DRAIN, NODE_STATE_READY, Node, Service,
+                          Task, TaskStatus)
+from manager.constraints import node_matches
+from manager.store import Transaction
+
+if TYPE_CHECKING:
+    from manager.manager import Manager
+
+log = logging.getLogger("shoal.orchestrator")
+
+_MAX_OPS_PER_TXN = 200
+# Rejections (e.g. a missing image) back off: delay x 2^n, up to this.
+_MAX_BACKOFF = 60.0
+
+
+def _failed(task: Task) -> bool:
+    """Ended by itself (not shut down by us): the restart policy decides what follows."""
+    return task.status.state in ("failed", "rejected", "orphaned") or (
+        task.status.state == "complete")
+
+
+class Orchestrator:
+    def __init__(self, manager: "Manager") -> None:
+        self.m = manager
+        self._wake = asyncio.Event()
+        self._timers: dict[tuple, asyncio.TimerHandle] = {}
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    def _kick_at(self, key: tuple, when: float) -> None:
+        if key in self._timers:
+            return
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._timers.pop(key, None)
+            self.kick()
+        self._timers[key] = loop.call_later(max(0.0, when - time.time()), fire)
+
+    async def run(self) -> None:
+        queue = self.m.watch(lambda e: e.table in ("services", "tasks", "nodes", "clusters"))
+        try:
+            self.kick()
+            while True:
+                if queue.empty() and not self._wake.is_set():
+                    getter = asyncio.ensure_future(queue.get())
+                    waker = asyncio.ensure_future(self._wake.wait())
+                    await asyncio.wait({getter, waker}, return_when=asyncio.FIRST_COMPLETED)
+                    getter.cancel()
+                    waker.cancel()
+                await asyncio.sleep(0.02)  # let a burst of changes land: one round for all
+                while not queue.empty():
+                    queue.get_nowait()
+                self._wake.clear()
+                try:
+                    await self.reconcile()
+                except (errors.Conflict, errors.NotFound):
+                    self.kick()
+                except errors.Unavailable as exc:
+                    log.info("orchestration round failed: %s", exc.message)
+                    await asyncio.sleep(0.5)
+                    self.kick()
+        finally:
+            self.m.unwatch(queue)
+            for handle in self._timers.values():
+                handle.cancel()
+
+    # ---- one round ------------------------------------------------------------------------
+    async def reconcile(self) -> None:
+        store = self.m.store
+        now = time.time()
+        nodes = {n.id: n for n in store.list("nodes")}
+        history = self._history_limit()
+        ops: list[tuple[str, object]] = []
+        services = {s.id: s for s in store.list("services")}
+        for svc in services.values():
+            tasks = store.by_index("tasks", "service_id", svc.id)
+            if svc.spec.mode.is_global:
+                ops += self._global(svc, tasks, nodes, now)
+            else:
+                ops += self._replicated(svc, tasks, nodes, now)
+            ops += self._reap(svc, tasks, nodes, history)
+        ops += self._orphans(services, nodes)
+        for i in range(0, len(ops), _MAX_OPS_PER_TXN):
+            txn = Transaction()
+            for action, obj in ops[i:i + _MAX_OPS_PER_TXN]:
+                if action == "create":
+                    txn.create("tasks", obj)
+                elif action == "update":
+                    txn.update("tasks", obj)
+                else:
+                    txn.delete("tasks", obj)
+            await self.m.propose(txn, timeout=5)
+
+    def _history_limit(self) -> int:
+        cluster = self.m.cluster()
+        return cluster.spec.orchestration.task_history_retention_limit if cluster else 5
+
+    # ---- replicated and replicated jobs ---------------------------------------------------
+    def _replicated(self, svc: Service, tasks: list[Task], nodes: dict[str, Node],
+                    now: float) -> list:
+        mode = svc.spec.mode
+        by_slot: dict[int, list[Task]] = defaultdict(list)
+        for t in tasks:
+            by_slot[t.slot].append(t)
+        ops: list = []
+        if mode.is_job:
+            wanted = mode.total_completions or mode.replicas
+            completed = {s for s, ts in by_slot.items() if any(t.status.state == "complete" for t in ts)}
+            running = sum(1 for ts in by_slot.values() for t in ts
+                          if t.desired_state == "running" and not t.terminal)
+            limit = mode.max_concurrent or wanted
+            slots = [s for s in range(1, wanted + 1) if s not in completed]
+        else:
+            wanted = mode.replicas
+            slots = list(range(1, wanted + 1))
+        for slot in slots:
+            slot_tasks = sorted(by_slot.get(slot, []), key=lambda t: t.meta.created_at)
+            live = [t for t in slot_tasks if t.desired_state == "running"]
+            replace = False
+            for t in live:
+                reason = self._needs_replacement(t, nodes)
+                if reason is None:
+                    continue
+                ops.append(("update", self._shut_down(t, reason)))
+                if t.status.state == "complete" and mode.is_job:
+                    continue
+                replace = True
+            if live and not replace:
+                continue
+            last = slot_tasks[-1] if slot_tasks else None
+            if last is not None and not self._may_restart(svc, slot_tasks, last, now, (svc.id, slot)):
+                continue
+            if mode.is_job:
+                if running >= limit:
+                    continue
+                running += 1
+            ops.append(("create", self._new_task(svc, slot, "", now)))
+        # Scale down: slots above the count shut down (jobs keep their finished slots).
+        if not mode.is_job:
+            for slot, slot_tasks in by_slot.items():
+                if slot > wanted:
+                    for t in slot_tasks:
+                        if t.desired_state == "running":
+                            ops.append(("update", self._shut_down(t, "scaled down")))
+        return ops
+
+    # ---- global and global jobs -----------------------------------------------------------
+    def _global(self, svc: Service, tasks: list[Task], nodes: dict[str, Node], now: float) -> list:
+        ops: list = []
+        by_node: dict[str, list[Task]] = defaultdict(list)
+        for t in tasks:
+            by_node[t.node_id].append(t)
+        placement = svc.spec.task_template.placement
+        for node in nodes.values():
+            node_tasks = sorted(by_node.get(node.id, []), key=lambda t: t.meta.created_at)
+            live = [t for t in node_tasks if t.desired_state == "running"]
+            eligible = (node.spec.availability != AVAILABILITY_DRAIN
+                        and node_matches(node, placement.constraints))
+            if not eligible:
+                for t in live:
+                    ops.append(("update", self._shut_down(t, "node no longer eligible")))
+                continue
+            replace = False
+            for t in live:
+                reason = self._needs_replacement(t, nodes)
+                if reason is not None and reason != "node is down":
+                    ops.append(("update", self._shut_down(t, reason)))
+                    replace = not (svc.spec.mode.is_job and t.status.state == "complete")
+            if live and not replace:
+                continue
+            if svc.spec.mode.is_job and any(t.status.state == "complete" for t in node_tasks):
+                continue
+            if node.status.state != NODE_STATE_READY or node.spec.availability != AVAILABILITY_ACTIVE:
+                continue  # a paused or down node gets its task once it is active and ready
+            last = node_tasks[-1] if node_tasks else None
+            if last is not None and not self._may_restart(svc, node_tasks, last, now, (svc.id, node.id)):
+                continue
+            ops.append(("create", self._new_task(svc, 0, node.id, now)))
+        return ops
+
+    # ---- restart policy -------------------------------------------------------------------
+    def _needs_replacement(self, task: Task, nodes: dict[str, Node]) -> Optional[str]:
+        if task.terminal:
+            return f"task {task.status.state}"
+        if not task.node_id:
+            return None
+        node = nodes.get(task.node_id)
+        if node is None:
+            return "node removed"
+        if node.status.state != NODE_STATE_READY and node.status.state != "unknown":
+            return "node is down"
+        if node.spec.availability == AVAILABILITY_DRAIN:
+            return "node drained"
+        return None
+
+    def _may_restart(self, svc: Service, slot_tasks: list[Task], last: Task, now: float,
+                     key: tuple) -> bool:
+        """Whether a slot whose last task is `last` gets a new one now (or later, by timer)."""
+        if not last.terminal and last.desired_state == "running":
+            return True
+        if not _failed(last):
+            return True  # we shut it down (node down, drain, scale up again): always replace
+        policy = svc.spec.task_template.restart_policy
+        if svc.spec.mode.is_job and last.status.state == "complete":
+            return False
+        if policy.condition == "none":
+            return False
+        if policy.condition == "on-failure" and last.status.state == "complete":
+            return False
+        if policy.max_attempts:
+            window_start = now - policy.window if policy.window else 0.0
+            attempts = sum(1 for t in slot_tasks if _failed(t) and t.status.timestamp >= window_start)
+            if attempts >= policy.max_attempts:
+                return False
+        delay = policy.delay
+        if last.status.state == "rejected":
+            streak = 0
+            for t in reversed(slot_tasks):
+                if t.status.state != "rejected":
+                    break
+                streak += 1
+            delay = min(_MAX_BACKOFF, max(delay, 1.0) * 2 ** (streak - 1))
+        ended = last.status.timestamp or last.meta.updated_at
+        if now < ended + delay:
+            self._kick_at(key, ended + delay)
+            return False
+        return True
+
+    # ---- reaping --------------------------------------------------------------------------
+    def _reap(self, svc: Service, tasks: list[Task], nodes: dict[str, Node], keep: int) -> list:
+        groups: dict[object, list[Task]] = defaultdict(list)
+        for t in tasks:
+            groups[t.slot if not svc.spec.mode.is_global else t.node_id].append(t)
+        ops: list = []
+        for group in groups.values():
+            done = [t for t in group if t.desired_state != "running" and self._stopped(t, nodes)]
+            done.sort(key=lambda t: t.meta.created_at)
+            excess = len(done) - keep
+            for t in done[:max(0, excess)]:
+                ops.append(("delete", t.id))
+        return ops
+
+    def _orphans(self, services: dict[str, Service], nodes: dict[str, Node]) -> list:
+        """Tasks of removed services: told to shut down, dropped once stopped."""
+        ops: list = []
+        for t in self.m.store.list("tasks"):
+            if t.service_id in services:
+                continue
+            if self._stopped(t, nodes):
+                ops.append(("delete", t.id))
+            elif t.desired_state == "running":
+                ops.append(("update", self._shut_down(t, "service removed")))
+        return ops
+
+    @staticmethod
+    def _stopped(task: Task, nodes: dict[str, Node]) -> bool:
+        if task.terminal or not task.node_id or task.status.state in ("new", "pending"):
+            return True
+        node = nodes.get(task.node_id)
+        return node is None or node.status.state != NODE_STATE_READY
+
+    # ---- building tasks -------------------------------------------------------------------
+    def _shut_down(self, task: Task, reason: str) -> Task:
+        t = codec.clone(task)
+        t.desired_state = "shutdown"
+        if not t.terminal and not t.status.message:
+            t.status.message = reason
+        t.meta.updated_at = time.time()
+        return t
+
+    def _new_task(self, svc: Service, slot: int, node_id: str, now: float) -> Task:
+        task = Task(id=new_id(), service_id=svc.id, service_name=svc.spec.name, slot=slot,
+                    node_id=node_id, spec=codec.clone(svc.spec.task_template),
+                    spec_version=svc.meta.version, ports=codec.clone(svc.spec.endpoint_spec).ports,
+                    desired_state="running",
+                    status=TaskStatus(state="assigned" if node_id else "pending", timestamp=now,
+                                      message="assigned to its node" if node_id
+                                      else "pending task scheduling"))
+        task.meta.created_at = task.meta.updated_at = now
+        return task

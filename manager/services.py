@@ -1,0 +1,107 @@
+"""Service specs arriving at the API: parsed, defaulted and checked, with errors that name the
+field. Nothing half-valid reaches the store."""
+from __future__ import annotations
+
+import re
+import signal
+
+from common import codec, errors
+from common.model import SERVICE_MODES, ServiceSpec
+from manager.constraints import parse_constraint, parse_preference
+
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+_MOUNT_TYPES = ("bind", "volume", "tmpfs")
+_RESTART_CONDITIONS = ("none", "on-failure", "any")
+
+
+def _bad(field: str, message: str) -> errors.InvalidArgument:
+    return errors.InvalidArgument(f"{field}: {message}", field=field)
+
+
+def parse_service_spec(data: object) -> ServiceSpec:
+    if not isinstance(data, dict):
+        raise errors.InvalidArgument("the service spec must be a JSON object", field="spec")
+    try:
+        spec = codec.from_plain(ServiceSpec, data)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise errors.InvalidArgument(f"malformed service spec: {exc}", field="spec") from None
+    validate_service_spec(spec)
+    return spec
+
+
+def validate_service_spec(spec: ServiceSpec) -> None:
+    if not isinstance(spec.name, str) or not _NAME.match(spec.name or ""):
+        raise _bad("name", f"invalid service name {spec.name!r}: use 1-63 letters, digits, '_', "
+                   "'.' or '-', starting with a letter or digit")
+    c = spec.task_template.container
+    if not isinstance(c.image, str) or not c.image.strip():
+        raise _bad("task_template.container.image", "an image is required (e.g. busybox:1)")
+    for name in ("command", "args", "env"):
+        value = getattr(c, name)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise _bad(f"task_template.container.{name}", "must be a list of strings")
+    for i, e in enumerate(c.env):
+        if "=" not in e or e.startswith("="):
+            raise _bad(f"task_template.container.env[{i}]", f"{e!r} is not NAME=VALUE")
+    try:
+        signal.Signals[c.stop_signal if c.stop_signal.startswith("SIG") else "SIG" + c.stop_signal]
+    except KeyError:
+        raise _bad("task_template.container.stop_signal", f"unknown signal {c.stop_signal!r}") from None
+    if not isinstance(c.stop_grace_period, (int, float)) or c.stop_grace_period < 0:
+        raise _bad("task_template.container.stop_grace_period", "must be a duration >= 0")
+    for i, m in enumerate(c.mounts):
+        where = f"task_template.container.mounts[{i}]"
+        if m.type not in _MOUNT_TYPES:
+            raise _bad(f"{where}.type", f"unknown mount type {m.type!r}: one of {', '.join(_MOUNT_TYPES)}")
+        if not m.target.startswith("/"):
+            raise _bad(f"{where}.target", f"{m.target!r} must be an absolute path in the container")
+        if m.type == "bind" and not m.source.startswith("/"):
+            raise _bad(f"{where}.source", "a bind mount needs an absolute host path as source")
+        if m.type == "volume" and m.source and not _NAME.match(m.source):
+            raise _bad(f"{where}.source", f"invalid volume name {m.source!r}")
+    res = spec.task_template.resources
+    for name, value in (("limits.memory_bytes", res.limits.memory_bytes),
+                        ("limits.nano_cpus", res.limits.nano_cpus),
+                        ("reservations.memory_bytes", res.reservations.memory_bytes),
+                        ("reservations.nano_cpus", res.reservations.nano_cpus),
+                        ("pids_limit", res.pids_limit)):
+        if not isinstance(value, int) or value < 0:
+            raise _bad(f"task_template.resources.{name}", "must be a non-negative integer")
+    if res.limits.memory_bytes and res.limits.memory_bytes < 4 * 1024 * 1024:
+        raise _bad("task_template.resources.limits.memory_bytes",
+                   "a memory limit below 4MB leaves no room for a process; use at least 4m")
+    rp = spec.task_template.restart_policy
+    if rp.condition not in _RESTART_CONDITIONS:
+        raise _bad("task_template.restart_policy.condition",
+                   f"{rp.condition!r} is not one of {', '.join(_RESTART_CONDITIONS)}")
+    for name in ("delay", "window"):
+        if getattr(rp, name) < 0:
+            raise _bad(f"task_template.restart_policy.{name}", "must be a duration >= 0")
+    if not isinstance(rp.max_attempts, int) or rp.max_attempts < 0:
+        raise _bad("task_template.restart_policy.max_attempts", "must be an integer >= 0")
+    placement = spec.task_template.placement
+    for text in placement.constraints:
+        parse_constraint(text)
+    for text in placement.preferences:
+        parse_preference(text)
+    if not isinstance(placement.max_replicas, int) or placement.max_replicas < 0:
+        raise _bad("task_template.placement.max_replicas", "must be an integer >= 0")
+    mode = spec.mode
+    if mode.mode not in SERVICE_MODES:
+        raise _bad("mode.mode", f"{mode.mode!r} is not one of {', '.join(SERVICE_MODES)}")
+    for name in ("replicas", "max_concurrent", "total_completions"):
+        value = getattr(mode, name)
+        if not isinstance(value, int) or value < 0:
+            raise _bad(f"mode.{name}", "must be an integer >= 0")
+    if mode.replicas > 10000:
+        raise _bad("mode.replicas", "at most 10000 replicas per service")
+    for i, p in enumerate(spec.endpoint_spec.ports):
+        where = f"endpoint_spec.ports[{i}]"
+        if p.protocol not in ("tcp", "udp"):
+            raise _bad(f"{where}.protocol", f"{p.protocol!r} is not tcp or udp")
+        if not 0 < p.target_port < 65536:
+            raise _bad(f"{where}.target_port", "must be a port between 1 and 65535")
+        if not 0 <= p.published_port < 65536:
+            raise _bad(f"{where}.published_port", "must be a port between 1 and 65535 (0: any)")
+        if p.publish_mode not in ("ingress", "host"):
+            raise _bad(f"{where}.publish_mode", f"{p.publish_mode!r} is not ingress or host")

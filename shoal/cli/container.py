@@ -1,0 +1,114 @@
+"""`shoal container ...` and `shoal image ...`: this node's containers and images."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import click
+
+from common.units import format_size
+from shoal.cli.client import Cli, pass_cli
+from shoal.cli.output import print_json, print_table
+
+
+@click.group()
+def container() -> None:
+    """Manage the containers running on this node."""
+
+
+@container.command("ls")
+@click.option("-a", "--all", "show_all", is_flag=True, help="Show stopped containers too")
+@click.option("-q", "--quiet", is_flag=True, help="Only display container IDs")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@pass_cli
+def container_ls(cli: Cli, show_all, quiet, fmt) -> None:
+    """List containers on this node, like `docker ps`."""
+    items = cli.call("GET", "/containers", params={"all": "true" if show_all else "false"})
+    if quiet:
+        for c in items:
+            click.echo(c["id"])
+    elif fmt == "json":
+        print_json(items)
+    else:
+        print_table(["CONTAINER ID", "IMAGE", "STATE", "PID", "NAME"],
+                    [[c["id"][:12], c["image"], c["state"], c["pid"] or "", c["name"]] for c in items])
+
+
+@container.command("exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("ref")
+@click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
+@pass_cli
+def container_exec(cli: Cli, ref, argv) -> None:
+    """Run a command in a running container: CONTAINER -- CMD [ARG...] (task id or name)."""
+    argv = list(argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    result = cli.call("POST", f"/containers/{ref}/exec", {"argv": argv}, timeout=300)
+    sys.stdout.write(result["output"])
+    sys.stdout.flush()
+    sys.exit(result["exit_code"])
+
+
+@container.command("logs")
+@click.option("-f", "--follow", is_flag=True)
+@click.option("--tail", default="all")
+@click.option("-t", "--timestamps", is_flag=True)
+@click.argument("ref")
+@pass_cli
+def container_logs(cli: Cli, follow, tail, timestamps, ref) -> None:
+    """Fetch a container's logs."""
+    for e in cli.stream("GET", f"/containers/{ref}/logs", params={"follow": str(follow).lower(), "tail": tail}):
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ ", time.gmtime(e["t"])) if timestamps else ""
+        click.echo(stamp + e["l"], err=e["s"] == "stderr")
+
+
+@click.group()
+def image() -> None:
+    """Manage images on this node."""
+
+
+@image.command("import")
+@click.argument("path", type=click.Path(exists=True))
+@click.argument("ref")
+@pass_cli
+def image_import(cli: Cli, path, ref) -> None:
+    """Import an OCI image layout (dir or tar) or a `docker save` tarball as NAME:TAG."""
+    img = cli.call("POST", "/images/import", {"path": os.path.abspath(path), "ref": ref}, timeout=600)
+    click.echo(f"Loaded image: {img['ref']} ({img['id'][:19]})")
+
+
+@image.command("pull")
+@click.option("--insecure-registry", is_flag=True, help="Reach the registry over plain HTTP")
+@click.argument("ref")
+@pass_cli
+def image_pull(cli: Cli, insecure_registry, ref) -> None:
+    """Pull an image from a registry (distribution API v2)."""
+    img = cli.call("POST", "/images/pull", {"ref": ref, "insecure": insecure_registry}, timeout=900)
+    click.echo(f"Pulled {img['ref']} ({img['id'][:19]})")
+
+
+@image.command("ls")
+@click.option("-q", "--quiet", is_flag=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@pass_cli
+def image_ls(cli: Cli, quiet, fmt) -> None:
+    """List images on this node."""
+    items = cli.call("GET", "/images")
+    if quiet:
+        for i in items:
+            click.echo(i["id"])
+    elif fmt == "json":
+        print_json(items)
+    else:
+        print_table(["IMAGE", "ID", "SIZE"], [[i["ref"], i["id"][7:19], format_size(i["size"])] for i in items])
+
+
+@image.command("rm")
+@click.argument("refs", nargs=-1, required=True)
+@pass_cli
+def image_rm(cli: Cli, refs) -> None:
+    """Remove one or more images."""
+    for ref in refs:
+        cli.call("DELETE", f"/images/{ref}")
+        click.echo(f"Deleted: {ref}")

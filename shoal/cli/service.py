@@ -1,0 +1,435 @@
+"""`shoal service ...` and `shoal node ps`."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+
+from common import errors
+from common.durations import format_duration
+from common.units import parse_cpus, parse_size
+from shoal.cli.client import Cli, pass_cli
+from shoal.cli.output import print_json, print_table
+from shoal.cli.swarm import DURATION
+
+
+def _value(parse, what):
+    class _Type(click.ParamType):
+        name = what
+
+        def convert(self, value, param, ctx):
+            if not isinstance(value, str):
+                return value
+            try:
+                return parse(value)
+            except ValueError as exc:
+                self.fail(str(exc), param, ctx)
+    return _Type()
+
+
+SIZE = _value(parse_size, "size")
+CPUS = _value(parse_cpus, "cpus")
+
+
+def parse_kv_list(text: str, what: str) -> dict:
+    out = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep:
+            if what == "mount" and key in ("readonly", "ro"):
+                out["readonly"] = "true"
+                continue
+            raise click.BadParameter(f"{part!r} in {text!r}: expected key=value pairs separated by commas")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def parse_mount(text: str) -> dict:
+    kv = parse_kv_list(text, "mount")
+    known = {"type", "source", "src", "target", "destination", "dst", "readonly", "ro"}
+    unknown = set(kv) - known
+    if unknown:
+        raise click.BadParameter(f"unknown mount option(s) {', '.join(sorted(unknown))} in {text!r}")
+    target = kv.get("target") or kv.get("destination") or kv.get("dst")
+    if not target:
+        raise click.BadParameter(f"mount {text!r} needs target=PATH")
+    ro = (kv.get("readonly") or kv.get("ro") or "false").lower() in ("1", "true", "yes")
+    return {"type": kv.get("type", "volume"), "source": kv.get("source") or kv.get("src") or "",
+            "target": target, "read_only": ro}
+
+
+def parse_publish(text: str) -> dict:
+    if "=" in text:
+        kv = parse_kv_list(text, "publish")
+        unknown = set(kv) - {"published", "target", "protocol", "mode"}
+        if unknown:
+            raise click.BadParameter(f"unknown publish option(s) {', '.join(sorted(unknown))} in {text!r}")
+        if "target" not in kv:
+            raise click.BadParameter(f"--publish {text!r} needs target=PORT")
+        published, target = kv.get("published", "0"), kv["target"]
+        protocol, mode = kv.get("protocol", "tcp"), kv.get("mode", "ingress")
+    else:
+        ports, _, protocol = text.partition("/")
+        published, sep, target = ports.partition(":")
+        if not sep:
+            published, target = "0", published
+        protocol = protocol or "tcp"
+        mode = "ingress"
+    try:
+        return {"published_port": int(published), "target_port": int(target), "protocol": protocol,
+                "publish_mode": mode}
+    except ValueError:
+        raise click.BadParameter(f"--publish {text!r}: ports must be numbers (e.g. 8080:80)") from None
+
+
+def service_options(fn):
+    options = [
+        click.option("--replicas", type=click.IntRange(min=0), help="Number of tasks"),
+        click.option("--mode", type=click.Choice(["replicated", "global", "replicated-job", "global-job"]),
+                     default="replicated", show_default=True, help="Service mode"),
+        click.option("--max-concurrent", type=click.IntRange(min=0), help="Jobs: tasks run at once"),
+        click.option("-e", "--env", multiple=True, help="Set an environment variable (NAME=VALUE)"),
+        click.option("-w", "--workdir", help="Working directory inside the container"),
+        click.option("-u", "--user", help="Username or UID[:GID]"),
+        click.option("--hostname", help="Container hostname"),
+        click.option("--entrypoint", help="Overwrite the image's entrypoint (space separated)"),
+        click.option("-l", "--label", multiple=True, help="Service label (KEY=VALUE)"),
+        click.option("--container-label", multiple=True, help="Container label (KEY=VALUE)"),
+        click.option("--mount", multiple=True, help="type=bind|volume|tmpfs,source=...,target=...[,readonly]"),
+        click.option("--limit-cpu", type=CPUS, help="Limit CPUs (e.g. 0.5)"),
+        click.option("--limit-memory", type=SIZE, help="Limit memory (e.g. 64m)"),
+        click.option("--limit-pids", type=click.IntRange(min=0), help="Limit the number of processes"),
+        click.option("--reserve-cpu", type=CPUS, help="Reserve CPUs"),
+        click.option("--reserve-memory", type=SIZE, help="Reserve memory"),
+        click.option("--restart-condition", type=click.Choice(["none", "on-failure", "any"]),
+                     help="Restart when condition is met (default any)"),
+        click.option("--restart-delay", type=DURATION, help="Delay between restart attempts (default 5s)"),
+        click.option("--restart-max-attempts", type=click.IntRange(min=0), help="Maximum number of restarts"),
+        click.option("--restart-window", type=DURATION, help="Window used to evaluate the restart policy"),
+        click.option("--constraint", multiple=True, help="Placement constraint (e.g. node.labels.zone==a)"),
+        click.option("--placement-pref", multiple=True, help="Placement preference (spread=node.labels.zone)"),
+        click.option("--replicas-max-per-node", type=click.IntRange(min=0), help="Maximum tasks per node"),
+        click.option("--stop-signal", help="Signal to stop the container (default SIGTERM)"),
+        click.option("--stop-grace-period", type=DURATION, help="Time to wait before SIGKILL (default 10s)"),
+        click.option("-p", "--publish", multiple=True, help="Publish a port: 8080:80 or published=8080,target=80[,protocol=udp][,mode=host]"),
+        click.option("-d", "--detach", is_flag=True, help="Exit immediately instead of waiting for the service to converge"),
+        click.option("-q", "--quiet", is_flag=True, help="Suppress progress output"),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _labels(values, flag) -> dict:
+    out = {}
+    for v in values:
+        key, _, val = v.partition("=")
+        if not key:
+            raise click.BadParameter(f"{v!r}: expected KEY=VALUE", param_hint=flag)
+        out[key] = val
+    return out
+
+
+def build_spec(name, image, args, o: dict) -> dict:
+    container = {"image": image, "args": list(args), "env": list(o["env"]),
+                 "labels": _labels(o["container_label"], "--container-label"),
+                 "mounts": [parse_mount(m) for m in o["mount"]]}
+    for key, flag in (("workdir", "dir"), ("user", "user"), ("hostname", "hostname"),
+                      ("stop_signal", "stop_signal"), ("stop_grace_period", "stop_grace_period")):
+        if o.get(key) is not None:
+            container[flag] = o[key]
+    if o.get("entrypoint"):
+        container["command"] = o["entrypoint"].split()
+    resources = {"limits": {"nano_cpus": o.get("limit_cpu") or 0, "memory_bytes": o.get("limit_memory") or 0},
+                 "reservations": {"nano_cpus": o.get("reserve_cpu") or 0,
+                                  "memory_bytes": o.get("reserve_memory") or 0},
+                 "pids_limit": o.get("limit_pids") or 0}
+    restart = {}
+    for key, field in (("restart_condition", "condition"), ("restart_delay", "delay"),
+                       ("restart_max_attempts", "max_attempts"), ("restart_window", "window")):
+        if o.get(key) is not None:
+            restart[field] = o[key]
+    mode = {"mode": o["mode"], "replicas": 1 if o.get("replicas") is None else o["replicas"]}
+    if o.get("max_concurrent") is not None:
+        mode["max_concurrent"] = o["max_concurrent"]
+    if mode["mode"] == "replicated-job":
+        mode["total_completions"] = mode["replicas"]
+    return {
+        "name": name, "labels": _labels(o["label"], "--label"),
+        "task_template": {"container": container, "resources": resources, "restart_policy": restart,
+                          "placement": {"constraints": list(o["constraint"]),
+                                        "preferences": list(o["placement_pref"]),
+                                        "max_replicas": o.get("replicas_max_per_node") or 0}},
+        "mode": mode,
+        "endpoint_spec": {"ports": [parse_publish(p) for p in o["publish"]]},
+    }
+
+
+@click.group()
+def service() -> None:
+    """Manage swarm services."""
+
+
+@service.command(context_settings={"ignore_unknown_options": False, "allow_interspersed_args": False})
+@click.option("--name", help="Service name (default: derived from the image)")
+@service_options
+@click.argument("image")
+@click.argument("args", nargs=-1)
+@pass_cli
+def create(cli: Cli, name, image, args, detach, quiet, **o) -> None:
+    """Create a new service: IMAGE [COMMAND] [ARG...]."""
+    if not name:
+        name = image.rsplit("/", 1)[-1].split(":")[0].split("@")[0]
+    spec = build_spec(name, image, args, o)
+    created = cli.call("POST", "/services/create", {"spec": spec})
+    click.echo(created["id"])
+    if not detach:
+        wait_converged(cli, created["id"], quiet)
+
+
+def _state_cell(t: dict) -> str:
+    state = t["status"]["state"]
+    ago = max(0, time.time() - (t["status"]["timestamp"] or t["meta"]["created_at"]))
+    return f"{state.capitalize()} {format_duration(round(ago)) if ago >= 1 else 'less than a second'} ago"
+
+
+def wait_converged(cli: Cli, service_id: str, quiet: bool, timeout: float = 300.0) -> None:
+    """Live progress until every slot runs (or, for jobs, completed), like docker's."""
+    tty = sys.stdout.isatty() and not quiet
+    drawn = 0
+    last_summary = None
+    deadline = time.monotonic() + timeout
+    while True:
+        svc = cli.call("GET", f"/services/{service_id}")
+        tasks = cli.call("GET", "/tasks", params={"service": service_id, "desired_state": "running"})
+        status = svc["replicas_status"]
+        job = svc["spec"]["mode"]["mode"].endswith("-job")
+        done = status["completed"] if job else status["running"]
+        desired = status["desired"]
+        lines = [f"overall progress: {done} out of {desired} tasks"]
+        for t in sorted(tasks, key=lambda t: (t["slot"], t["node_hostname"])):
+            label = f"{t['slot']}/{desired}" if t["slot"] else t["node_hostname"]
+            msg = t["status"]["err"] or t["status"]["message"]
+            lines.append(f"{label}: {t['status']['state']:<10} {msg}")
+        if tty:
+            if drawn:
+                sys.stdout.write(f"\x1b[{drawn}A")
+            for line in lines:
+                sys.stdout.write("\x1b[2K" + line[:150] + "\n")
+            sys.stdout.flush()
+            drawn = len(lines)
+        elif not quiet and lines[0] != last_summary:
+            click.echo(lines[0])
+            last_summary = lines[0]
+        converged = done >= desired and (job or len(tasks) == desired or svc["spec"]["mode"]["mode"] == "global")
+        if converged:
+            if not quiet:
+                click.echo("verify: Service converged")
+            return
+        if time.monotonic() > deadline:
+            raise errors.Unavailable(f"the service did not converge within {format_duration(timeout)}: "
+                                     "see 'shoal service ps' for why (the service is still there)")
+        time.sleep(0.25)
+
+
+@service.command("ls")
+@click.option("-q", "--quiet", is_flag=True, help="Only display IDs")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@pass_cli
+def ls(cli: Cli, quiet, fmt) -> None:
+    """List services."""
+    services = cli.call("GET", "/services")
+    if quiet:
+        for s in services:
+            click.echo(s["id"])
+        return
+    if fmt == "json":
+        print_json(services)
+        return
+    rows = []
+    for s in services:
+        rs, mode = s["replicas_status"], s["spec"]["mode"]["mode"]
+        ports = ", ".join(f"*:{p['published_port']}->{p['target_port']}/{p['protocol']}"
+                          for p in s["spec"]["endpoint_spec"]["ports"])
+        replicas = f"{rs['completed'] if mode.endswith('-job') else rs['running']}/{rs['desired']}"
+        rows.append([s["id"][:12], s["spec"]["name"], mode, replicas,
+                     s["spec"]["task_template"]["container"]["image"], ports])
+    print_table(["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], rows)
+
+
+def print_tasks(tasks: list[dict], no_trunc: bool, quiet: bool, fmt: str) -> None:
+    if quiet:
+        for t in tasks:
+            click.echo(t["id"])
+        return
+    if fmt == "json":
+        print_json(tasks)
+        return
+    rows = []
+    previous = None
+    for t in tasks:
+        base = f"{t['service_name']}.{t['slot'] or t['node_id']}"
+        name = base if base != previous else r" \_ " + base
+        previous = base
+        err = t["status"]["err"] or (t["status"]["message"] if t["status"]["state"] == "pending" else "")
+        if not no_trunc and len(err) > 60:
+            err = err[:57] + "..."
+        rows.append([t["id"] if no_trunc else t["id"][:12], name,
+                     t["spec"]["container"]["image"], t["node_hostname"],
+                     t["desired_state"].capitalize(), _state_cell(t), f'"{err}"' if err else ""])
+    print_table(["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR"], rows)
+
+
+def _filters(values) -> dict:
+    out = {}
+    for v in values:
+        key, sep, val = v.partition("=")
+        if not sep or key not in ("desired-state", "node", "name", "id"):
+            raise click.BadParameter(f"{v!r}: filters are desired-state=, node=, name=, id=",
+                                     param_hint="--filter")
+        out[key] = val
+    return out
+
+
+def _apply_filters(tasks: list[dict], filters: dict) -> list[dict]:
+    if "desired-state" in filters:
+        tasks = [t for t in tasks if t["desired_state"] == filters["desired-state"]]
+    if "node" in filters:
+        tasks = [t for t in tasks if filters["node"] in (t["node_id"], t["node_hostname"])]
+    if "name" in filters:
+        tasks = [t for t in tasks if t["name"].startswith(filters["name"])]
+    if "id" in filters:
+        tasks = [t for t in tasks if t["id"].startswith(filters["id"])]
+    return tasks
+
+
+@service.command()
+@click.option("-f", "--filter", "filters", multiple=True, help="Filter: desired-state=running, node=NAME, ...")
+@click.option("--no-trunc", is_flag=True, help="Do not truncate output")
+@click.option("-q", "--quiet", is_flag=True, help="Only display task IDs")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.argument("services", nargs=-1, required=True)
+@pass_cli
+def ps(cli: Cli, filters, no_trunc, quiet, fmt, services) -> None:
+    """List the tasks of one or more services."""
+    f = _filters(filters)
+    tasks = []
+    for ref in services:
+        tasks += cli.call("GET", "/tasks", params={"service": ref})
+    print_tasks(_apply_filters(tasks, f), no_trunc, quiet, fmt)
+
+
+@service.command()
+@click.option("--pretty", is_flag=True, help="Human friendly format")
+@click.argument("services", nargs=-1, required=True)
+@pass_cli
+def inspect(cli: Cli, pretty, services) -> None:
+    """Display detailed information on one or more services."""
+    found = [cli.call("GET", f"/services/{ref}") for ref in services]
+    if not pretty:
+        print_json(found)
+        return
+    for s in found:
+        spec = s["spec"]
+        c = spec["task_template"]["container"]
+        click.echo(f"ID:             {s['id']}\nName:           {spec['name']}")
+        mode = spec["mode"]
+        click.echo(f"Mode:           {mode['mode']}" + (f" (replicas {mode['replicas']})" if not mode["mode"].startswith("global") else ""))
+        click.echo(f"Image:          {c['image']}")
+        if c["command"] or c["args"]:
+            click.echo(f"Command:        {' '.join(c['command'] + c['args'])}")
+        rp = spec["task_template"]["restart_policy"]
+        click.echo(f"Restart Policy: condition={rp['condition']} delay={format_duration(rp['delay'])} "
+                   f"max_attempts={rp['max_attempts']}")
+        lim = spec["task_template"]["resources"]["limits"]
+        if lim["memory_bytes"] or lim["nano_cpus"]:
+            click.echo(f"Limits:         memory={lim['memory_bytes']} cpus={lim['nano_cpus'] / 1e9:g}")
+        if spec["task_template"]["placement"]["constraints"]:
+            click.echo(f"Constraints:    {', '.join(spec['task_template']['placement']['constraints'])}")
+        rs = s["replicas_status"]
+        click.echo(f"Tasks:          {rs['running']} running of {rs['desired']} desired\n")
+
+
+@service.command()
+@click.option("-d", "--detach", is_flag=True, help="Exit immediately instead of waiting")
+@click.argument("pairs", nargs=-1, required=True)
+@pass_cli
+def scale(cli: Cli, detach, pairs) -> None:
+    """Scale one or more replicated services: SERVICE=REPLICAS..."""
+    targets = []
+    for pair in pairs:
+        name, sep, count = pair.partition("=")
+        if not sep or not count.isdigit():
+            raise click.BadParameter(f"{pair!r}: expected SERVICE=REPLICAS, e.g. web=6")
+        targets.append((name, int(count)))
+    for name, count in targets:
+        for _ in range(5):
+            svc = cli.call("GET", f"/services/{name}")
+            if svc["spec"]["mode"]["mode"] != "replicated":
+                raise errors.InvalidArgument(f"{name}: scale works on replicated services only "
+                                             f"(this one is {svc['spec']['mode']['mode']})")
+            svc["spec"]["mode"]["replicas"] = count
+            try:
+                cli.call("POST", f"/services/{svc['id']}/update", {"spec": svc["spec"]},
+                         params={"version": str(svc["meta"]["version"])})
+                break
+            except errors.Conflict:
+                continue
+        click.echo(f"{name} scaled to {count}")
+    if not detach:
+        for name, _ in targets:
+            wait_converged(cli, name, quiet=False)
+
+
+@service.command()
+@click.argument("services", nargs=-1, required=True)
+@pass_cli
+def rm(cli: Cli, services) -> None:
+    """Remove one or more services."""
+    for ref in services:
+        cli.call("DELETE", f"/services/{ref}")
+        click.echo(ref)
+
+
+@service.command()
+@click.option("-f", "--follow", is_flag=True, help="Follow log output")
+@click.option("--tail", default="all", help="Number of lines to show from the end of each task's log")
+@click.option("-t", "--timestamps", is_flag=True, help="Show timestamps")
+@click.option("--raw", is_flag=True, help="Do not prefix lines with the task name")
+@click.argument("ref")
+@pass_cli
+def logs(cli: Cli, follow, tail, timestamps, raw, ref) -> None:
+    """Fetch the logs of a service's tasks, from every node that ran them."""
+    if tail != "all" and not tail.isdigit():
+        raise click.BadParameter(f"{tail!r}: a number of lines or 'all'", param_hint="--tail")
+    params = {"follow": "true" if follow else "false", "tail": tail}
+    for entry in cli.stream("GET", f"/services/{ref}/logs", params=params):
+        if entry.get("error"):
+            click.echo(f"error from {entry.get('node', '?')}: {entry['error']}", err=True)
+            continue
+        prefix = "" if raw else f"{entry['task']}@{entry['node']}    | "
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(entry["t"])) + \
+            f".{int(entry['t'] % 1 * 1e6):06d}Z " if timestamps else ""
+        click.echo(f"{prefix}{stamp}{entry['l']}", err=entry.get("s") == "stderr")
+
+
+def node_ps_command(node_group: click.Group) -> None:
+    @node_group.command("ps")
+    @click.option("-f", "--filter", "filters", multiple=True, help="Filter: desired-state=running, ...")
+    @click.option("--no-trunc", is_flag=True, help="Do not truncate output")
+    @click.option("-q", "--quiet", is_flag=True, help="Only display task IDs")
+    @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+    @click.argument("nodes", nargs=-1)
+    @pass_cli
+    def ps_cmd(cli: Cli, filters, no_trunc, quiet, fmt, nodes) -> None:
+        """List tasks running on one or more nodes (default: this node)."""
+        f = _filters(filters)
+        refs = nodes or ["self"]
+        tasks = []
+        for ref in refs:
+            if ref == "self":
+                ref = cli.call("GET", "/info")["swarm"].get("node_id", "")
+            tasks += cli.call("GET", "/tasks", params={"node": ref})
+        print_tasks(_apply_filters(tasks, f), no_trunc, quiet, fmt)

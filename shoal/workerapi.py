@@ -1,0 +1,176 @@
+"""This node's containers, images and task logs: on the local socket for the CLI
+(`container`, `image`), and /worker/logs on 2377 for managers gathering `service logs`."""
+from __future__ import annotations
+
+import json
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from common import errors
+from manager.httputil import body_json, field, query_flag, reply
+
+
+def _daemon(request: web.Request):
+    return request.app["ctx"]
+
+
+def _container_view(c) -> dict:
+    labels = c.labels or {}
+    return {"id": c.id, "name": labels.get("shoal.task.name", c.id), "image": labels.get("shoal.image", ""),
+            "state": c.state, "pid": c.pid, "service": labels.get("shoal.service.name", ""),
+            "labels": labels}
+
+
+def _find_container(request: web.Request, ref: str):
+    containers = _daemon(request).executor.list()
+    exact = [c for c in containers if ref in (c.id, (c.labels or {}).get("shoal.task.name"))]
+    matches = exact or [c for c in containers if c.id.startswith(ref)
+                        or (c.labels or {}).get("shoal.task.name", "").startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise errors.NotFound(f"no such container on this node: {ref} (see 'shoal container ls')")
+    raise errors.InvalidArgument(f"{ref!r} matches {len(matches)} containers: give more of the id")
+
+
+async def containers_list(request: web.Request) -> web.Response:
+    show_all = query_flag(request, "all")
+    items = [_container_view(c) for c in _daemon(request).executor.list()
+             if show_all or c.state == "running"]
+    return reply(sorted(items, key=lambda c: c["name"]))
+
+
+async def container_exec(request: web.Request) -> web.Response:
+    c = _find_container(request, request.match_info["ref"])
+    data = await body_json(request)
+    argv = field(data, "argv", list)
+    if not argv or not all(isinstance(a, str) for a in argv):
+        raise errors.InvalidArgument("argv must be a non-empty list of strings", field="argv")
+    if c.state != "running":
+        raise errors.FailedPrecondition(f"container {c.id[:12]} is not running ({c.state})")
+    code, output = await _daemon(request).executor.exec(c.id, argv, timeout=field(
+        data, "timeout", (int, float), required=False, default=120))
+    return reply({"exit_code": code, "output": output})
+
+
+def _tail(request: web.Request) -> int | None:
+    tail = request.query.get("tail", "all")
+    if tail == "all":
+        return None
+    if not tail.isdigit():
+        raise errors.InvalidArgument(f"tail must be a number of lines or 'all', got {tail!r}", field="tail")
+    return int(tail)
+
+
+async def _ndjson(request: web.Request, lines: AsyncIterator[dict]) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await resp.prepare(request)
+    try:
+        async for entry in lines:
+            await resp.write(json.dumps(entry).encode() + b"\n")
+    except (ConnectionResetError, ConnectionError):
+        pass  # the reader went away (a `logs -f` interrupted): nothing to report
+    return resp
+
+
+async def container_logs(request: web.Request) -> web.StreamResponse:
+    c = _find_container(request, request.match_info["ref"])
+    ex = _daemon(request).executor
+
+    async def lines():
+        async for line in ex.logs(c.id, tail=_tail(request), follow=query_flag(request, "follow"),
+                                  timestamps=True):
+            yield {"t": line.ts, "s": line.stream, "l": line.line}
+    return await _ndjson(request, lines())
+
+
+async def task_logs(request: web.Request) -> web.StreamResponse:
+    """Logs of the given tasks' containers on this node (what managers merge for service logs)."""
+    ex = _daemon(request).executor
+    task_ids = request.query.getall("task", [])
+    known = {c.id for c in ex.list()}
+    follow = query_flag(request, "follow")
+    tail = _tail(request)
+
+    async def lines():
+        import asyncio
+        queue: asyncio.Queue = asyncio.Queue(maxsize=1000)
+        done = object()
+
+        async def pump(tid: str) -> None:
+            try:
+                async for line in ex.logs(tid, tail=tail, follow=follow, timestamps=True):
+                    await queue.put({"task_id": tid, "t": line.ts, "s": line.stream, "l": line.line})
+            except errors.ShoalError:
+                pass
+            finally:
+                await queue.put(done)
+        pumps = [asyncio.create_task(pump(t)) for t in task_ids if t in known]
+        remaining = len(pumps)
+        try:
+            while remaining:
+                item = await queue.get()
+                if item is done:
+                    remaining -= 1
+                else:
+                    yield item
+        finally:
+            for p in pumps:
+                p.cancel()
+    return await _ndjson(request, lines())
+
+
+async def images_list(request: web.Request) -> web.Response:
+    return reply([{"ref": i.ref, "id": i.id, "size": i.size} for i in _daemon(request).images.list()])
+
+
+async def image_import(request: web.Request) -> web.Response:
+    data = await body_json(request)
+    from pathlib import Path
+    path = Path(field(data, "path", str))
+    if not path.exists():
+        raise errors.InvalidArgument(f"{path} does not exist on this node", field="path")
+    img = await _daemon(request).images.import_archive(path, field(data, "ref", str, required=False))
+    return reply({"ref": img.ref, "id": img.id, "size": img.size})
+
+
+async def image_pull(request: web.Request) -> web.Response:
+    d = _daemon(request)
+    data = await body_json(request)
+    ref = field(data, "ref", str)
+    insecure = set(d.insecure_registries)
+    if field(data, "insecure", bool, required=False, default=False):
+        insecure.add(ref.split("/", 1)[0])
+    img = await d.images.pull(ref, insecure_registries=frozenset(insecure))
+    return reply({"ref": img.ref, "id": img.id, "size": img.size})
+
+
+async def image_remove(request: web.Request) -> web.Response:
+    _daemon(request).images.remove(request.match_info["ref"])
+    return reply({"removed": request.match_info["ref"]})
+
+
+def _local(*handlers):
+    # These act on this node itself: never forwarded to the leader.
+    for h in handlers:
+        h.local_only = True
+
+
+_local(containers_list, container_exec, container_logs, images_list, image_import, image_pull,
+       image_remove, task_logs)
+
+
+def local_routes() -> list[web.RouteDef]:
+    return [web.get("/containers", containers_list),
+            web.post("/containers/{ref}/exec", container_exec),
+            web.get("/containers/{ref}/logs", container_logs),
+            web.get("/images", images_list),
+            web.post("/images/import", image_import),
+            web.post("/images/pull", image_pull),
+            web.delete("/images/{ref:.+}", image_remove),
+            web.get("/worker/logs", task_logs)]
+
+
+def cluster_routes() -> list[web.RouteDef]:
+    return [web.get("/worker/logs", task_logs)]

@@ -1,0 +1,243 @@
+"""Orchestrators, scheduling loop and dispatcher on a real (one-member) raft manager, in-process.
+
+Nodes and agents are simulated by writing what they would write (heartbeats, status reports):
+no containers are needed to prove the decisions. The multi-host tests run the real thing.
+"""
+import asyncio
+import time
+
+import pytest
+
+from common import codec
+from common.model import (Cluster, ContainerSpec, Node, NodeDescription, NodeSpec, NodeStatus,
+                          Placement, Resources, RestartPolicy, Service, ServiceMode, ServiceSpec,
+                          TaskSpec)
+from common.nodestate import NodeFiles, NodeState
+from manager.manager import Manager
+from manager.store import Transaction
+
+ADDR = "127.0.0.93"  # raft listens on ADDR:2378; a loopback address of its own avoids clashes
+
+
+def service(name, replicas=3, mode="replicated", constraints=(), restart=None) -> Service:
+    return Service(id=f"svc-{name}", spec=ServiceSpec(
+        name=name, mode=ServiceMode(mode=mode, replicas=replicas),
+        task_template=TaskSpec(container=ContainerSpec(image="busybox:1"),
+                               placement=Placement(constraints=list(constraints)),
+                               restart_policy=restart or RestartPolicy(delay=0.0))))
+
+
+async def wait(check, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+class Harness:
+    def __init__(self, m: Manager) -> None:
+        self.m = m
+
+    def tasks(self, svc, desired="running"):
+        return [t for t in self.m.store.by_index("tasks", "service_id", f"svc-{svc}")
+                if desired is None or t.desired_state == desired]
+
+    def on(self, svc):
+        out = {}
+        for t in self.tasks(svc):
+            if t.node_id:
+                out[t.node_id] = out.get(t.node_id, 0) + 1
+        return out
+
+    async def report(self, task, state, **extra):
+        await self.m.dispatcher.report_status(task.node_id, [{"task_id": task.id, "state": state, **extra}])
+
+    async def run_all(self, svc):
+        for t in self.tasks(svc):
+            if t.node_id and t.status.state != "running":
+                await self.report(t, "running")
+
+    async def set_node(self, node_id, **changes):
+        node = self.m.store.get("nodes", node_id)
+        for k, v in changes.items():
+            if k == "state":
+                node.status.state = v
+            elif k == "availability":
+                node.spec.availability = v
+            elif k == "labels":
+                node.spec.labels = v
+        await self.m.propose(Transaction().update("nodes", node))
+
+
+@pytest.fixture
+def run(tmp_path):
+    def runner(scenario):
+        async def main():
+            files = NodeFiles(tmp_path)
+            files.prepare()
+            files.save_raft_secret(b"s" * 32)
+            state = NodeState(node_id="m1", cluster_id="c1", role="manager", advertise_addr=ADDR,
+                              listen_addr=f"{ADDR}:2377")
+            m = Manager(files, state)
+            await m.start()
+            try:
+                await wait(lambda: m.is_leader)
+                txn = Transaction().create("clusters", Cluster(id="c1"))
+                for i in range(1, 4):
+                    txn.create("nodes", Node(id=f"n{i}", status=NodeStatus(state="ready", addr=f"10.9.0.{i}"),
+                                             description=NodeDescription(hostname=f"node{i}",
+                                                                         resources=Resources(4 * 10**9, 8 << 30))))
+                await m.propose(txn)
+                await scenario(Harness(m))
+            finally:
+                await m.stop()
+        asyncio.run(main())
+    return runner
+
+
+def test_replicated_spread_scale_and_remove(run):
+    async def scenario(h):
+        await h.m.propose(Transaction().create("services", service("web", 6)))
+        await wait(lambda: h.on("web") == {"n1": 2, "n2": 2, "n3": 2})
+        assert sorted(t.slot for t in h.tasks("web")) == [1, 2, 3, 4, 5, 6]
+        await h.run_all("web")
+        svc = h.m.store.get("services", "svc-web")
+        svc.spec.mode.replicas = 2
+        await h.m.propose(Transaction().update("services", svc))
+        await wait(lambda: sorted(t.slot for t in h.tasks("web")) == [1, 2])
+        # Scaled-down tasks are told to shut down; once the agent says so they are reaped.
+        for t in h.tasks("web", desired="shutdown"):
+            await h.report(t, "shutdown")
+        await h.m.propose(Transaction().delete("services", "svc-web"))
+        await wait(lambda: all(t.desired_state == "shutdown" for t in h.tasks("web", None)))
+        for t in h.tasks("web", None):
+            if not t.terminal:
+                await h.report(t, "shutdown")
+        await wait(lambda: h.tasks("web", None) == [])
+    run(scenario)
+
+
+def test_failed_task_is_replaced_in_its_slot_and_history_is_bounded(run):
+    async def scenario(h):
+        await h.m.propose(Transaction().create("services", service("job", 1)))
+        for round_ in range(8):
+            current = await wait(lambda: [t for t in h.tasks("job") if t.node_id and not t.terminal])
+            await h.report(current[0], "running")
+            await h.report(current[0], "failed", exit_code=1, err="boom")
+            await wait(lambda: any(t.id != current[0].id for t in h.tasks("job")))
+        every = h.tasks("job", None)
+        assert {t.slot for t in every} == {1}
+        # 5 finished tasks kept per slot, plus the live one.
+        await wait(lambda: len(h.tasks("job", None)) == 6)
+    run(scenario)
+
+
+def test_restart_condition_none_and_max_attempts(run):
+    async def scenario(h):
+        await h.m.propose(Transaction().create("services", service(
+            "once", 1, restart=RestartPolicy(condition="none", delay=0))))
+        t = (await wait(lambda: [t for t in h.tasks("once") if t.node_id]))[0]
+        await h.report(t, "failed", exit_code=3)
+        await asyncio.sleep(0.5)
+        assert len(h.tasks("once", None)) == 1
+        await h.m.propose(Transaction().create("services", service(
+            "twice", 1, restart=RestartPolicy(condition="on-failure", delay=0, max_attempts=2))))
+        for _ in range(2):
+            t = (await wait(lambda: [t for t in h.tasks("twice") if t.node_id and not t.terminal]))[0]
+            await h.report(t, "failed", exit_code=1)
+            await asyncio.sleep(0.3)
+        await asyncio.sleep(0.5)
+        assert len(h.tasks("twice", None)) == 2
+        assert all(t.terminal for t in h.tasks("twice", None))
+    run(scenario)
+
+
+def test_down_and_drained_nodes_lose_their_tasks(run):
+    async def scenario(h):
+        await h.m.propose(Transaction().create("services", service("web", 3)))
+        await wait(lambda: h.on("web") == {"n1": 1, "n2": 1, "n3": 1})
+        await h.run_all("web")
+        await h.set_node("n1", state="down")
+        await wait(lambda: "n1" not in h.on("web") and sum(h.on("web").values()) == 3)
+        await h.set_node("n2", availability="drain")
+        await wait(lambda: h.on("web") == {"n3": 3})
+        await h.set_node("n1", state="ready")
+        await h.set_node("n2", availability="active")
+        # Existing tasks are not moved back (like docker), but new ones spread again.
+        svc = h.m.store.get("services", "svc-web")
+        svc.spec.mode.replicas = 6
+        await h.m.propose(Transaction().update("services", svc))
+        await wait(lambda: h.on("web") == {"n1": 1, "n2": 2, "n3": 3} or h.on("web").get("n3") == 3
+                   and sum(h.on("web").values()) == 6)
+    run(scenario)
+
+
+def test_global_mode_follows_nodes_and_constraints(run):
+    async def scenario(h):
+        await h.set_node("n3", labels={"gpu": "yes"})
+        await h.m.propose(Transaction().create("services", service("agent", mode="global")))
+        await wait(lambda: h.on("agent") == {"n1": 1, "n2": 1, "n3": 1})
+        await h.m.propose(Transaction().create("services", service(
+            "gpu", mode="global", constraints=["node.labels.gpu==yes"])))
+        await wait(lambda: h.on("gpu") == {"n3": 1})
+        await h.m.propose(Transaction().create("nodes", Node(
+            id="n4", status=NodeStatus(state="ready"), description=NodeDescription(hostname="node4"))))
+        await wait(lambda: h.on("agent").get("n4") == 1)
+        await h.set_node("n1", availability="drain")
+        await wait(lambda: "n1" not in h.on("agent"))
+    run(scenario)
+
+
+def test_unschedulable_tasks_stay_pending_with_the_reason(run):
+    async def scenario(h):
+        await h.m.propose(Transaction().create("services", service(
+            "nowhere", 2, constraints=["node.labels.zone==mars"])))
+        pending = await wait(lambda: (t := h.tasks("nowhere")) and all(
+            "no suitable node" in x.status.message for x in t) and t)
+        assert all(t.status.state == "pending" and not t.node_id for t in pending)
+        await h.set_node("n2", labels={"zone": "mars"})
+        await wait(lambda: h.on("nowhere") == {"n2": 2})
+    run(scenario)
+
+
+def test_jobs_run_to_completion(run):
+    async def scenario(h):
+        svc = service("batch", 4, mode="replicated-job")
+        svc.spec.mode.max_concurrent = 2
+        svc.spec.mode.total_completions = 4
+        await h.m.propose(Transaction().create("services", svc))
+        done = 0
+        while done < 4:
+            live = await wait(lambda: [t for t in h.tasks("batch") if t.node_id and not t.terminal])
+            assert len(live) <= 2
+            await h.report(live[0], "complete", exit_code=0)
+            done += 1
+        await asyncio.sleep(0.5)
+        assert sum(1 for t in h.tasks("batch", None) if t.status.state == "complete") == 4
+        assert not [t for t in h.tasks("batch") if not t.terminal]
+    run(scenario)
+
+
+def test_assignment_stream_is_incremental(run):
+    async def scenario(h):
+        d = h.m.dispatcher
+        await h.m.propose(Transaction().create("services", service("web", 3)))
+        await wait(lambda: h.on("web").get("n1") == 1)
+        first = await d.assignments("n1", 0, 0)
+        assert first["full"] and len(first["tasks"]) == 1
+        # Nothing changed: a long poll waits, then returns empty.
+        t0 = time.monotonic()
+        again = await d.assignments("n1", first["index"], 0.5)
+        assert not again["full"] and again["tasks"] == [] and time.monotonic() - t0 >= 0.4
+        # A change wakes the waiter with just that change.
+        waiter = asyncio.create_task(d.assignments("n1", first["index"], 5))
+        await asyncio.sleep(0.1)
+        svc = h.m.store.get("services", "svc-web")
+        svc.spec.mode.replicas = 0
+        await h.m.propose(Transaction().update("services", svc))
+        delta = await asyncio.wait_for(waiter, 3)
+        assert not delta["full"] and [t["desired_state"] for t in delta["tasks"]] == ["shutdown"]
+    run(scenario)

@@ -1,0 +1,238 @@
+"""Drives each assigned task to its desired state with the executor, and reports every change.
+
+One controller per task: it prepares the image, creates and starts the container, waits for it
+to exit, and stops it when the task's desired state says so. Containers found running when the
+agent starts are adopted; containers whose task the managers no longer assign to this node are
+stopped and removed (only once the managers told us the full picture, never while they are
+unreachable).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Awaitable, Callable, Optional
+
+from common import codec, errors
+from common.model import TASK_STATE_RANK, Task
+from worker.executor import ContainerConfig, Executor
+from worker.images import ImageStore
+
+log = logging.getLogger("shoal.tasks")
+
+Report = Callable[[dict], None]
+
+
+def container_config(task: Task, hostname: str) -> ContainerConfig:
+    c = task.spec.container
+    res = task.spec.resources
+    return ContainerConfig(
+        id=task.id, name=task.name, image=c.image, command=list(c.command), args=list(c.args),
+        env=list(c.env), workdir=c.dir, user=c.user, hostname=c.hostname or task.id[:12],
+        labels={**c.labels, "shoal.task.id": task.id, "shoal.service.id": task.service_id,
+                "shoal.service.name": task.service_name, "shoal.task.name": task.name,
+                "shoal.node.hostname": hostname, "shoal.image": c.image},
+        mounts=list(c.mounts), memory_limit=res.limits.memory_bytes, nano_cpus=res.limits.nano_cpus,
+        pids_limit=res.pids_limit, stop_signal=c.stop_signal, stop_grace=c.stop_grace_period,
+        netns_path=None, extra_binds=[])
+
+
+class TaskController:
+    def __init__(self, runner: "TaskRunner", task: Task, adopted: bool) -> None:
+        self.runner = runner
+        self.task = task
+        self.adopted = adopted
+        self.state = task.status.state
+        self._changed = asyncio.Event()
+        self._job = asyncio.create_task(self._drive(), name=f"task-{task.id[:12]}")
+
+    def update(self, task: Task) -> None:
+        self.task = task
+        self._changed.set()
+
+    def report(self, state: str, message: str = "", **extra) -> None:
+        if TASK_STATE_RANK[state] < TASK_STATE_RANK.get(self.state, 0):
+            return
+        self.state = state
+        self.runner.report({"task_id": self.task.id, "state": state, "message": message,
+                            "timestamp": time.time(), **extra})
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ("complete", "failed", "rejected", "shutdown", "orphaned")
+
+    async def _drive(self) -> None:
+        ex = self.runner.executor
+        runner: Optional[asyncio.Task] = None
+        try:
+            while True:
+                task = self.task
+                if task.desired_state == "running" and not self.ended and runner is None:
+                    runner = asyncio.create_task(self._run(task))
+                elif task.desired_state != "running" and not self.ended:
+                    if runner is not None or self.adopted:
+                        # Ours or adopted (it ran before the agent restarted): stop it either way.
+                        try:
+                            await ex.stop(task.id, task.spec.container.stop_signal,
+                                          task.spec.container.stop_grace_period)
+                        except errors.NotFound:
+                            pass
+                    if runner is not None:
+                        runner.cancel()
+                        runner = None
+                    self.report("shutdown", "shut down as requested")
+                self._changed.clear()
+                await self._changed.wait()
+        except asyncio.CancelledError:
+            if runner is not None:
+                runner.cancel()
+            raise
+
+    async def _run(self, task: Task) -> None:
+        ex, images = self.runner.executor, self.runner.images
+        try:
+            if not self.adopted:
+                self.report("accepted")
+                self.report("preparing", "preparing the image and the container")
+                try:
+                    await self.runner.ensure_image(task.spec.container.image)
+                except errors.ShoalError as exc:
+                    self.report("rejected", exc.message, err=exc.message)
+                    return
+                try:
+                    await ex.create(container_config(task, self.runner.hostname))
+                    self.report("starting")
+                    pid = await ex.start(task.id)
+                except errors.ShoalError as exc:
+                    self.report("rejected", exc.message, err=exc.message)
+                    return
+                self.report("running", f"started (pid {pid})", container_id=task.id)
+            else:
+                self.report("running", "adopted after an agent restart", container_id=task.id)
+            info = await ex.wait(task.id)
+            if self.task.desired_state != "running":
+                self.report("shutdown", "shut down as requested", exit_code=info.exit_code)
+            elif info.exit_code == 0 and not info.oom_killed:
+                self.report("complete", "finished", exit_code=0)
+            else:
+                message = info.message or f"task exited with code {info.exit_code}"
+                self.report("failed", message, err=message, exit_code=info.exit_code)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # report instead of dying silently: the slot gets replaced
+            log.exception("task %s", task.id)
+            message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            self.report("failed", message, err=message)
+
+    async def close(self, remove: bool) -> None:
+        self._job.cancel()
+        try:
+            await self._job
+        except (asyncio.CancelledError, Exception):
+            pass
+        if remove:
+            c = self.task.spec.container
+            try:
+                await self.runner.executor.stop(self.task.id, c.stop_signal, c.stop_grace_period)
+            except errors.ShoalError:
+                pass
+            await self.runner.executor.remove(self.task.id)
+
+
+class TaskRunner:
+    def __init__(self, executor: Executor, images: ImageStore, hostname: str,
+                 send_reports: Callable[[list[dict]], Awaitable[None]],
+                 insecure_registries: frozenset[str] = frozenset()) -> None:
+        self.executor = executor
+        self.images = images
+        self.hostname = hostname
+        self.insecure_registries = insecure_registries
+        self._send = send_reports
+        self.controllers: dict[str, TaskController] = {}
+        self._adoptable: set[str] = set()
+        self._outbox: dict[str, dict] = {}
+        self._outbox_ready = asyncio.Event()
+        self._image_locks: dict[str, asyncio.Lock] = {}
+        self._reporter: Optional[asyncio.Task] = None
+
+    async def start(self) -> None:
+        await self.executor.adopt()
+        self._adoptable = {c.id for c in self.executor.list() if c.state == "running"}
+        self._reporter = asyncio.create_task(self._report_loop(), name="status-reports")
+
+    async def stop(self) -> None:
+        """The agent stops; containers keep running (they are adopted on the next start)."""
+        for ctl in list(self.controllers.values()):
+            await ctl.close(remove=False)
+        self.controllers.clear()
+        if self._reporter is not None:
+            self._reporter.cancel()
+
+    async def apply(self, answer: dict) -> None:
+        tasks = [codec.from_plain(Task, t) for t in answer.get("tasks", [])]
+        if answer.get("full"):
+            keep = {t.id for t in tasks}
+            for tid in [tid for tid in self.controllers if tid not in keep]:
+                await self._drop(tid)
+            # Containers no task claims: left over from before this node was down or restarted.
+            for c in self.executor.list():
+                if c.id not in keep and c.id not in self.controllers:
+                    log.info("removing container %s: no task on this node claims it", c.id)
+                    await self._remove_container(c.id)
+            self._adoptable &= keep
+        for tid in answer.get("removed", []):
+            await self._drop(tid)
+        for task in tasks:
+            ctl = self.controllers.get(task.id)
+            if ctl is None:
+                adopted = task.id in self._adoptable
+                if task.terminal and not adopted:
+                    # A finished task: only its container (if any) is left to clean when reaped.
+                    ctl = TaskController(self, task, adopted=False)
+                    ctl.state = task.status.state
+                else:
+                    ctl = TaskController(self, task, adopted)
+                self.controllers[task.id] = ctl
+            else:
+                ctl.update(task)
+
+    async def _drop(self, task_id: str) -> None:
+        ctl = self.controllers.pop(task_id, None)
+        if ctl is not None:
+            await ctl.close(remove=True)
+        else:
+            await self._remove_container(task_id)
+
+    async def _remove_container(self, container_id: str) -> None:
+        try:
+            await self.executor.stop(container_id, None, 5)
+        except errors.ShoalError:
+            pass
+        await self.executor.remove(container_id)
+
+    async def ensure_image(self, ref: str) -> None:
+        lock = self._image_locks.setdefault(ref, asyncio.Lock())
+        async with lock:
+            if self.images.get(ref) is not None:
+                return
+            await self.images.pull(ref, insecure_registries=self.insecure_registries)
+
+    # ---- reports ----------------------------------------------------------------------------
+    def report(self, update: dict) -> None:
+        self._outbox[update["task_id"]] = update  # the newest state per task is what counts
+        self._outbox_ready.set()
+
+    async def _report_loop(self) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            await asyncio.sleep(0.05)  # batch the states of many tasks into one report
+            self._outbox_ready.clear()
+            batch, self._outbox = self._outbox, {}
+            try:
+                await self._send(list(batch.values()))
+            except errors.ShoalError as exc:
+                log.info("status report failed (%s); will resend", exc.message)
+                for tid, update in batch.items():
+                    self._outbox.setdefault(tid, update)
+                self._outbox_ready.set()
+                await asyncio.sleep(1.0)
