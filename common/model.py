@@ -251,6 +251,20 @@ class EndpointSpec:
     ports: list[PortConfig] = field(default_factory=list)
 
 
+UPDATE_FAILURE_ACTIONS = ("pause", "continue", "rollback")
+UPDATE_ORDERS = ("stop-first", "start-first")
+
+
+@dataclass
+class UpdateConfig:
+    parallelism: int = 1            # tasks replaced at once (0: all)
+    delay: float = 0.0              # between batches
+    failure_action: str = "pause"   # pause | continue | rollback (rollback_config: pause | continue)
+    monitor: float = 5.0            # how long a new task is watched for failure
+    max_failure_ratio: float = 0.0
+    order: str = "stop-first"       # stop-first | start-first
+
+
 @dataclass
 class ServiceSpec:
     name: str = ""
@@ -258,6 +272,20 @@ class ServiceSpec:
     task_template: TaskSpec = field(default_factory=TaskSpec)
     mode: ServiceMode = field(default_factory=ServiceMode)
     endpoint_spec: EndpointSpec = field(default_factory=EndpointSpec)
+    update_config: UpdateConfig = field(default_factory=UpdateConfig)
+    rollback_config: UpdateConfig = field(default_factory=UpdateConfig)
+
+
+UPDATE_STATES = ("updating", "paused", "completed", "rollback_started", "rollback_paused",
+                 "rollback_completed")
+
+
+@dataclass
+class UpdateStatus:
+    state: str = ""                 # "" (never updated) or one of UPDATE_STATES
+    message: str = ""
+    started_at: float = 0.0
+    completed_at: float = 0.0
 
 
 @dataclass
@@ -266,6 +294,7 @@ class Service:
     meta: Meta = field(default_factory=Meta)
     spec: ServiceSpec = field(default_factory=ServiceSpec)
     previous_spec: Optional[ServiceSpec] = None
+    update_status: UpdateStatus = field(default_factory=UpdateStatus)
 
 
 # Task states only move forward; their order is their rank.

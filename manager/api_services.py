@@ -10,10 +10,11 @@ from aiohttp import web
 
 from common import codec, errors
 from common.ids import new_id
-from common.model import Service, Task
+from common.model import Service, Task, UpdateStatus
 from common.nodestate import API_PORT
 from manager.api import _find_node, _identity, _manager
 from manager.httputil import body_json, field, query_int, reply
+from manager.secrets import resolve_secrets
 from manager.services import parse_service_spec
 from manager.store import Transaction
 
@@ -48,6 +49,7 @@ async def service_create(request: web.Request) -> web.Response:
     manager = _manager(request)
     data = await body_json(request)
     spec = parse_service_spec(data.get("spec", data))
+    resolve_secrets(manager, spec)
     if manager.store.by_name("services", spec.name) is not None:
         raise errors.Conflict(f"service {spec.name!r} already exists: pick another name or update it "
                               f"with 'shoal service update {spec.name}'", field="name")
@@ -81,10 +83,32 @@ async def service_update(request: web.Request) -> web.Response:
                               f"{svc.meta.version}); read it again and retry")
     data = await body_json(request)
     spec = parse_service_spec(data.get("spec", data))
+    resolve_secrets(manager, spec)
     if spec.name != svc.spec.name:
         raise errors.InvalidArgument("a service cannot be renamed", field="name")
+    now = time.time()
+    if spec.task_template != svc.spec.task_template:
+        # The updater replaces the tasks batch by batch; the status tells how it goes.
+        svc.update_status = UpdateStatus(state="updating", message="update in progress",
+                                         started_at=now)
     svc.previous_spec, svc.spec = svc.spec, spec
-    svc.meta.updated_at = time.time()
+    svc.meta.updated_at = now
+    await manager.propose(Transaction().update("services", svc))
+    return reply(service_view(manager, manager.store.get("services", svc.id)))
+
+
+async def service_rollback(request: web.Request) -> web.Response:
+    """Back to the previous spec; a second rollback swaps back again (like docker)."""
+    manager = _manager(request)
+    svc = manager.store.get("services", _find_service(manager, request.match_info["ref"]).id)
+    if svc.previous_spec is None:
+        raise errors.FailedPrecondition(f"service {svc.spec.name} has no previous spec to roll "
+                                        "back to (it was never updated)")
+    now = time.time()
+    svc.spec, svc.previous_spec = svc.previous_spec, svc.spec
+    svc.update_status = UpdateStatus(state="rollback_started", message="manually requested rollback",
+                                     started_at=now)
+    svc.meta.updated_at = now
     await manager.propose(Transaction().update("services", svc))
     return reply(service_view(manager, manager.store.get("services", svc.id)))
 
@@ -232,6 +256,7 @@ def routes() -> list[web.RouteDef]:
         web.get("/services", service_list),
         web.get("/services/{ref}", service_inspect),
         web.post("/services/{ref}/update", service_update),
+        web.post("/services/{ref}/rollback", service_rollback),
         web.delete("/services/{ref}", service_remove),
         web.get("/services/{ref}/logs", service_logs),
         web.get("/tasks", task_list),

@@ -26,6 +26,7 @@ from common.model import (AVAILABILITY_ACTIVE, AVAILABILITY_DRAIN, NODE_STATE_RE
                           Task, TaskStatus)
 from manager.constraints import node_matches
 from manager.store import Transaction
+from manager.updater import Updater, outdated
 
 if TYPE_CHECKING:
     from manager.manager import Manager
@@ -48,6 +49,7 @@ class Orchestrator:
         self.m = manager
         self._wake = asyncio.Event()
         self._timers: dict[tuple, asyncio.TimerHandle] = {}
+        self._updaters: dict[str, asyncio.Task] = {}
 
     def kick(self) -> None:
         self._wake.set()
@@ -89,6 +91,8 @@ class Orchestrator:
             self.m.unwatch(queue)
             for handle in self._timers.values():
                 handle.cancel()
+            for job in self._updaters.values():
+                job.cancel()
 
     # ---- one round ------------------------------------------------------------------------
     async def reconcile(self) -> None:
@@ -105,6 +109,7 @@ class Orchestrator:
             else:
                 ops += self._replicated(svc, tasks, nodes, now)
             ops += self._reap(svc, tasks, nodes, history)
+            self._maybe_update(svc, tasks)
         ops += self._orphans(services, nodes)
         for i in range(0, len(ops), _MAX_OPS_PER_TXN):
             txn = Transaction()
@@ -116,6 +121,18 @@ class Orchestrator:
                 else:
                     txn.delete("tasks", obj)
             await self.m.propose(txn, timeout=5)
+
+    def _maybe_update(self, svc: Service, tasks: list[Task]) -> None:
+        """Outdated tasks are the updater's to replace, batch by batch; one updater per service."""
+        job = self._updaters.get(svc.id)
+        if job is not None and not job.done():
+            return
+        if svc.update_status.state in ("paused", "rollback_paused"):
+            return
+        if not outdated(svc, tasks) and svc.update_status.state not in ("updating", "rollback_started"):
+            return  # nothing to replace and no update to mark completed
+        self._updaters[svc.id] = asyncio.create_task(Updater(self, svc.id).run(),
+                                                     name=f"update-{svc.id[:12]}")
 
     def _history_limit(self) -> int:
         cluster = self.m.cluster()
@@ -147,7 +164,7 @@ class Orchestrator:
                 reason = self._needs_replacement(t, nodes)
                 if reason is None:
                     continue
-                ops.append(("update", self._shut_down(t, reason)))
+                ops.append(("update", self.shut_down(t, reason)))
                 if t.status.state == "complete" and mode.is_job:
                     continue
                 replace = True
@@ -160,14 +177,14 @@ class Orchestrator:
                 if running >= limit:
                     continue
                 running += 1
-            ops.append(("create", self._new_task(svc, slot, "", now)))
+            ops.append(("create", self.new_task(svc, slot, "", now)))
         # Scale down: slots above the count shut down (jobs keep their finished slots).
         if not mode.is_job:
             for slot, slot_tasks in by_slot.items():
                 if slot > wanted:
                     for t in slot_tasks:
                         if t.desired_state == "running":
-                            ops.append(("update", self._shut_down(t, "scaled down")))
+                            ops.append(("update", self.shut_down(t, "scaled down")))
         return ops
 
     # ---- global and global jobs -----------------------------------------------------------
@@ -184,13 +201,13 @@ class Orchestrator:
                         and node_matches(node, placement.constraints))
             if not eligible:
                 for t in live:
-                    ops.append(("update", self._shut_down(t, "node no longer eligible")))
+                    ops.append(("update", self.shut_down(t, "node no longer eligible")))
                 continue
             replace = False
             for t in live:
                 reason = self._needs_replacement(t, nodes)
                 if reason is not None and reason != "node is down":
-                    ops.append(("update", self._shut_down(t, reason)))
+                    ops.append(("update", self.shut_down(t, reason)))
                     replace = not (svc.spec.mode.is_job and t.status.state == "complete")
             if live and not replace:
                 continue
@@ -201,7 +218,7 @@ class Orchestrator:
             last = node_tasks[-1] if node_tasks else None
             if last is not None and not self._may_restart(svc, node_tasks, last, now, (svc.id, node.id)):
                 continue
-            ops.append(("create", self._new_task(svc, 0, node.id, now)))
+            ops.append(("create", self.new_task(svc, 0, node.id, now)))
         return ops
 
     # ---- restart policy -------------------------------------------------------------------
@@ -275,7 +292,7 @@ class Orchestrator:
             if self._stopped(t, nodes):
                 ops.append(("delete", t.id))
             elif t.desired_state == "running":
-                ops.append(("update", self._shut_down(t, "service removed")))
+                ops.append(("update", self.shut_down(t, "service removed")))
         return ops
 
     @staticmethod
@@ -286,7 +303,7 @@ class Orchestrator:
         return node is None or node.status.state != NODE_STATE_READY
 
     # ---- building tasks -------------------------------------------------------------------
-    def _shut_down(self, task: Task, reason: str) -> Task:
+    def shut_down(self, task: Task, reason: str) -> Task:
         t = codec.clone(task)
         t.desired_state = "shutdown"
         if not t.terminal and not t.status.message:
@@ -294,7 +311,7 @@ class Orchestrator:
         t.meta.updated_at = time.time()
         return t
 
-    def _new_task(self, svc: Service, slot: int, node_id: str, now: float) -> Task:
+    def new_task(self, svc: Service, slot: int, node_id: str, now: float) -> Task:
         task = Task(id=new_id(), service_id=svc.id, service_name=svc.spec.name, slot=slot,
                     node_id=node_id, spec=codec.clone(svc.spec.task_template),
                     spec_version=svc.meta.version, ports=codec.clone(svc.spec.endpoint_spec).ports,

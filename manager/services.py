@@ -6,7 +6,7 @@ import re
 import signal
 
 from common import codec, errors
-from common.model import SERVICE_MODES, ServiceSpec
+from common.model import SERVICE_MODES, UPDATE_FAILURE_ACTIONS, UPDATE_ORDERS, ServiceSpec
 from manager.constraints import parse_constraint, parse_preference
 
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
@@ -95,6 +95,19 @@ def validate_service_spec(spec: ServiceSpec) -> None:
             raise _bad(f"mode.{name}", "must be an integer >= 0")
     if mode.replicas > 10000:
         raise _bad("mode.replicas", "at most 10000 replicas per service")
+    for name, cfg, actions in (("update_config", spec.update_config, UPDATE_FAILURE_ACTIONS),
+                               ("rollback_config", spec.rollback_config, ("pause", "continue"))):
+        if not isinstance(cfg.parallelism, int) or cfg.parallelism < 0:
+            raise _bad(f"{name}.parallelism", "must be an integer >= 0 (0: all at once)")
+        for key in ("delay", "monitor"):
+            if not isinstance(getattr(cfg, key), (int, float)) or getattr(cfg, key) < 0:
+                raise _bad(f"{name}.{key}", "must be a duration >= 0")
+        if cfg.failure_action not in actions:
+            raise _bad(f"{name}.failure_action", f"{cfg.failure_action!r} is not one of {', '.join(actions)}")
+        if not isinstance(cfg.max_failure_ratio, (int, float)) or not 0 <= cfg.max_failure_ratio <= 1:
+            raise _bad(f"{name}.max_failure_ratio", "must be between 0 and 1")
+        if cfg.order not in UPDATE_ORDERS:
+            raise _bad(f"{name}.order", f"{cfg.order!r} is not one of {', '.join(UPDATE_ORDERS)}")
     for i, p in enumerate(spec.endpoint_spec.ports):
         where = f"endpoint_spec.ports[{i}]"
         if p.protocol not in ("tcp", "udp"):

@@ -241,3 +241,84 @@ def test_assignment_stream_is_incremental(run):
         delta = await asyncio.wait_for(waiter, 3)
         assert not delta["full"] and [t["desired_state"] for t in delta["tasks"]] == ["shutdown"]
     run(scenario)
+
+
+# ---- rolling updates and rollback (issue 5) -------------------------------------------------
+async def fake_agents(h: Harness, stop: asyncio.Event, samples: list[int]) -> None:
+    """Plays every node's agent: runs what is assigned (fails image 'bad'), stops what is told to."""
+    while not stop.is_set():
+        for t in list(h.m.store.list("tasks")):
+            if not t.node_id or t.terminal:
+                continue
+            if t.desired_state == "running" and t.status.state == "assigned":
+                state = "failed" if t.spec.container.image == "bad" else "running"
+                await h.report(t, state, exit_code=1 if state == "failed" else None)
+            elif t.desired_state == "shutdown":
+                await h.report(t, "shutdown")
+        samples.append(sum(1 for t in h.m.store.list("tasks")
+                           if t.service_id == "svc-web" and t.status.state == "running"))
+        await asyncio.sleep(0.02)
+
+
+async def update_image(h: Harness, image: str, **update_config) -> None:
+    svc = h.m.store.get("services", "svc-web")
+    svc.previous_spec = codec.clone(svc.spec)
+    svc.spec.task_template.container.image = image
+    for k, v in update_config.items():
+        setattr(svc.spec.update_config, k, v)
+    from common.model import UpdateStatus
+    svc.update_status = UpdateStatus(state="updating", started_at=time.time())
+    await h.m.propose(Transaction().update("services", svc))
+
+
+def status(h: Harness) -> str:
+    return h.m.store.get("services", "svc-web").update_status.state
+
+
+def images(h: Harness) -> set[str]:
+    return {t.spec.container.image for t in h.tasks("web")}
+
+
+@pytest.mark.parametrize("order,floor", [("stop-first", 4), ("start-first", 6)])
+def test_rolling_update_batches_keep_capacity(run, order, floor):
+    async def scenario(h):
+        stop, samples = asyncio.Event(), []
+        agents = asyncio.create_task(fake_agents(h, stop, samples))
+        try:
+            await h.m.propose(Transaction().create("services", service("web", 6)))
+            await wait(lambda: len([t for t in h.tasks("web") if t.status.state == "running"]) == 6)
+            samples.clear()
+            await update_image(h, "busybox:2", parallelism=2, order=order, monitor=0.2)
+            await wait(lambda: status(h) == "completed", timeout=20)
+            assert images(h) == {"busybox:2"} and len(h.tasks("web")) == 6
+            assert min(samples) >= floor, f"{order}: dropped to {min(samples)} running"
+        finally:
+            stop.set()
+            await agents
+    run(scenario)
+
+
+def test_failed_update_rolls_back_or_pauses(run):
+    async def scenario(h):
+        stop, samples = asyncio.Event(), []
+        agents = asyncio.create_task(fake_agents(h, stop, samples))
+        try:
+            await h.m.propose(Transaction().create("services", service("web", 4)))
+            await wait(lambda: len([t for t in h.tasks("web") if t.status.state == "running"]) == 4)
+            await update_image(h, "bad", parallelism=1, failure_action="rollback", monitor=0.3)
+            await wait(lambda: status(h) == "rollback_completed", timeout=20)
+            svc = h.m.store.get("services", "svc-web")
+            assert svc.spec.task_template.container.image == "busybox:1"
+            assert "failed" in svc.update_status.message
+            await wait(lambda: images(h) == {"busybox:1"} and len(h.tasks("web")) == 4)
+            await update_image(h, "bad", parallelism=1, failure_action="pause", monitor=0.3)
+            await wait(lambda: status(h) == "paused", timeout=20)
+            assert "update paused" in h.m.store.get("services", "svc-web").update_status.message
+            await asyncio.sleep(0.5)
+            # Paused: no further batches (the failed slot itself keeps its restart policy).
+            assert len({t.slot for t in h.tasks("web") if t.spec.container.image == "bad"}) <= 1
+            assert len([t for t in h.tasks("web") if t.spec.container.image == "busybox:1"]) >= 3
+        finally:
+            stop.set()
+            await agents
+    run(scenario)

@@ -17,13 +17,15 @@ from common import codec, errors
 from common.model import TASK_STATE_RANK, Task
 from worker.executor import ContainerConfig, Executor
 from worker.images import ImageStore
+from worker.secrets import SecretCache, SecretMounts
 
 log = logging.getLogger("shoal.tasks")
 
 Report = Callable[[dict], None]
 
 
-def container_config(task: Task, hostname: str) -> ContainerConfig:
+def container_config(task: Task, hostname: str,
+                     extra_binds: Optional[list[tuple[str, str, bool]]] = None) -> ContainerConfig:
     c = task.spec.container
     res = task.spec.resources
     return ContainerConfig(
@@ -34,7 +36,7 @@ def container_config(task: Task, hostname: str) -> ContainerConfig:
                 "shoal.node.hostname": hostname, "shoal.image": c.image},
         mounts=list(c.mounts), memory_limit=res.limits.memory_bytes, nano_cpus=res.limits.nano_cpus,
         pids_limit=res.pids_limit, stop_signal=c.stop_signal, stop_grace=c.stop_grace_period,
-        netns_path=None, extra_binds=[])
+        netns_path=None, extra_binds=list(extra_binds or []))
 
 
 class TaskController:
@@ -80,6 +82,7 @@ class TaskController:
                     if runner is not None:
                         runner.cancel()
                         runner = None
+                    self.runner.secret_mounts.cleanup(task.id)
                     self.report("shutdown", "shut down as requested")
                 self._changed.clear()
                 await self._changed.wait()
@@ -100,16 +103,19 @@ class TaskController:
                     self.report("rejected", exc.message, err=exc.message)
                     return
                 try:
-                    await ex.create(container_config(task, self.runner.hostname))
+                    binds = self.runner.secret_mounts.prepare(task, self.runner.secrets)
+                    await ex.create(container_config(task, self.runner.hostname, binds))
                     self.report("starting")
                     pid = await ex.start(task.id)
                 except errors.ShoalError as exc:
+                    self.runner.secret_mounts.cleanup(task.id)
                     self.report("rejected", exc.message, err=exc.message)
                     return
                 self.report("running", f"started (pid {pid})", container_id=task.id)
             else:
                 self.report("running", "adopted after an agent restart", container_id=task.id)
             info = await ex.wait(task.id)
+            self.runner.secret_mounts.cleanup(task.id)  # the container ended: its secrets go
             if self.task.desired_state != "running":
                 self.report("shutdown", "shut down as requested", exit_code=info.exit_code)
             elif info.exit_code == 0 and not info.oom_killed:
@@ -121,6 +127,7 @@ class TaskController:
             raise
         except Exception as exc:  # report instead of dying silently: the slot gets replaced
             log.exception("task %s", task.id)
+            self.runner.secret_mounts.cleanup(task.id)
             message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
             self.report("failed", message, err=message)
 
@@ -137,6 +144,7 @@ class TaskController:
             except errors.ShoalError:
                 pass
             await self.runner.executor.remove(self.task.id)
+            self.runner.secret_mounts.cleanup(self.task.id)
 
 
 class TaskRunner:
@@ -154,6 +162,9 @@ class TaskRunner:
         self._outbox_ready = asyncio.Event()
         self._image_locks: dict[str, asyncio.Lock] = {}
         self._reporter: Optional[asyncio.Task] = None
+        # Secrets from the assignments: memory only, never written to disk or logged.
+        self.secrets = SecretCache()
+        self.secret_mounts = SecretMounts(executor.root.parent)
 
     async def start(self) -> None:
         await self.executor.adopt()
@@ -170,8 +181,10 @@ class TaskRunner:
 
     async def apply(self, answer: dict) -> None:
         tasks = [codec.from_plain(Task, t) for t in answer.get("tasks", [])]
+        self.secrets.update(answer.get("secrets", []), full=bool(answer.get("full")))
         if answer.get("full"):
             keep = {t.id for t in tasks}
+            self.secret_mounts.cleanup_except(keep)
             for tid in [tid for tid in self.controllers if tid not in keep]:
                 await self._drop(tid)
             # Containers no task claims: left over from before this node was down or restarted.
@@ -195,6 +208,10 @@ class TaskRunner:
                 self.controllers[task.id] = ctl
             else:
                 ctl.update(task)
+        # Forget the secrets no live task here uses any more.
+        self.secrets.retain({r.secret_id for ctl in self.controllers.values()
+                             if not ctl.ended and ctl.task.desired_state == "running"
+                             for r in ctl.task.spec.container.secrets})
 
     async def _drop(self, task_id: str) -> None:
         ctl = self.controllers.pop(task_id, None)
@@ -209,6 +226,7 @@ class TaskRunner:
         except errors.ShoalError:
             pass
         await self.executor.remove(container_id)
+        self.secret_mounts.cleanup(container_id)
 
     async def ensure_image(self, ref: str) -> None:
         lock = self._image_locks.setdefault(ref, asyncio.Lock())

@@ -70,12 +70,14 @@ def info(cli: Cli, fmt: str) -> None:
 
 
 from shoal.cli import container as _container, node as _node, service as _service, swarm as _swarm  # noqa: E402
+from shoal.cli import service_update as _service_update  # noqa: E402,F401  (adds update/rollback)
 
 main.add_command(_swarm.swarm)
 main.add_command(_node.node)
 main.add_command(_service.service)
 main.add_command(_container.container)
 main.add_command(_container.image)
+from shoal.cli.secret import secret as _secret; main.add_command(_secret)  # noqa: E402,E702
 _service.node_ps_command(_node.node)
 try:
     from shoal.cli.lab import lab as _lab

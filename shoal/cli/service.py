@@ -12,6 +12,7 @@ from common.durations import format_duration
 from common.units import parse_cpus, parse_size
 from shoal.cli.client import Cli, pass_cli
 from shoal.cli.output import print_json, print_table
+from shoal.cli.secret import parse_secret_option
 from shoal.cli.swarm import DURATION
 
 
@@ -136,6 +137,7 @@ def build_spec(name, image, args, o: dict) -> dict:
     container = {"image": image, "args": list(args), "env": list(o["env"]),
                  "labels": _labels(o["container_label"], "--container-label"),
                  "mounts": [parse_mount(m) for m in o["mount"]]}
+    container["secrets"] = [parse_secret_option(s) for s in o.get("secret") or ()]
     for key, flag in (("workdir", "dir"), ("user", "user"), ("hostname", "hostname"),
                       ("stop_signal", "stop_signal"), ("stop_grace_period", "stop_grace_period")):
         if o.get(key) is not None:
@@ -174,6 +176,7 @@ def service() -> None:
 
 @service.command(context_settings={"ignore_unknown_options": False, "allow_interspersed_args": False})
 @click.option("--name", help="Service name (default: derived from the image)")
+@click.option("--secret", "secret", multiple=True, help="Secret to expose: NAME or source=NAME,target=PATH,uid=,gid=,mode=")
 @service_options
 @click.argument("image")
 @click.argument("args", nargs=-1)
@@ -348,6 +351,13 @@ def inspect(cli: Cli, pretty, services) -> None:
             click.echo(f"Limits:         memory={lim['memory_bytes']} cpus={lim['nano_cpus'] / 1e9:g}")
         if spec["task_template"]["placement"]["constraints"]:
             click.echo(f"Constraints:    {', '.join(spec['task_template']['placement']['constraints'])}")
+        uc = spec["update_config"]
+        click.echo(f"Update Config:  parallelism={uc['parallelism']} delay={format_duration(uc['delay'])} "
+                   f"order={uc['order']} failure_action={uc['failure_action']} "
+                   f"monitor={format_duration(uc['monitor'])} max_failure_ratio={uc['max_failure_ratio']:g}")
+        us = s["update_status"]
+        if us["state"]:
+            click.echo(f"Update Status:  {us['state']}: {us['message']}")
         rs = s["replicas_status"]
         click.echo(f"Tasks:          {rs['running']} running of {rs['desired']} desired\n")
 

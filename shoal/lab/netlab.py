@@ -976,8 +976,11 @@ class Lab:
         for state_root in self.state_dir.glob("*/executor/runc-state"):
             problems += _remove_runc_containers(state_root)
 
-        # 2. mounts under the lab's directories, deepest first, lazily
-        for mnt in _mounts_under([self.state_dir, self.run_dir]):
+        # 2. mounts under the lab's directories, deepest first, lazily; and each host's
+        # per-task secret tmpfs, which lives under /run (never on a data root's disk)
+        from worker.secrets import run_dir_for
+        secret_dirs = [run_dir_for(d) for d in self.state_dir.glob("*") if d.is_dir()]
+        for mnt in _mounts_under([self.state_dir, self.run_dir, *secret_dirs]):
             try:
                 _umount_lazy(mnt)
             except OSError as exc:
@@ -999,7 +1002,7 @@ class Lab:
                     problems.append(f"cannot remove namespace {ns}: {exc}")
 
         # 4. directories
-        for d in (self.run_dir, self.state_dir):
+        for d in (self.run_dir, self.state_dir, *secret_dirs):
             try:
                 shutil.rmtree(d)
             except FileNotFoundError:

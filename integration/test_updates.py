@@ -1,0 +1,129 @@
+"""Issue 5 (rolling updates and rollback) on real containers in a lab of 3 managers + 3 workers."""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from integration.helpers import needs_root, unique_lab_name, wait_until
+from shoal.lab.netlab import Lab
+from tests import imagebuild
+
+pytestmark = [needs_root, pytest.mark.lab,
+              pytest.mark.skipif(shutil.which("runc") is None, reason="runc is not installed"),
+              pytest.mark.skipif(not imagebuild.busybox_available(), reason="busybox-static is not installed")]
+
+
+@pytest.fixture(scope="module")
+def lab():
+    tmp = Path(tempfile.mkdtemp(prefix="shoal-upd-"))
+    lab = Lab(unique_lab_name("upd"))
+    try:
+        v1 = imagebuild.build_busybox_oci_layout(tmp / "v1", tag="1")
+        v2 = imagebuild.build_busybox_oci_layout(tmp / "v2", tag="1", extra_files={"/VERSION": b"2\n"})
+        lab.up(managers=3, workers=3)
+        lab.cli("manager1", "swarm", "update", "--dispatcher-heartbeat", "1s")
+        for h in lab.hosts():
+            lab.cli(h.name, "image", "import", str(v1), "app:1", timeout=120)
+            lab.cli(h.name, "image", "import", str(v2), "app:2", timeout=120)
+        yield lab
+    finally:
+        lab.down()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def running(lab, name: str) -> int:
+    return sum(1 for t in lab.cli_json("manager1", "service", "ps", name)
+               if t["desired_state"] == "running" and t["status"]["state"] == "running")
+
+
+def live_images(lab, name: str) -> set[str]:
+    return {t["spec"]["container"]["image"] for t in lab.cli_json("manager1", "service", "ps", name)
+            if t["desired_state"] == "running"}
+
+
+def inspect(lab, name: str) -> dict:
+    return json.loads(lab.cli("manager1", "service", "inspect", name).stdout)[0]
+
+
+class Sampler:
+    """Counts running tasks of a service over and over while an update goes on."""
+
+    def __init__(self, lab, name: str) -> None:
+        self.lab, self.name, self.samples = lab, name, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append(running(self.lab, self.name))
+            except Exception:
+                pass
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.mark.parametrize("order,floor", [("stop-first", 4), ("start-first", 6)])
+def test_rolling_update_keeps_capacity(lab, order, floor):
+    name = f"roll{order[:5]}"
+    lab.cli("manager1", "service", "create", "--name", name, "--replicas", "6",
+            "--stop-grace-period", "1s", "app:1", "sleep", "100000", timeout=120)
+    with Sampler(lab, name) as sampler:
+        out = lab.cli("manager1", "service", "update", "--image", "app:2", "--update-parallelism", "2",
+                      "--update-order", order, "--update-monitor", "1s", name, timeout=300).stdout
+    assert "completed" in out
+    assert live_images(lab, name) == {"app:2"} and running(lab, name) == 6
+    assert len(sampler.samples) >= 5, "too few samples to judge"
+    assert min(sampler.samples) >= floor, f"{order}: dropped to {min(sampler.samples)} running tasks"
+    lab.cli("manager1", "service", "rm", name)
+
+
+def test_failing_update_rolls_back_by_itself(lab):
+    lab.cli("manager1", "service", "create", "--name", "app", "--replicas", "4",
+            "--stop-grace-period", "1s", "app:1", "sleep", "100000", timeout=120)
+    r = lab.cli("manager1", "service", "update", "--args", "sh -c 'exit 1'", "--update-parallelism", "1",
+                "--update-failure-action", "rollback", "--update-monitor", "2s", "app", timeout=300,
+                check=False)
+    status = inspect(lab, "app")["update_status"]
+    assert status["state"] == "rollback_completed", status
+    assert "failed" in status["message"]
+    wait_until(lambda: running(lab, "app") == 4, timeout=60, what="4 running again")
+    assert {tuple(t["spec"]["container"]["args"]) for t in lab.cli_json("manager1", "service", "ps", "app")
+            if t["desired_state"] == "running"} == {("sleep", "100000")}
+    assert r.returncode == 0
+
+
+def test_failing_update_pauses_with_the_reason(lab):
+    r = lab.cli("manager1", "service", "update", "--args", "sh -c 'exit 1'", "--update-parallelism", "1",
+                "--update-failure-action", "pause", "--update-monitor", "2s", "app", timeout=300,
+                check=False)
+    assert r.returncode == 1 and "update paused" in r.stderr and "failed" in r.stderr
+    status = inspect(lab, "app")["update_status"]
+    assert status["state"] == "paused" and "failed" in status["message"]
+    pretty = lab.cli("manager1", "service", "inspect", "--pretty", "app").stdout
+    assert "Update Status:  paused" in pretty
+
+
+def test_manual_rollback_swaps_back_and_forth(lab):
+    lab.cli("manager1", "service", "rollback", "app", timeout=300)  # undo the paused update
+    spec = inspect(lab, "app")["spec"]
+    assert spec["task_template"]["container"]["args"] == ["sleep", "100000"]
+    lab.cli("manager1", "service", "update", "--image", "app:2", "app", timeout=300)
+    lab.cli("manager1", "service", "rollback", "app", timeout=300)
+    assert inspect(lab, "app")["spec"]["task_template"]["container"]["image"] == "app:1"
+    wait_until(lambda: live_images(lab, "app") == {"app:1"}, timeout=60, what="back on app:1")
+    lab.cli("manager1", "service", "rollback", "app", timeout=300)
+    assert inspect(lab, "app")["spec"]["task_template"]["container"]["image"] == "app:2"
+    wait_until(lambda: live_images(lab, "app") == {"app:2"}, timeout=60, what="forward to app:2")

@@ -1,0 +1,152 @@
+"""VXLAN overlay between two namespace "hosts" (root only).
+
+Everything lives in namespaces this test creates under its tmp directory and removes again,
+also on failure: no default route, no address outside 192.168.250.0/24 and 10.10.0.0/24.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
+
+from worker.network import nsutil  # noqa: E402
+from worker.network.overlay import OverlayError, OverlayNetwork, Peer  # noqa: E402
+
+BUSYBOX = shutil.which("busybox") or "/bin/busybox"
+VNI = 4242
+MAC_A, MAC_B = "02:42:0a:0a:00:02", "02:42:0a:0a:00:03"
+
+
+def _links(path: str) -> set[str]:
+    with nsutil.ipr(path) as ip:
+        return {l.get_attr("IFLA_IFNAME") for l in ip.get_links()}
+
+
+@pytest.fixture
+def two_hosts(tmp_path):
+    """Two host namespaces joined by a veth pair: hostA 192.168.250.1, hostB .2 (MTU 1500)."""
+    hosts = {"a": str(tmp_path / "hosts" / "a"), "b": str(tmp_path / "hosts" / "b")}
+    try:
+        for path in hosts.values():
+            nsutil.create(path)
+        fd = os.open(hosts["b"], os.O_RDONLY)
+        try:
+            with nsutil.ipr(hosts["a"]) as ip:
+                ip.link("add", ifname="eth0", kind="veth", peer={"ifname": "eth0", "net_ns_fd": fd})
+        finally:
+            os.close(fd)
+        for name, addr in (("a", "192.168.250.1"), ("b", "192.168.250.2")):
+            with nsutil.ipr(hosts[name]) as ip:
+                idx = ip.link_lookup(ifname="eth0")[0]
+                ip.addr("add", index=idx, address=addr, prefixlen=24)
+                ip.link("set", index=idx, state="up")
+        yield hosts, tmp_path
+    finally:
+        # sweep whatever a failed test left in the nodes' netns dirs, then the hosts themselves
+        for name in hosts:
+            d = tmp_path / name / "netns"
+            for entry in (os.listdir(d) if d.is_dir() else []):
+                nsutil.remove(str(d / entry))
+            nsutil.release_dir(str(d))
+        for path in hosts.values():
+            nsutil.remove(path)
+        nsutil.release_dir(str(tmp_path / "hosts"))
+
+
+def _ping(path: str, target: str, size: int = 56, count: int = 2) -> subprocess.CompletedProcess:
+    return nsutil.run(path, [BUSYBOX, "ping", "-c", str(count), "-W", "2", "-s", str(size),
+                             target], timeout=30)
+
+
+def test_attach_rejects_foreign_address_and_cleans_up(two_hosts):
+    hosts, tmp = two_hosts
+    net = OverlayNetwork("shltc", VNI, "10.10.0.0/24", "192.168.250.1",
+                         netns_dir=str(tmp / "a" / "netns"), node_netns=hosts["a"])
+    try:
+        with pytest.raises(Exception):
+            net.attach("early", "10.10.0.9/24", MAC_A)     # before ensure(): no overlay yet
+        assert not os.path.exists(net.task_netns_path("early"))
+        net.ensure()
+        with pytest.raises(OverlayError):
+            net.attach("bad", "10.20.0.2/24", MAC_A)
+        with pytest.raises(ValueError):
+            OverlayNetwork("x", 0, "10.0.0.0/24", "1.2.3.4")
+    finally:
+        net.remove()
+    assert not os.path.exists(net.netns_path)
+    assert _links(hosts["a"]) == {"lo", "eth0"}
+
+
+def test_overlay_ping_mtu_and_cleanup(two_hosts):
+    hosts, tmp = two_hosts
+    nets = {
+        "a": OverlayNetwork("shlta", VNI, "10.10.0.0/24", "192.168.250.1",
+                            netns_dir=str(tmp / "a" / "netns"), node_netns=hosts["a"]),
+        "b": OverlayNetwork("shltb", VNI, "10.10.0.0/24", "192.168.250.2",
+                            netns_dir=str(tmp / "b" / "netns"), node_netns=hosts["b"]),
+    }
+    try:
+        for net in nets.values():
+            net.ensure()
+            net.ensure()    # idempotent
+        ns_a = nets["a"].attach("taska", "10.10.0.2/24", MAC_A)
+        ns_b = nets["b"].attach("taskb", "10.10.0.3/24", MAC_B)
+        assert ns_a == str(tmp / "a" / "netns" / "taska")
+        peers = [Peer(MAC_A, "10.10.0.2", "192.168.250.1"), Peer(MAC_B, "10.10.0.3", "192.168.250.2")]
+        # a stale entry first, to prove set_peers replaces it
+        nets["a"].set_peers([Peer("02:42:0a:0a:00:63", "10.10.0.99", "192.168.250.9")])
+        for net in nets.values():
+            net.set_peers(peers)
+        fdb_a, arp_a = nets["a"].peers()
+        assert fdb_a == {MAC_B: "192.168.250.2"}        # only the remote one, no all-zero entry
+        assert arp_a == {"10.10.0.3": MAC_B}
+
+        # MTU: underlay 1500 - 50 on vxlan, bridge, both veth ends
+        assert nets["a"].mtu == 1450
+        with nsutil.ipr(nets["a"].netns_path) as ip:
+            mtus = {l.get_attr("IFLA_IFNAME"): l.get_attr("IFLA_MTU") for l in ip.get_links()}
+            vx = ip.link_lookup(ifname="vxlan0")[0]
+            info = ip.get_links(vx)[0].get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")
+            assert info.get_attr("IFLA_VXLAN_ID") == VNI
+            assert info.get_attr("IFLA_VXLAN_LEARNING") == 0
+            assert info.get_attr("IFLA_VXLAN_PORT") == 4789
+            assert info.get_attr("IFLA_VXLAN_LOCAL") == "192.168.250.1"
+        assert set(mtus.values()) - {65536} == {1450}, mtus
+        with nsutil.ipr(ns_a) as ip:
+            eth0 = ip.get_links(ip.link_lookup(ifname="eth0")[0])[0]
+            assert eth0.get_attr("IFLA_MTU") == 1450
+            assert eth0.get_attr("IFLA_ADDRESS") == MAC_A
+            routes = [r.get_attr("RTA_DST") for r in ip.get_routes(family=2, table=254)]
+            assert routes == ["10.10.0.0"]             # subnet route only, no default
+
+        # the vxlan socket lives in the host namespace, not in the overlay one
+        out = nsutil.run(hosts["a"], ["ss", "-uan"]).stdout
+        assert ":4789" in out
+
+        r = _ping(ns_a, "10.10.0.3")
+        assert r.returncode == 0, r.stdout + r.stderr
+        # largest frame that fits the overlay MTU (1422 + 8 ICMP + 20 IP = 1450) passes
+        r = _ping(ns_b, "10.10.0.2", size=1422)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+        # detach one side: its namespace goes, the network stays
+        nets["b"].detach("taskb")
+        assert not os.path.exists(ns_b)
+        assert _ping(ns_a, "10.10.0.3", count=1).returncode != 0
+    finally:
+        for net in nets.values():
+            net.remove()
+    for name, net in nets.items():
+        assert not os.path.exists(net.netns_path)
+        assert not os.path.exists(net.task_netns_path("taska"))
+        assert not os.path.ismount(net.netns_dir)
+        assert not os.listdir(net.netns_dir)
+        assert _links(hosts[name]) == {"lo", "eth0"}
+        fdb = nsutil.run(hosts[name], ["bridge", "fdb", "show"]).stdout
+        assert "192.168.250" not in fdb
+        out = nsutil.run(hosts[name], ["ss", "-uan"]).stdout
+        assert ":4789" not in out

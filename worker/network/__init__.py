@@ -1,0 +1,1 @@
+"""Container networking on a worker: VXLAN overlays, load balancing, service discovery."""
