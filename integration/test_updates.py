@@ -127,3 +127,20 @@ def test_manual_rollback_swaps_back_and_forth(lab):
     lab.cli("manager1", "service", "rollback", "app", timeout=300)
     assert inspect(lab, "app")["spec"]["task_template"]["container"]["image"] == "app:2"
     wait_until(lambda: live_images(lab, "app") == {"app:2"}, timeout=60, what="forward to app:2")
+
+
+def test_raft_files_hold_no_secret_or_env_in_plaintext(lab):
+    """Issue 5: the managers' raft journal and snapshots contain neither a secret's bytes nor a
+    service's env values in plaintext."""
+    marker = "at-rest-" + __import__("secrets").token_hex(8)
+    lab.exec("manager1", ["shoal", "secret", "create", "atrest", "-"], input=marker, check=True)
+    lab.cli("manager1", "service", "create", "--detach", "--name", "envsvc", "--env", f"TOKEN={marker}",
+            "--secret", "atrest", "app:1", "sleep", "100000")
+    wait_until(lambda: running(lab, "envsvc") == 1, timeout=60, what="envsvc running")
+    for m in ("manager1", "manager2", "manager3"):
+        raft_dir = Path(lab.host(m).data_root) / "raft"
+        files = [p for p in raft_dir.rglob("*") if p.is_file()]
+        assert files, f"{m} has no raft files"
+        leaked = [str(p) for p in files if marker.encode() in p.read_bytes()]
+        assert leaked == [], f"plaintext in {leaked}"
+    lab.cli("manager1", "service", "rm", "envsvc")

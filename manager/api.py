@@ -93,7 +93,7 @@ def auth_middleware(cluster_id_of):
 
 
 def _leader_only(request: web.Request) -> bool:
-    if request.path in ("/_ping", "/join/ca") or request.path.startswith("/swarm/local"):
+    if request.path in ("/_ping", "/join/ca"):
         return False
     if request.path.startswith(("/dispatcher/", "/certificates/", "/raft/", "/join")):
         return True

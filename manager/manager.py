@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Awaitable, Callable, Optional
+from typing import Optional
 
 from common import errors
 from common.model import NODE_ROLE_MANAGER, Cluster, Node
-from common.nodestate import API_PORT, NodeFiles, NodeState, RAFT_PORT
+from common.nodestate import API_PORT, NodeFiles, NodeState
 from manager.dispatcher import Dispatcher
 from manager.raft import RaftNode, RaftTimings
 from manager.store import Store, Transaction, TxnResult
@@ -19,10 +19,6 @@ log = logging.getLogger("shoal.manager")
 
 _RESULT_ERRORS = {"conflict": errors.Conflict, "not_found": errors.NotFound,
                   "exists": errors.Conflict, "invalid": errors.InvalidArgument}
-
-# A leader-only loop: started when this manager becomes leader, cancelled when it stops being.
-LeaderLoop = Callable[["Manager"], Awaitable[None]]
-
 
 class Manager:
     def __init__(self, files: NodeFiles, state: NodeState, *, bind_addr: str | None = None,
@@ -37,7 +33,6 @@ class Manager:
         self._timings = timings
         self._tasks: list[asyncio.Task] = []
         self._leader_tasks: list[asyncio.Task] = []
-        self.leader_loops: list[LeaderLoop] = []
         # Raft allows one membership change at a time; joins and demotions queue here.
         self.membership_lock = asyncio.Lock()
 
@@ -86,7 +81,6 @@ class Manager:
                 self._leader_tasks = [asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
                                       asyncio.create_task(Orchestrator(self).run(), name="orchestrator"),
                                       asyncio.create_task(SchedulingLoop(self).run(), name="scheduler")]
-                self._leader_tasks += [asyncio.create_task(loop(self)) for loop in self.leader_loops]
             elif leading and not now_leading:
                 log.info("this manager is not the leader any more")
                 await self._stop_leader_loops()
@@ -177,7 +171,3 @@ class Manager:
         for m in self.raft.members():
             out[m.addr] = "leader" if m.addr == leader else ("reachable" if m.connected else "unreachable")
         return out
-
-
-def raft_addr_for(ip: str) -> str:
-    return f"{ip}:{RAFT_PORT}"

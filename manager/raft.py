@@ -9,6 +9,11 @@ the password makes every message authenticated encryption, so nothing from a pee
 cluster secret is ever unpickled), journal plus full dump, dynamic membership, no batching,
 fast leader fallback and reconnection, short election timeouts.
 
+Raft data at rest is encrypted: every transaction and every snapshot is sealed with AES-GCM
+under a data key derived from the cluster's raft secret before pysyncobj sees it, so its
+journal and snapshot files hold ciphertext only (membership entries hold nothing but peer
+addresses).
+
 pysyncobj does not fsync its journal: a power loss on a majority of managers at once can lose
 the last acknowledged writes. That is on the list of things to close.
 """
@@ -21,6 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 
 from common.errors import FailedPrecondition, Unavailable
@@ -38,6 +46,22 @@ _FAILURES = {
 }
 
 
+class DataCipher:
+    """Seals raft entries and snapshots at rest. Nonces are random: entries are sealed once."""
+
+    def __init__(self, raft_secret: bytes) -> None:
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                   info=b"shoal raft data at rest v1").derive(raft_secret)
+        self._aead = AESGCM(key)
+
+    def seal(self, data: bytes) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self._aead.encrypt(nonce, data, b"shoal")
+
+    def open(self, blob: bytes) -> bytes:
+        return self._aead.decrypt(blob[:12], blob[12:], b"shoal")
+
+
 class _StoreMachine(SyncObjConsumer):
     """The replicated state machine: applies transactions to the store; snapshots are msgpack.
 
@@ -46,16 +70,17 @@ class _StoreMachine(SyncObjConsumer):
     sorted names: a new one must take `ver=` so existing journals keep replaying correctly.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, cipher: DataCipher) -> None:
         super().__init__()
         self._store = store
+        self._cipher = cipher
 
     @replicated
     def apply_batch(self, payloads: list[bytes]) -> list[dict]:
         results = []
         for payload in payloads:
             try:
-                results.append(self._store.apply(payload))
+                results.append(self._store.apply(self._cipher.open(payload)))
             except Exception as exc:  # a bad entry must not kill the raft thread on every replica
                 log.exception("raft entry could not be applied")
                 results.append(TxnResult(False, code="invalid",
@@ -63,10 +88,10 @@ class _StoreMachine(SyncObjConsumer):
         return results
 
     def _serialize(self) -> dict:
-        return {"store": self._store.snapshot()}
+        return {"store": self._cipher.seal(self._store.snapshot())}
 
     def _deserialize(self, data: dict) -> None:
-        self._store.restore(data["store"])
+        self._store.restore(self._cipher.open(data["store"]))
 
 
 class _SyncObj(SyncObj):
@@ -163,7 +188,8 @@ class RaftNode:
             bindAddress=f"{bind_addr}:{self_addr.rsplit(':', 1)[1]}" if bind_addr else None,
             commandsWaitLeader=True,
         )
-        self._machine = _StoreMachine(store)
+        self._cipher = DataCipher(password)
+        self._machine = _StoreMachine(store, self._cipher)
         self._queued: list[tuple[bytes, asyncio.Future]] = []
         self._in_flight = 0
         # The journal replays up to the commit index it recorded before contacting anyone.
@@ -214,7 +240,7 @@ class RaftNode:
     async def commit(self, txn: Transaction, timeout: float = 5.0) -> TxnResult:
         """Propose `txn` and wait until it is applied here. Raises Unavailable without quorum."""
         fut: asyncio.Future = self._loop.create_future()
-        self._queued.append((txn.encode(), fut))
+        self._queued.append((self._cipher.seal(txn.encode()), fut))
         if len(self._queued) == 1:
             self._loop.call_soon(self._propose_queued)
         try:
@@ -290,6 +316,10 @@ class RaftNode:
         return Unavailable(
             f"{what} timed out after {timeout:g}s: no quorum — this manager reaches {up} of "
             f"{len(members)} managers and a majority ({len(members) // 2 + 1}) is needed")
+
+    def compact(self) -> None:
+        """Write a snapshot and truncate the journal now (normally it happens by itself)."""
+        self._sync.forceLogCompaction()
 
     def close(self) -> None:
         try:
