@@ -185,6 +185,16 @@ class SecretReference:
 
 
 @dataclass
+class ConfigReference:
+    config_id: str = ""
+    config_name: str = ""
+    target: str = ""
+    uid: str = "0"
+    gid: str = "0"
+    mode: int = 0o444
+
+
+@dataclass
 class ContainerSpec:
     image: str = ""
     command: list[str] = field(default_factory=list)
@@ -196,6 +206,7 @@ class ContainerSpec:
     labels: dict[str, str] = field(default_factory=dict)
     mounts: list[Mount] = field(default_factory=list)
     secrets: list[SecretReference] = field(default_factory=list)
+    configs: list[ConfigReference] = field(default_factory=list)
     stop_signal: str = "SIGTERM"
     stop_grace_period: float = 10.0
 
@@ -376,6 +387,20 @@ class Secret:
     spec: SecretSpec = field(default_factory=SecretSpec)
 
 
+@dataclass
+class ConfigSpec:
+    name: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    data: bytes = b""
+
+
+@dataclass
+class Config:
+    id: str
+    meta: Meta = field(default_factory=Meta)
+    spec: ConfigSpec = field(default_factory=ConfigSpec)
+
+
 # Table name -> object class; the store's tables and the codec's type tags.
 TABLES: dict[str, type] = {
     "clusters": Cluster,
@@ -384,4 +409,5 @@ TABLES: dict[str, type] = {
     "tasks": Task,
     "networks": Network,
     "secrets": Secret,
+    "configs": Config,
 }

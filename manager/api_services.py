@@ -14,6 +14,7 @@ from common.model import Service, Task, UpdateStatus
 from common.nodestate import API_PORT
 from manager.api import _find_node, _identity, _manager
 from manager.httputil import body_json, field, query_int, reply
+from manager.configs import resolve_configs
 from manager.secrets import resolve_secrets
 from manager.services import parse_service_spec
 from manager.store import Transaction
@@ -50,6 +51,7 @@ async def service_create(request: web.Request) -> web.Response:
     data = await body_json(request)
     spec = parse_service_spec(data.get("spec", data))
     resolve_secrets(manager, spec)
+    resolve_configs(manager, spec)
     if manager.store.by_name("services", spec.name) is not None:
         raise errors.Conflict(f"service {spec.name!r} already exists: pick another name or update it "
                               f"with 'shoal service update {spec.name}'", field="name")
@@ -84,6 +86,7 @@ async def service_update(request: web.Request) -> web.Response:
     data = await body_json(request)
     spec = parse_service_spec(data.get("spec", data))
     resolve_secrets(manager, spec)
+    resolve_configs(manager, spec)
     if spec.name != svc.spec.name:
         raise errors.InvalidArgument("a service cannot be renamed", field="name")
     now = time.time()

@@ -26,6 +26,7 @@ _UNIQUE_NAMES: dict[str, Callable[[Any], str]] = {
     "services": lambda o: o.spec.name,
     "networks": lambda o: o.spec.name,
     "secrets": lambda o: o.spec.name,
+    "configs": lambda o: o.spec.name,
 }
 
 # Secondary indexes: table -> index name -> key function.

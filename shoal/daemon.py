@@ -26,7 +26,7 @@ from common.httpclient import DEFAULT_SOCKET, ApiClient, Endpoint
 from common.model import NODE_ROLE_MANAGER, NODE_ROLE_WORKER
 from common.nodestate import API_PORT, NodeFiles, NodeState
 from manager import api as control_api
-from manager import api_secrets, api_services
+from manager import api_configs, api_secrets, api_services
 from manager.httputil import error_middleware
 from manager.manager import Manager
 from worker.agent import Agent
@@ -84,7 +84,7 @@ class Daemon:
         app["ctx"] = self
         app["daemon"] = self
         app.add_routes(localapi.routes() + control_api.routes() + api_services.routes()
-                       + api_secrets.routes() + workerapi.local_routes())
+                       + api_secrets.routes() + api_configs.routes() + workerapi.local_routes())
         self._unix_runner = web.AppRunner(app, access_log=None)
         await self._unix_runner.setup()
         Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
@@ -140,7 +140,7 @@ class Daemon:
         app["ctx"] = self
         from shoal import workerapi
         app.add_routes(control_api.routes() + api_services.routes() + api_secrets.routes()
-                       + workerapi.cluster_routes())
+                       + api_configs.routes() + workerapi.cluster_routes())
         app.router.add_get("/_ping", lambda _: web.Response(text="OK"))
         self._tcp_runner = web.AppRunner(app, access_log=None)
         await self._tcp_runner.setup()

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from typing import Awaitable, Callable, Optional
 
 from common import codec, errors
-from common.model import TASK_STATE_RANK, Task
+from common.model import TASK_STATE_RANK, SecretReference, Task
 from worker.executor import ContainerConfig, Executor
 from worker.images import ImageStore
 from worker.secrets import SecretCache, SecretMounts
@@ -37,6 +38,14 @@ def container_config(task: Task, hostname: str,
         mounts=list(c.mounts), memory_limit=res.limits.memory_bytes, nano_cpus=res.limits.nano_cpus,
         pids_limit=res.pids_limit, stop_signal=c.stop_signal, stop_grace=c.stop_grace_period,
         netns_path=None, extra_binds=list(extra_binds or []))
+
+
+def with_configs(task: Task) -> Task:
+    """Configs ride with the secrets: same cache, same per-task tmpfs, same read-only binds."""
+    c = task.spec.container
+    refs = [SecretReference(r.config_id, f"config {r.config_name}", r.target or f"/{r.config_name}",
+                            r.uid, r.gid, r.mode) for r in c.configs]
+    return replace(task, spec=replace(task.spec, container=replace(c, secrets=c.secrets + refs))) if refs else task
 
 
 class TaskController:
@@ -103,7 +112,7 @@ class TaskController:
                     self.report("rejected", exc.message, err=exc.message)
                     return
                 try:
-                    binds = self.runner.secret_mounts.prepare(task, self.runner.secrets)
+                    binds = self.runner.secret_mounts.prepare(with_configs(task), self.runner.secrets)
                     await ex.create(container_config(task, self.runner.hostname, binds))
                     self.report("starting")
                     pid = await ex.start(task.id)
@@ -182,6 +191,7 @@ class TaskRunner:
     async def apply(self, answer: dict) -> None:
         tasks = [codec.from_plain(Task, t) for t in answer.get("tasks", [])]
         self.secrets.update(answer.get("secrets", []), full=bool(answer.get("full")))
+        self.secrets.update(answer.get("configs", []), full=False)  # configs share the cache
         if answer.get("full"):
             keep = {t.id for t in tasks}
             self.secret_mounts.cleanup_except(keep)
@@ -211,7 +221,7 @@ class TaskRunner:
         # Forget the secrets no live task here uses any more.
         self.secrets.retain({r.secret_id for ctl in self.controllers.values()
                              if not ctl.ended and ctl.task.desired_state == "running"
-                             for r in ctl.task.spec.container.secrets})
+                             for r in with_configs(ctl.task).spec.container.secrets})
 
     async def _drop(self, task_id: str) -> None:
         ctl = self.controllers.pop(task_id, None)

@@ -12,6 +12,7 @@ from common.durations import format_duration
 from common.units import parse_cpus, parse_size
 from shoal.cli.client import Cli, pass_cli
 from shoal.cli.output import print_json, print_table
+from shoal.cli.config import parse_config_option
 from shoal.cli.secret import parse_secret_option
 from shoal.cli.swarm import DURATION
 
@@ -138,6 +139,7 @@ def build_spec(name, image, args, o: dict) -> dict:
                  "labels": _labels(o["container_label"], "--container-label"),
                  "mounts": [parse_mount(m) for m in o["mount"]]}
     container["secrets"] = [parse_secret_option(s) for s in o.get("secret") or ()]
+    container["configs"] = [parse_config_option(s) for s in o.get("config") or ()]
     for key, flag in (("workdir", "dir"), ("user", "user"), ("hostname", "hostname"),
                       ("stop_signal", "stop_signal"), ("stop_grace_period", "stop_grace_period")):
         if o.get(key) is not None:
@@ -177,6 +179,7 @@ def service() -> None:
 @service.command(context_settings={"ignore_unknown_options": False, "allow_interspersed_args": False})
 @click.option("--name", help="Service name (default: derived from the image)")
 @click.option("--secret", "secret", multiple=True, help="Secret to expose: NAME or source=NAME,target=PATH,uid=,gid=,mode=")
+@click.option("--config", "config", multiple=True, help="Config to expose: NAME or source=NAME,target=PATH,uid=,gid=,mode=")
 @service_options
 @click.argument("image")
 @click.argument("args", nargs=-1)
