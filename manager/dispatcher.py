@@ -142,9 +142,21 @@ class Dispatcher:
             futures.append(fut)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_status())
-        await asyncio.gather(*futures)
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.gather(*futures)), 15)
+        except asyncio.TimeoutError:
+            raise errors.Unavailable("the task states could not be committed in time; the agent "
+                                     "resends them") from None
 
     async def _flush_status(self) -> None:
+        try:
+            await self._flush_batch()
+        finally:
+            # Whatever happened to this batch, reports queued meanwhile get their own flush.
+            if self._status_queue:
+                self._flusher = asyncio.create_task(self._flush_status())
+
+    async def _flush_batch(self) -> None:
         await asyncio.sleep(0.03)  # gather reports from many agents into one transaction
         batch, self._status_queue = self._status_queue, []
         for attempt in range(6):
@@ -180,8 +192,6 @@ class Dispatcher:
         for _, _, fut in batch:
             if not fut.done():
                 fut.set_result(None)
-        if self._status_queue:
-            self._flusher = asyncio.create_task(self._flush_status())
 
     async def _watch_heartbeats(self) -> None:
         """Mark nodes Down that missed their heartbeats (leader only)."""

@@ -85,7 +85,10 @@ def run(tmp_path):
             await m.start()
             try:
                 await wait(lambda: m.is_leader)
-                txn = Transaction().create("clusters", Cluster(id="c1"))
+                # No agents heartbeat here: a long period keeps the simulated nodes Ready.
+                cluster = Cluster(id="c1")
+                cluster.spec.dispatcher.heartbeat_period = 3600.0
+                txn = Transaction().create("clusters", cluster)
                 for i in range(1, 4):
                     txn.create("nodes", Node(id=f"n{i}", status=NodeStatus(state="ready", addr=f"10.9.0.{i}"),
                                              description=NodeDescription(hostname=f"node{i}",
