@@ -54,6 +54,13 @@ class FailedPrecondition(ShoalError):
     code = "failed_precondition"
 
 
+class ResourceExhausted(ShoalError):
+    """A pool ran dry: addresses, VNIs, published ports."""
+
+    status = 507
+    code = "resource_exhausted"
+
+
 class Unavailable(ShoalError):
     """No quorum, no leader, or the manager could not be reached."""
 
@@ -73,7 +80,7 @@ class NotInSwarm(ShoalError):
 
 _BY_CODE = {cls.code: cls for cls in (
     ShoalError, InvalidArgument, Unauthorized, PermissionDenied, NotFound, Conflict,
-    FailedPrecondition, Unavailable, NotAManager, NotInSwarm)}
+    FailedPrecondition, ResourceExhausted, Unavailable, NotAManager, NotInSwarm)}
 
 
 def from_dict(body: dict, status: int = 500) -> ShoalError:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from common import codec, errors
 from common.model import NODE_STATE_DOWN, NODE_STATE_READY, TASK_STATE_RANK, TASK_STATES
 from manager.configs import configs_for_tasks
+from manager.netstate import digest, node_network_state
 from manager.secrets import secrets_for_tasks
 from manager.store import Event, Transaction
 
@@ -25,7 +26,7 @@ log = logging.getLogger("shoal.dispatcher")
 
 GRACE_MULTIPLIER = 3
 _TOMBSTONE_LIMIT = 5000
-_STATUS_FIELDS = ("state", "message", "err", "exit_code", "container_id")
+_STATUS_FIELDS = ("state", "message", "err", "exit_code", "container_id", "health")
 
 
 class Dispatcher:
@@ -36,6 +37,8 @@ class Dispatcher:
         # Assignment streams: agents ask for what changed since the index they last saw.
         self._start_index = manager.store.index
         self._changed: dict[str, asyncio.Event] = {}
+        # Peer tables and backends depend on every node's tasks: such changes wake every stream.
+        self._net_epoch = 0
         self._tombstones: dict[str, list[tuple[int, str]]] = {}
         self._oldest_tombstone: dict[str, int] = {}
         # Status reports from all agents, committed together.
@@ -79,11 +82,17 @@ class Dispatcher:
         await asyncio.gather(self._watch_heartbeats(), self._watch_tasks())
 
     async def _watch_tasks(self) -> None:
-        queue = self.manager.watch(lambda e: e.table == "tasks")
+        queue = self.manager.watch(
+            lambda e: e.table in ("tasks", "services", "networks", "nodes"))
         try:
             while True:
                 for e in await queue.get():
-                    self._note(e)
+                    if e.table == "tasks":
+                        self._note(e)
+                    if _changes_network_state(e):
+                        self._net_epoch += 1
+                        for event in self._changed.values():
+                            event.set()
         finally:
             self.manager.unwatch(queue)
 
@@ -98,17 +107,24 @@ class Dispatcher:
                     self._oldest_tombstone[node_id] = dropped[-1][0]
             self._changed.setdefault(node_id, asyncio.Event()).set()
 
-    async def assignments(self, node_id: str, since: int, wait: float) -> dict:
+    async def assignments(self, node_id: str, since: int, wait: float,
+                          net_digest: str = "") -> dict:
         """This node's tasks that changed after index `since` (all of them when `since` is
-        older than what this leader can tell apart), and the ids of those removed.
+        older than what this leader can tell apart), and the ids of those removed; the node's
+        network state when its digest differs from `net_digest`.
         Waits up to `wait` seconds for a change when there is none."""
         deadline = time.monotonic() + wait
         while True:
             event = self._changed.setdefault(node_id, asyncio.Event())
             event.clear()
             answer = self._assignment_delta(node_id, since)
+            net = node_network_state(self.manager.store, node_id)
+            answer["net_digest"] = digest(net)
+            if answer["net_digest"] != net_digest:
+                answer["network"] = net
             remaining = deadline - time.monotonic()
-            if answer["full"] or answer["tasks"] or answer["removed"] or remaining <= 0:
+            if (answer["full"] or answer["tasks"] or answer["removed"] or "network" in answer
+                    or remaining <= 0):
                 return answer
             try:
                 await asyncio.wait_for(event.wait(), remaining)
@@ -224,3 +240,20 @@ class Dispatcher:
                      node.status.message)
         except Exception as exc:  # conflict or lost leadership: the next round decides again
             log.debug("marking %s down failed: %s", node_id, exc)
+
+
+def _changes_network_state(e: Event) -> bool:
+    if e.table in ("services", "networks"):
+        return True
+    if e.table == "nodes":
+        return e.old is None or e.action == "delete" or (
+            e.obj.status.addr, e.obj.ingress_attachment) != (e.old.status.addr, e.old.ingress_attachment)
+    # tasks: only those on a network, and only what moves endpoints or backends
+    if not e.obj.networks:
+        return False
+    if e.old is None or e.action == "delete":
+        return True
+    return ((e.obj.node_id, e.obj.desired_state, e.obj.status.state,
+             getattr(e.obj.status, "health", ""))
+            != (e.old.node_id, e.old.desired_state, e.old.status.state,
+                getattr(e.old.status, "health", "")))

@@ -10,6 +10,7 @@ from typing import Optional
 from common import errors
 from common.model import NODE_ROLE_MANAGER, Cluster, Node
 from common.nodestate import API_PORT, NodeFiles, NodeState
+from manager.allocator import Allocator
 from manager.dispatcher import Dispatcher
 from manager.raft import RaftNode, RaftTimings
 from manager.store import Store, Transaction, TxnResult
@@ -29,6 +30,7 @@ class Manager:
         self.raft: Optional[RaftNode] = None
         self.hub: Optional[WatchHub] = None
         self.dispatcher = Dispatcher(self)
+        self.allocator = Allocator(self.store)
         self._bind_addr = bind_addr
         self._timings = timings
         self._tasks: list[asyncio.Task] = []
@@ -75,12 +77,17 @@ class Manager:
             now_leading = self.raft is not None and self.raft.is_leader
             if now_leading and not leading:
                 log.info("this manager is the leader now (term %s)", self.raft.term)
+                from manager.allocating import AllocatorLoop
                 from manager.orchestrator import Orchestrator
                 from manager.scheduling import SchedulingLoop
                 self.dispatcher = Dispatcher(self)
+                self.allocator = Allocator(self.store)
                 self._leader_tasks = [asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
+                                      asyncio.create_task(AllocatorLoop(self).run(), name="allocator"),
                                       asyncio.create_task(Orchestrator(self).run(), name="orchestrator"),
                                       asyncio.create_task(SchedulingLoop(self).run(), name="scheduler")]
+                for task in self._leader_tasks:
+                    task.add_done_callback(_log_death)
             elif leading and not now_leading:
                 log.info("this manager is not the leader any more")
                 await self._stop_leader_loops()
@@ -171,3 +178,9 @@ class Manager:
         for m in self.raft.members():
             out[m.addr] = "leader" if m.addr == leader else ("reachable" if m.connected else "unreachable")
         return out
+
+
+def _log_death(task: asyncio.Task) -> None:
+    """A leader loop must never end by itself; if one does, the log says how."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("leader loop %s died", task.get_name(), exc_info=task.exception())

@@ -87,6 +87,10 @@ class Orchestrator:
                     log.info("orchestration round failed: %s", exc.message)
                     await asyncio.sleep(0.5)
                     self.kick()
+                except errors.ShoalError as exc:   # e.g. a network out of addresses: try again
+                    log.warning("orchestration round failed: %s", exc.message)
+                    await asyncio.sleep(1.0)
+                    self.kick()
         finally:
             self.m.unwatch(queue)
             for handle in self._timers.values():
@@ -120,7 +124,13 @@ class Orchestrator:
                     txn.update("tasks", obj)
                 else:
                     txn.delete("tasks", obj)
-            await self.m.propose(txn, timeout=5)
+            try:
+                await self.m.propose(txn, timeout=5)
+            except BaseException:
+                for action, obj in ops[i:i + _MAX_OPS_PER_TXN]:
+                    if action == "create":
+                        self.m.allocator.release_task(obj)
+                raise
 
     def _maybe_update(self, svc: Service, tasks: list[Task]) -> None:
         """Outdated tasks are the updater's to replace, batch by batch; one updater per service."""
@@ -314,10 +324,12 @@ class Orchestrator:
     def new_task(self, svc: Service, slot: int, node_id: str, now: float) -> Task:
         task = Task(id=new_id(), service_id=svc.id, service_name=svc.spec.name, slot=slot,
                     node_id=node_id, spec=codec.clone(svc.spec.task_template),
-                    spec_version=svc.meta.version, ports=codec.clone(svc.spec.endpoint_spec).ports,
+                    spec_version=svc.meta.version,
+                    ports=[codec.clone(p) for p in svc.endpoint.ports or svc.spec.endpoint_spec.ports],
                     desired_state="running",
                     status=TaskStatus(state="assigned" if node_id else "pending", timestamp=now,
                                       message="assigned to its node" if node_id
                                       else "pending task scheduling"))
         task.meta.created_at = task.meta.updated_at = now
+        self.m.allocator.allocate_task(task, svc)
         return task

@@ -145,6 +145,22 @@ def test_nftables_vip_and_ingress(lab):
 
 
 @root_only
+def test_nftables_all_ports_vip_keeps_the_clients_port(lab):
+    """A service VIP balances every port; the backend gets the port the client asked for."""
+    balancer = lbmod.NftablesBackend(lab["node"], table="shoaltest")
+    vip = Frontend("tcp", "10.99.0.10", 0)
+    try:
+        balancer.ensure_service(vip, [Backend(b.ip, 0) for b in BACKENDS])
+        assert "meta l4proto { tcp, udp }" in balancer.ruleset()
+        hits = _hits(lab["node"], "10.99.0.10", 8080)
+        assert set(hits) == {b.ip for b in BACKENDS}, hits
+        with pytest.raises(OSError):               # nothing listens on 81 behind the VIP
+            _hits(lab["node"], "10.99.0.10", 81, n=1)
+    finally:
+        balancer.flush()
+
+
+@root_only
 def test_pick_backend_without_ipvs(lab):
     # this kernel has no IPVS (no modules); a kernel with it reports /proc/net/ip_vs
     expected = "ipvs" if os.path.exists("/proc/net/ip_vs") else "nftables"
@@ -171,7 +187,8 @@ def test_frontend_validation():
     with pytest.raises(ValueError):
         Frontend("sctp", None, 80)
     with pytest.raises(ValueError):
-        Frontend("tcp", "10.0.0.1", 0)
+        Frontend("tcp", None, 0)          # a published port needs a port
+    Frontend("tcp", "10.0.0.1", 0)        # a VIP with port 0: every port
     with pytest.raises(ValueError):
         lbmod.make_lb("iptables")
 

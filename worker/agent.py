@@ -81,16 +81,26 @@ class Agent:
     async def _assignments(self) -> None:
         """Follow this node's assignments; tasks keep running while no manager answers."""
         await self.runner.start()
-        since = 0
+        since, net_digest = 0, ""
         while True:
             addr = self.leader or (self._candidates() or [self.host.state.api_addr])[0]
             try:
                 answer = await self.host.peer_client(addr).request(
-                    "POST", "/dispatcher/assignments", {"since": since, "wait": 20}, timeout=30)
+                    "POST", "/dispatcher/assignments",
+                    {"since": since, "wait": 20, "net_digest": net_digest}, timeout=30)
             except errors.ShoalError as exc:
                 log.debug("assignments from %s: %s", addr, exc.message)
                 await asyncio.sleep(0.5)
                 continue
+            # Networks first: the tasks of this answer attach to them.
+            if "network" in answer:
+                try:
+                    await self.runner.apply_network_state(answer["network"])
+                    net_digest = answer.get("net_digest", "")
+                except errors.ShoalError as exc:
+                    log.warning("%s; asking again", exc.message)
+                    net_digest = ""
+                    await asyncio.sleep(1.0)
             await self.runner.apply(answer)
             since = answer["index"]
 

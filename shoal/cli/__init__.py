@@ -79,6 +79,7 @@ main.add_command(_container.container)
 main.add_command(_container.image)
 from shoal.cli.secret import secret as _secret; main.add_command(_secret)  # noqa: E402,E702
 from shoal.cli.config import config as _config; main.add_command(_config)  # noqa: E402,E702
+from shoal.cli.network import network as _network; main.add_command(_network)  # noqa: E402,E702
 _service.node_ps_command(_node.node)
 try:
     from shoal.cli.lab import lab as _lab

@@ -33,7 +33,10 @@ class LBError(Exception):
 
 @dataclass(frozen=True)
 class Frontend:
-    """What clients connect to: a VIP and port, or (ip None) a port published on every address."""
+    """What clients connect to: a VIP and port, or (ip None) a port published on every address.
+
+    A VIP with port 0 stands for every TCP and UDP port of the VIP, as a service VIP does
+    (backends then keep the port the client asked for)."""
     protocol: Protocol
     ip: Optional[str]
     port: int
@@ -41,7 +44,7 @@ class Frontend:
     def __post_init__(self) -> None:
         if self.protocol not in ("tcp", "udp"):
             raise ValueError(f"protocol must be tcp or udp, not {self.protocol!r}")
-        if not 0 < self.port < 65536:
+        if not (0 < self.port < 65536 or (self.port == 0 and self.ip is not None)):
             raise ValueError(f"port {self.port} out of range")
         if self.ip is not None:
             ipaddress.IPv4Address(self.ip)
@@ -101,17 +104,26 @@ def render_nftables(table: str, services: dict[Frontend, list[Backend]]) -> str:
         "  chain services {",
     ]
     for fe in sorted(services, key=Frontend.sort_key):
-        match = (f"ip daddr {fe.ip} {fe.protocol} dport {fe.port}" if fe.ip else
-                 # any local address but loopback: DNAT of 127/8 to a remote host is martian
-                 f"fib daddr type local ip daddr != 127.0.0.0/8 {fe.protocol} dport {fe.port}")
+        if fe.ip and not fe.port:
+            match = f"ip daddr {fe.ip} meta l4proto {{ tcp, udp }}"
+        elif fe.ip:
+            match = f"ip daddr {fe.ip} {fe.protocol} dport {fe.port}"
+        else:
+            # any local address but loopback: DNAT of 127/8 to a remote host is martian
+            match = f"fib daddr type local ip daddr != 127.0.0.0/8 {fe.protocol} dport {fe.port}"
         backends = sorted(set(services[fe]))
         if not backends:
             # refuse rather than let the packet reach whatever listens locally on the VIP
             lines.append(f"    {match} reject")
             continue
         mark = f" ct mark set {INGRESS_MARK:#x}" if fe.ingress else ""
-        elems = ", ".join(f"{i} : {b.ip} . {b.port}" for i, b in enumerate(backends))
-        lines.append(f"    {match}{mark} dnat ip to numgen inc mod {len(backends)} "
+        if fe.port:
+            elems = ", ".join(f"{i} : {b.ip} . {b.port}" for i, b in enumerate(backends))
+            target = "ip to"
+        else:
+            elems = ", ".join(f"{i} : {b.ip}" for i, b in enumerate(backends))
+            target = "to"
+        lines.append(f"    {match}{mark} dnat {target} numgen inc mod {len(backends)} "
                      f"map {{ {elems} }}")
     lines += ["  }", "}"]
     return "\n".join(lines) + "\n"
@@ -138,6 +150,12 @@ class NftablesBackend(LoadBalancer):
     def remove_service(self, frontend: Frontend) -> None:
         if frontend in self.services:
             self._apply({k: v for k, v in self.services.items() if k != frontend})
+
+    def replace_all(self, services: dict[Frontend, list[Backend]]) -> None:
+        """Exactly these services, in one nftables transaction."""
+        wanted = {fe: list(bes) for fe, bes in services.items()}
+        if wanted != self.services:
+            self._apply(wanted)
 
     def flush(self) -> None:
         self._apply({})

@@ -218,6 +218,42 @@ class OverlayNetwork:
         self.attachments[task_id] = Attachment(task_id, path, ifname, host_if, created)
         return path
 
+    def attach_node(self, ip_cidr: str, mac: str, ifname: str) -> None:
+        """Give the node itself an address on this network (idempotent): a veth from the
+        bridge into the node's namespace. The routing mesh forwards published ports from it."""
+        iface = ipaddress.ip_interface(ip_cidr)
+        host_if = self._host_ifname(f"node:{self.vni}")
+        with nsutil.ipr(self.node_netns) as node:
+            idx = _first(node, ifname=ifname)
+            if idx is not None:
+                have = {a.get_attr("IFA_ADDRESS") for a in node.get_addr(index=idx,
+                                                                       family=socket.AF_INET)}
+                if have == {str(iface.ip)}:
+                    return
+                node.link("del", index=idx)
+        mtu = self.mtu
+        with nsutil.ipr(self.netns_path) as ov:
+            br = _first(ov, ifname=BRIDGE)
+            if br is None:
+                raise OverlayError(f"overlay {self.netns_path} has no {BRIDGE}: call ensure()")
+            old = _first(ov, ifname=host_if)
+            if old is not None:
+                ov.link("del", index=old)
+            fd = os.open(self.node_netns or f"/proc/{os.getpid()}/ns/net", os.O_RDONLY)
+            try:
+                ov.link("add", ifname=host_if, kind="veth", mtu=mtu,
+                        peer={"ifname": ifname, "net_ns_fd": fd, "mtu": mtu})
+            finally:
+                os.close(fd)
+            hidx = _first(ov, ifname=host_if)
+            ov.link("set", index=hidx, master=br)
+            ov.link("set", index=hidx, state="up")
+        with nsutil.ipr(self.node_netns) as node:
+            idx = _first(node, ifname=ifname)
+            node.link("set", index=idx, address=mac, mtu=mtu)
+            node.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+            node.link("set", index=idx, state="up")
+
     def detach(self, task_id: str) -> None:
         """Remove the task's interface; its namespace too once nothing else is in it."""
         att = self.attachments.pop(task_id, None)

@@ -1,0 +1,123 @@
+"""Control API for overlay networks: create, list, inspect, remove."""
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from common import codec, errors
+from common.ids import new_id
+from common.model import IPAMConfig, Network, NetworkSpec
+from manager.allocator import NAME_RE, ingress_network, ingress_ports, plan_network
+from manager.api import _manager
+from manager.httputil import body_json, field, reply
+from manager.secrets import validate_labels
+from manager.store import Transaction
+
+DRIVERS = ("overlay",)
+
+
+def _find_network(manager, ref: str) -> Network:
+    net = manager.store.find("networks", ref)
+    if net is None:
+        raise errors.NotFound(f"no such network: {ref}")
+    return net
+
+
+def parse_network_spec(data: dict) -> NetworkSpec:
+    name = field(data, "name", str)
+    if not NAME_RE.match(name):
+        raise errors.InvalidArgument(f"network name {name!r}: use letters, digits, '_', '.' and "
+                                     "'-', starting with a letter or digit (at most 63)",
+                                     field="name")
+    driver = field(data, "driver", str, required=False, default="overlay") or "overlay"
+    if driver not in DRIVERS:
+        raise errors.InvalidArgument(f"driver {driver!r} is not supported in a swarm: use "
+                                     "--driver overlay", field="driver")
+    ipam = []
+    for i, item in enumerate(field(data, "ipam", list, required=False, default=[])):
+        if not isinstance(item, dict):
+            raise errors.InvalidArgument(f"ipam[{i}] must be an object with subnet and gateway",
+                                         field="ipam")
+        ipam.append(IPAMConfig(subnet=str(item.get("subnet") or ""),
+                               gateway=str(item.get("gateway") or "")))
+    if len(ipam) > 1:
+        raise errors.InvalidArgument("one --subnet per network", field="subnet")
+    if ipam and ipam[0].gateway and not ipam[0].subnet:
+        raise errors.InvalidArgument("--gateway needs --subnet", field="gateway")
+    return NetworkSpec(name=name, driver=driver, labels=validate_labels(data.get("labels")),
+                       ipam=ipam, attachable=bool(data.get("attachable", False)),
+                       ingress=bool(data.get("ingress", False)))
+
+
+def network_view(manager, net: Network) -> dict:
+    plain = codec.to_plain(net)
+    plain["services"] = sorted(s.spec.name for s in _services_using(manager, net))
+    return plain
+
+
+def _services_using(manager, net: Network) -> list:
+    out = []
+    for svc in manager.store.list("services"):
+        if any(n.target == net.id for n in svc.spec.task_template.networks) or \
+                (net.spec.ingress and ingress_ports(svc.endpoint.ports)):
+            out.append(svc)
+    return out
+
+
+async def network_create(request: web.Request) -> web.Response:
+    manager = _manager(request)
+    data = await body_json(request)
+    spec = parse_network_spec(data.get("spec", data))
+    manager.require_leader()
+    async with manager.allocator.lock:     # two creates must not pick the same subnet or VNI
+        if manager.store.by_name("networks", spec.name) is not None:
+            raise errors.Conflict(f"network {spec.name!r} already exists", field="name")
+        if spec.ingress and ingress_network(manager.store) is not None:
+            raise errors.Conflict(f"an ingress network already exists "
+                                  f"({ingress_network(manager.store).spec.name!r}): remove it "
+                                  "first", field="ingress")
+        cluster = manager.cluster()
+        net = plan_network(manager.store, cluster.spec.networking, spec, new_id())
+        net.meta.created_at = net.meta.updated_at = time.time()
+        await manager.propose(Transaction().create("networks", net))
+    return reply({"id": net.id}, status=201)
+
+
+async def network_list(request: web.Request) -> web.Response:
+    manager = _manager(request)
+    nets = sorted(manager.store.list("networks"), key=lambda n: n.spec.name)
+    return reply([network_view(manager, n) for n in nets])
+
+
+async def network_inspect(request: web.Request) -> web.Response:
+    manager = _manager(request)
+    return reply(network_view(manager, _find_network(manager, request.match_info["ref"])))
+
+
+async def network_remove(request: web.Request) -> web.Response:
+    manager = _manager(request)
+    net = _find_network(manager, request.match_info["ref"])
+    users = _services_using(manager, net)
+    if users:
+        names = ", ".join(sorted(s.spec.name for s in users))
+        raise errors.FailedPrecondition(
+            f"network {net.spec.name!r} is in use by service(s) {names}: remove them or update "
+            f"them without it first", field="network")
+    active = [t for t in manager.store.list("tasks")
+              if not t.terminal and any(a.network_id == net.id for a in t.networks)]
+    if active:
+        raise errors.FailedPrecondition(
+            f"network {net.spec.name!r} still has {len(active)} active endpoint(s) of tasks being "
+            "shut down: try again in a few seconds", field="network")
+    await manager.propose(Transaction().delete("networks", net.id, expect_version=net.meta.version))
+    return reply({"id": net.id})
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.post("/networks/create", network_create),
+        web.get("/networks", network_list),
+        web.get("/networks/{ref}", network_inspect),
+        web.delete("/networks/{ref}", network_remove),
+    ]
