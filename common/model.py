@@ -103,6 +103,13 @@ class OrchestrationConfig:
 
 
 @dataclass
+class EncryptionConfig:
+    # Autolock: managers keep their raft secret and TLS key on disk sealed by the unlock key,
+    # and a restarted manager serves nothing until `shoal swarm unlock`.
+    auto_lock_managers: bool = False
+
+
+@dataclass
 class RaftConfig:
     snapshot_interval: int = 10000
     election_tick_min: float = 0.3
@@ -117,6 +124,17 @@ class ClusterSpec:
     ca_config: CAConfig = field(default_factory=CAConfig)
     orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig)
     raft: RaftConfig = field(default_factory=RaftConfig)
+    encryption_config: EncryptionConfig = field(default_factory=EncryptionConfig)
+
+
+@dataclass
+class UnlockKeys:
+    # Text form (SHLKEY-1-...); replicated so every manager reseals its secrets when it changes.
+    # Never in the API's view of the cluster: `shoal swarm unlock-key` is the one way out.
+    current: str = ""
+    # The key before the last rotation or disable: a manager that was down then (or restarted
+    # before it resealed) is still locked with it.
+    previous: str = ""
 
 
 @dataclass
@@ -141,6 +159,7 @@ class Cluster:
     spec: ClusterSpec = field(default_factory=ClusterSpec)
     root_ca: RootCAState = field(default_factory=RootCAState)
     join_tokens: JoinTokens = field(default_factory=JoinTokens)
+    unlock_keys: UnlockKeys = field(default_factory=UnlockKeys)
 
 
 # Services and tasks: the building blocks the orchestrators work on.

@@ -23,6 +23,7 @@ from common.model import (AVAILABILITIES, NODE_ROLE_MANAGER, NODE_ROLE_WORKER, N
                           NODE_STATE_DOWN, Cluster, ClusterSpec, ManagerStatus, Node,
                           NodeDescription, NodeSpec, NodeStatus)
 from common.nodestate import API_PORT, NodeState, RAFT_PORT
+from manager import autolock
 from manager.httputil import body_json, field, query_flag, query_int, reply
 from manager.manager import Manager
 from manager.store import Transaction
@@ -140,6 +141,7 @@ def node_view(manager: Manager, node: Node) -> dict:
 def cluster_view(cluster: Cluster) -> dict:
     plain = codec.to_plain(cluster)
     plain["root_ca"].pop("key_pem", None)  # the CA key never leaves the managers' store
+    plain.pop("unlock_keys", None)  # only `swarm unlock-key` shows it (manager/autolock.py)
     return plain
 
 
@@ -164,12 +166,16 @@ async def swarm_update(request: web.Request) -> web.Response:
         cluster.join_tokens.worker = tokens.new_token(cluster.root_ca.cert_pem)
     if query_flag(request, "rotate_manager_token"):
         cluster.join_tokens.manager = tokens.new_token(cluster.root_ca.cert_pem)
+    new_unlock_key = autolock.apply_swarm_update(cluster, query_flag(request, "rotate_manager_unlock_key"))
     if version is not None and version != cluster.meta.version:
         raise errors.Conflict(f"the swarm changed since version {version} (now {cluster.meta.version}); "
                               "read it again and retry")
     cluster.meta.updated_at = time.time()
     await manager.propose(Transaction().update("clusters", cluster))
-    return reply(cluster_view(manager.cluster()))
+    view = cluster_view(manager.cluster())
+    if new_unlock_key:  # printed once by the CLI, like docker
+        view["unlock_key"] = new_unlock_key
+    return reply(view)
 
 
 def _parse_cluster_spec(spec: dict) -> ClusterSpec:
@@ -452,4 +458,5 @@ def routes() -> list[web.RouteDef]:
         web.post("/raft/join", raft_join),
         web.post("/certificates/renew", certificate_renew),
         web.post("/dispatcher/heartbeat", dispatcher_heartbeat),
+        *autolock.routes(),
     ]

@@ -12,7 +12,9 @@ fast leader fallback and reconnection, short election timeouts.
 Raft data at rest is encrypted: every transaction and every snapshot is sealed with AES-GCM
 under a data key derived from the cluster's raft secret before pysyncobj sees it, so its
 journal and snapshot files hold ciphertext only (membership entries hold nothing but peer
-addresses).
+addresses). With autolock on, the raft secret itself is on disk only sealed by the swarm's
+unlock key (common/keywrap.py), so a restarted manager cannot derive the data key, or even
+start raft, until `shoal swarm unlock`.
 
 pysyncobj does not fsync its journal: a power loss on a majority of managers at once can lose
 the last acknowledged writes. That is on the list of things to close.

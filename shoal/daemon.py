@@ -26,9 +26,11 @@ from common.httpclient import DEFAULT_SOCKET, ApiClient, Endpoint
 from common.model import NODE_ROLE_MANAGER, NODE_ROLE_WORKER
 from common.nodestate import API_PORT, NodeFiles, NodeState
 from manager import api as control_api
+from manager import autolock as manager_autolock
 from manager import api_configs, api_secrets, api_services
 from manager.httputil import error_middleware
 from manager.manager import Manager
+from shoal import autolock
 from worker.agent import Agent
 
 log = logging.getLogger("shoal.daemon")
@@ -55,6 +57,8 @@ class Daemon:
         self.insecure_registries: frozenset[str] = frozenset()
         self.role_lock = asyncio.Lock()
         self.stopping = asyncio.Event()
+        self.locked = False  # autolock: a restarted manager waits for `shoal swarm unlock`
+        self._key_sync: Optional[asyncio.Task] = None
 
     # ---- lifecycle --------------------------------------------------------------------------
     async def run(self) -> None:
@@ -64,7 +68,7 @@ class Daemon:
         from worker.images import ImageStore
         self.images = ImageStore(self.files.root / "images")
         self.executor = Executor(self.files.root / "executor", self.images)
-        if self.state.in_swarm:
+        if self.state.in_swarm and not autolock.comes_up_locked(self):
             await self.start_roles()
         await self._serve_unix()
         log.info("shoald ready on unix://%s (data root %s)", self.socket_path, self.files.root)
@@ -80,11 +84,13 @@ class Daemon:
 
     async def _serve_unix(self) -> None:
         from shoal import localapi, workerapi
-        app = web.Application(middlewares=[error_middleware, control_api.forward_middleware])
+        app = web.Application(middlewares=[error_middleware, autolock.locked_middleware,
+                                           control_api.forward_middleware])
         app["ctx"] = self
         app["daemon"] = self
         app.add_routes(localapi.routes() + control_api.routes() + api_services.routes()
                        + api_secrets.routes() + api_configs.routes() + workerapi.local_routes())
+        app.add_routes(autolock.local_routes())
         self._unix_runner = web.AppRunner(app, access_log=None)
         await self._unix_runner.setup()
         Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
@@ -127,8 +133,15 @@ class Daemon:
         bind = None if host in ("0.0.0.0", "") else host
         self.manager = Manager(self.files, self.state, bind_addr=bind)
         await self.manager.start()
+        self._key_sync = asyncio.create_task(manager_autolock.keep_sealed(self.files, self.manager),
+                                             name="autolock-reseal")
 
     async def _stop_manager(self) -> None:
+        if self._key_sync is not None:
+            self._key_sync.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._key_sync
+            self._key_sync = None
         if self.manager is not None:
             manager, self.manager = self.manager, None
             await manager.stop()

@@ -11,10 +11,12 @@ import time
 from common import errors, pki, tokens
 from common.httpclient import ApiClient, Endpoint
 from common.ids import new_id
+from common.keywrap import UnlockKey
 from common.model import (NODE_ROLE_MANAGER, Cluster, ClusterSpec, JoinTokens, ManagerStatus, Node,
                           NodeDescription, NodeSpec, NodeStatus, RootCAState, NODE_STATE_READY)
 from common.nodestate import API_PORT, NodeState
 from common import codec
+from manager import autolock
 from manager.store import Transaction
 from worker.agent import describe_node
 
@@ -85,6 +87,9 @@ async def init_swarm(daemon, advertise_addr: str | None, listen_addr: str | None
                                                   digest=root.digest()),
                               join_tokens=JoinTokens(worker=tokens.new_token(root.cert_pem),
                                                      manager=tokens.new_token(root.cert_pem)))
+            # The manager's reseal loop seals this node's secrets as soon as it sees the key.
+            cluster.unlock_keys.current, cluster.unlock_keys.previous = autolock.new_cluster_keys(
+                cluster_spec.encryption_config.auto_lock_managers)
             cluster.meta.created_at = cluster.meta.updated_at = now
             node = Node(id=node_id, spec=NodeSpec(desired_role=NODE_ROLE_MANAGER),
                         description=codec.from_plain(NodeDescription, describe_node(daemon.hostname)),
@@ -94,6 +99,9 @@ async def init_swarm(daemon, advertise_addr: str | None, listen_addr: str | None
             node.meta.created_at = node.meta.updated_at = now
             await daemon.manager.propose(Transaction().create("clusters", cluster).create("nodes", node),
                                          timeout=10)
+            if cluster.unlock_keys.current:
+                # Sealed before init returns: a restart right after it must already be locked.
+                daemon.files.reseal(UnlockKey.parse(cluster.unlock_keys.current))
         except BaseException:
             # Nothing half-made survives a failed init.
             await daemon.stop_roles()
@@ -101,7 +109,10 @@ async def init_swarm(daemon, advertise_addr: str | None, listen_addr: str | None
             daemon.state = NodeState()
             raise
         log.info("swarm %s initialised; this node (%s) is its first manager", cluster_id, node_id)
-        return {"node_id": node_id, "cluster_id": cluster_id}
+        result = {"node_id": node_id, "cluster_id": cluster_id}
+        if cluster.unlock_keys.current:
+            result["unlock_key"] = cluster.unlock_keys.current  # shown once, like docker
+        return result
 
 
 async def join_swarm(daemon, remote_addr: str, token: str, advertise_addr: str | None,
@@ -179,6 +190,7 @@ async def leave_swarm(daemon, force: bool) -> dict:
             await daemon.executor.remove(container.id)
         daemon.files.wipe()
         daemon.state = NodeState()
+        daemon.locked = False  # a locked manager may leave (--force): nothing is sealed any more
         return {"left": True}
 
 

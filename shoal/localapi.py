@@ -20,7 +20,7 @@ async def ping(request: web.Request) -> web.Response:
 async def info(request: web.Request) -> web.Response:
     d = _daemon(request)
     st = d.state
-    swarm: dict = {"state": "active" if st.in_swarm else "inactive"}
+    swarm: dict = {"state": ("locked" if d.locked else "active") if st.in_swarm else "inactive"}
     if st.in_swarm:
         swarm.update(node_id=st.node_id, cluster_id=st.cluster_id, role=st.role,
                      is_manager=st.role == NODE_ROLE_MANAGER, node_addr=st.advertise_addr,

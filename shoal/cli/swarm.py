@@ -1,6 +1,8 @@
 """`shoal swarm ...`"""
 from __future__ import annotations
 
+import sys
+
 import click
 
 from common.durations import format_duration, parse_duration
@@ -23,13 +25,24 @@ class Duration(click.ParamType):
 DURATION = Duration()
 
 
-def _spec_overrides(heartbeat_period: float | None, cert_expiry: float | None) -> dict:
+def _spec_overrides(heartbeat_period: float | None, cert_expiry: float | None,
+                    autolock: bool | None = None) -> dict:
     spec: dict = {}
     if heartbeat_period is not None:
         spec["dispatcher"] = {"heartbeat_period": heartbeat_period}
     if cert_expiry is not None:
         spec["ca_config"] = {"node_cert_expiry": cert_expiry}
+    if autolock is not None:
+        spec["encryption_config"] = {"auto_lock_managers": autolock}
     return spec
+
+
+def _print_unlock_key(key: str) -> None:
+    click.echo("To unlock a swarm manager after it restarts, run the `shoal swarm unlock`\n"
+               "command and provide the following key:\n")
+    click.echo(f"    {key}\n")
+    click.echo("Please remember to store this key in a password manager, since without it you\n"
+               "will not be able to restart the manager.")
 
 
 @click.group()
@@ -43,12 +56,14 @@ def swarm() -> None:
 @click.option("--dispatcher-heartbeat", "heartbeat_period", type=DURATION,
               help="Heartbeat period of the agents (default 5s)")
 @click.option("--cert-expiry", type=DURATION, help="Validity of node certificates (default 90d)")
+@click.option("--autolock", is_flag=True,
+              help="Lock managers: a restarted manager needs the unlock key (`shoal swarm unlock`)")
 @pass_cli
-def init(cli: Cli, advertise_addr, listen_addr, heartbeat_period, cert_expiry) -> None:
+def init(cli: Cli, advertise_addr, listen_addr, heartbeat_period, cert_expiry, autolock) -> None:
     """Initialize a swarm: this node becomes its first manager."""
     result = cli.call("POST", "/swarm/init", {
         "advertise_addr": advertise_addr, "listen_addr": listen_addr,
-        "spec": _spec_overrides(heartbeat_period, cert_expiry) or None})
+        "spec": _spec_overrides(heartbeat_period, cert_expiry, True if autolock else None) or None})
     tokens = cli.call("GET", "/swarm")["join_tokens"]
     info = cli.call("GET", "/info")
     addr = info["swarm"]["remote_managers"][0]
@@ -57,6 +72,9 @@ def init(cli: Cli, advertise_addr, listen_addr, heartbeat_period, cert_expiry) -
     click.echo(f"    shoal swarm join --token {tokens['worker']} {addr}\n")
     click.echo("To add a manager to this swarm, run 'shoal swarm join-token manager' and follow "
                "the instructions.")
+    if result.get("unlock_key"):
+        click.echo("")
+        _print_unlock_key(result["unlock_key"])
 
 
 @swarm.command()
@@ -118,18 +136,64 @@ def inspect(cli: Cli, fmt) -> None:
     click.echo(f"Node Certificate Expiry: {format_duration(spec['ca_config']['node_cert_expiry'])}")
     click.echo(f"Task History Retention Limit: {spec['orchestration']['task_history_retention_limit']}")
     click.echo(f"CA Digest: {cluster['root_ca']['digest']}")
+    autolock = (spec.get("encryption_config") or {}).get("auto_lock_managers", False)
+    click.echo(f"Autolock Managers: {str(autolock).lower()}")
 
 
 @swarm.command()
 @click.option("--dispatcher-heartbeat", "heartbeat_period", type=DURATION, help="Heartbeat period")
 @click.option("--cert-expiry", type=DURATION, help="Validity of node certificates")
+@click.option("--autolock", type=click.BOOL, metavar="true|false",
+              help="Change the manager autolocking setting")
 @pass_cli
-def update(cli: Cli, heartbeat_period, cert_expiry) -> None:
+def update(cli: Cli, heartbeat_period, cert_expiry, autolock) -> None:
     """Update the swarm's settings."""
     cluster = cli.call("GET", "/swarm")
     spec = cluster["spec"]
-    for key, value in _spec_overrides(heartbeat_period, cert_expiry).items():
-        spec[key].update(value)
-    cli.call("POST", "/swarm/update", {"spec": spec},
-             params={"version": str(cluster["meta"]["version"])})
+    for key, value in _spec_overrides(heartbeat_period, cert_expiry, autolock).items():
+        spec.setdefault(key, {}).update(value)
+    result = cli.call("POST", "/swarm/update", {"spec": spec},
+                      params={"version": str(cluster["meta"]["version"])})
     click.echo("Swarm updated.")
+    if result.get("unlock_key"):
+        _print_unlock_key(result["unlock_key"])
+
+
+@swarm.command()
+@pass_cli
+def unlock(cli: Cli) -> None:
+    """Unlock a locked manager: reads the unlock key from the terminal (or from stdin)."""
+    if sys.stdin.isatty():
+        key = click.prompt("Please enter unlock key", hide_input=True, default="",
+                           show_default=False)
+    else:
+        key = sys.stdin.readline()
+    cli.call("POST", "/swarm/unlock", {"unlock_key": key.strip()}, timeout=60)
+
+
+@swarm.command("unlock-key")
+@click.option("-q", "--quiet", is_flag=True, help="Only display the key")
+@click.option("--rotate", is_flag=True, help="Rotate the unlock key")
+@click.option("--previous", is_flag=True,
+              help="Show the key from before the last rotation (for a manager that was down then)")
+@pass_cli
+def unlock_key(cli: Cli, quiet, rotate, previous) -> None:
+    """Manage the unlock key."""
+    if rotate and previous:
+        raise click.UsageError("--rotate and --previous exclude each other")
+    if rotate:
+        key = cli.call("POST", "/swarm/update",
+                       params={"rotate_manager_unlock_key": "true"})["unlock_key"]
+        if not quiet:
+            click.echo("Successfully rotated manager unlock key.\n")
+    else:
+        key = cli.call("GET", "/swarm/unlockkey",
+                       params={"previous": "true"} if previous else None)["unlock_key"]
+    if quiet:
+        click.echo(key)
+    elif previous:
+        click.echo("The unlock key before the last rotation (a manager that was down or "
+                   "restarting then is still locked with it):\n")
+        click.echo(f"    {key}\n")
+    else:
+        _print_unlock_key(key)
