@@ -84,6 +84,8 @@ class Node:
     status: NodeStatus = field(default_factory=NodeStatus)
     role: str = NODE_ROLE_WORKER
     manager_status: Optional[ManagerStatus] = None
+    # The node's own address on the ingress network: published ports are forwarded from it.
+    ingress_attachment: Optional["NetworkAttachment"] = None
 
 
 # Cluster
@@ -100,6 +102,14 @@ class CAConfig:
 @dataclass
 class OrchestrationConfig:
     task_history_retention_limit: int = 5
+
+
+@dataclass
+class NetworkingConfig:
+    # where overlay subnets come from when `network create` names none (docker's
+    # --default-addr-pool / --default-addr-pool-mask-length)
+    default_addr_pools: list[str] = field(default_factory=lambda: ["10.0.0.0/8"])
+    subnet_size: int = 24
 
 
 @dataclass
@@ -124,6 +134,7 @@ class ClusterSpec:
     ca_config: CAConfig = field(default_factory=CAConfig)
     orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig)
     raft: RaftConfig = field(default_factory=RaftConfig)
+    networking: NetworkingConfig = field(default_factory=NetworkingConfig)
     encryption_config: EncryptionConfig = field(default_factory=EncryptionConfig)
 
 
@@ -213,6 +224,21 @@ class ConfigReference:
     mode: int = 0o444
 
 
+HEALTH_NONE = ["NONE"]
+
+
+@dataclass
+class HealthConfig:
+    """Docker's HEALTHCHECK: test is ["CMD", argv...], ["CMD-SHELL", "command"] or ["NONE"]
+    (checks off, even the image's); an empty test, or a zero duration or retries, takes the
+    image's value (then Docker's default: 30s, 30s, 0s, 3)."""
+    test: list[str] = field(default_factory=list)
+    interval: float = 0.0
+    timeout: float = 0.0
+    start_period: float = 0.0
+    retries: int = 0
+
+
 @dataclass
 class ContainerSpec:
     image: str = ""
@@ -228,6 +254,7 @@ class ContainerSpec:
     configs: list[ConfigReference] = field(default_factory=list)
     stop_signal: str = "SIGTERM"
     stop_grace_period: float = 10.0
+    healthcheck: Optional[HealthConfig] = None  # None: the image's own, if any
 
 
 @dataclass
@@ -281,6 +308,27 @@ class EndpointSpec:
     ports: list[PortConfig] = field(default_factory=list)
 
 
+@dataclass
+class VirtualIP:
+    network_id: str = ""
+    addr: str = ""                  # "10.0.1.2/24"
+
+
+@dataclass
+class Endpoint:
+    """What the allocator gave a service: its ports (published ones resolved) and a VIP per
+    network it is attached to."""
+    ports: list[PortConfig] = field(default_factory=list)
+    virtual_ips: list[VirtualIP] = field(default_factory=list)
+
+
+@dataclass
+class NetworkAttachment:
+    network_id: str = ""
+    address: str = ""               # "10.0.1.5/24"
+    mac: str = ""
+
+
 UPDATE_FAILURE_ACTIONS = ("pause", "continue", "rollback")
 UPDATE_ORDERS = ("stop-first", "start-first")
 
@@ -325,6 +373,7 @@ class Service:
     spec: ServiceSpec = field(default_factory=ServiceSpec)
     previous_spec: Optional[ServiceSpec] = None
     update_status: UpdateStatus = field(default_factory=UpdateStatus)
+    endpoint: Endpoint = field(default_factory=Endpoint)
 
 
 # Task states only move forward; their order is their rank.
@@ -342,6 +391,8 @@ class TaskStatus:
     timestamp: float = 0.0
     exit_code: Optional[int] = None
     container_id: str = ""
+    # "" (no health check), starting, healthy or unhealthy; reported by the agent
+    health: str = ""
 
 
 @dataclass
@@ -355,6 +406,7 @@ class Task:
     spec: TaskSpec = field(default_factory=TaskSpec)
     spec_version: int = 0           # the service version the spec was taken from
     ports: list[PortConfig] = field(default_factory=list)
+    networks: list[NetworkAttachment] = field(default_factory=list)
     desired_state: str = "running"
     status: TaskStatus = field(default_factory=TaskStatus)
 
@@ -389,7 +441,10 @@ class Network:
     id: str
     meta: Meta = field(default_factory=Meta)
     spec: NetworkSpec = field(default_factory=NetworkSpec)
+    # allocated in the transaction that creates the network
     vni: int = 0
+    subnet: str = ""
+    gateway: str = ""
 
 
 @dataclass

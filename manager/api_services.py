@@ -10,8 +10,9 @@ from aiohttp import web
 
 from common import codec, errors
 from common.ids import new_id
-from common.model import Service, Task, UpdateStatus
+from common.model import Service, ServiceSpec, Task, UpdateStatus
 from common.nodestate import API_PORT
+from manager.allocator import ingress_ports
 from manager.api import _find_node, _identity, _manager
 from manager.httputil import body_json, field, query_int, reply
 from manager.configs import resolve_configs
@@ -58,7 +59,13 @@ async def service_create(request: web.Request) -> web.Response:
     now = time.time()
     svc = Service(id=new_id(), spec=spec)
     svc.meta.created_at = svc.meta.updated_at = now
-    await manager.propose(Transaction().create("services", svc))
+    manager.require_leader()
+    manager.allocator.allocate_service(svc)
+    try:
+        await manager.propose(Transaction().create("services", svc))
+    except BaseException:
+        manager.allocator.release_service(svc)
+        raise
     return reply({"id": svc.id}, status=201)
 
 
@@ -89,15 +96,25 @@ async def service_update(request: web.Request) -> web.Response:
     resolve_configs(manager, spec)
     if spec.name != svc.spec.name:
         raise errors.InvalidArgument("a service cannot be renamed", field="name")
+    manager.require_leader()
+    manager.allocator.resolve_networks(spec)
     now = time.time()
-    if spec.task_template != svc.spec.task_template:
+    if spec.task_template != svc.spec.task_template or _publishing_changes(svc.spec, spec):
         # The updater replaces the tasks batch by batch; the status tells how it goes.
         svc.update_status = UpdateStatus(state="updating", message="update in progress",
                                          started_at=now)
+    old = codec.clone(svc)
     svc.previous_spec, svc.spec = svc.spec, spec
     svc.meta.updated_at = now
+    manager.require_leader()
+    manager.allocator.allocate_service(svc, old)
     await manager.propose(Transaction().update("services", svc))
     return reply(service_view(manager, manager.store.get("services", svc.id)))
+
+
+def _publishing_changes(old: ServiceSpec, new: ServiceSpec) -> bool:
+    """Whether the tasks gain or lose the ingress network (first port published, last gone)."""
+    return bool(ingress_ports(old.endpoint_spec.ports)) != bool(ingress_ports(new.endpoint_spec.ports))
 
 
 async def service_rollback(request: web.Request) -> web.Response:
@@ -108,10 +125,13 @@ async def service_rollback(request: web.Request) -> web.Response:
         raise errors.FailedPrecondition(f"service {svc.spec.name} has no previous spec to roll "
                                         "back to (it was never updated)")
     now = time.time()
+    old = codec.clone(svc)
     svc.spec, svc.previous_spec = svc.previous_spec, svc.spec
     svc.update_status = UpdateStatus(state="rollback_started", message="manually requested rollback",
                                      started_at=now)
     svc.meta.updated_at = now
+    manager.require_leader()
+    manager.allocator.allocate_service(svc, old)
     await manager.propose(Transaction().update("services", svc))
     return reply(service_view(manager, manager.store.get("services", svc.id)))
 
@@ -179,7 +199,8 @@ async def dispatcher_assignments(request: web.Request) -> web.Response:
     data = await body_json(request)
     since = field(data, "since", int, required=False, default=0)
     wait = min(float(field(data, "wait", (int, float), required=False, default=0)), 25.0)
-    return reply(await manager.dispatcher.assignments(ident.node_id, since, wait))
+    net_digest = field(data, "net_digest", str, required=False, default="")
+    return reply(await manager.dispatcher.assignments(ident.node_id, since, wait, net_digest))
 
 
 async def dispatcher_status(request: web.Request) -> web.Response:

@@ -31,7 +31,13 @@ from typing import Optional
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+import socket
+_INET_NTOP = socket.inet_ntop
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated  # noqa: E402
+# pysyncobj 0.3.17 (its win_inet_pton module) replaces socket.inet_ntop with a Windows-only
+# version on every platform, which breaks whatever decodes addresses later in the process
+# (pyroute2's netlink parser, on a node that is manager and worker at once): undo it.
+socket.inet_ntop = _INET_NTOP
 
 from common.errors import FailedPrecondition, Unavailable
 from manager.store import Store, Transaction, TxnResult

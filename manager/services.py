@@ -6,7 +6,8 @@ import re
 import signal
 
 from common import codec, errors
-from common.model import SERVICE_MODES, UPDATE_FAILURE_ACTIONS, UPDATE_ORDERS, ServiceSpec
+from common.model import (SERVICE_MODES, UPDATE_FAILURE_ACTIONS, UPDATE_ORDERS, HealthConfig,
+                          ServiceSpec)
 from manager.constraints import parse_constraint, parse_preference
 
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
@@ -49,6 +50,8 @@ def validate_service_spec(spec: ServiceSpec) -> None:
         raise _bad("task_template.container.stop_signal", f"unknown signal {c.stop_signal!r}") from None
     if not isinstance(c.stop_grace_period, (int, float)) or c.stop_grace_period < 0:
         raise _bad("task_template.container.stop_grace_period", "must be a duration >= 0")
+    if c.healthcheck is not None:
+        _validate_healthcheck(c.healthcheck)
     for i, m in enumerate(c.mounts):
         where = f"task_template.container.mounts[{i}]"
         if m.type not in _MOUNT_TYPES:
@@ -118,3 +121,36 @@ def validate_service_spec(spec: ServiceSpec) -> None:
             raise _bad(f"{where}.published_port", "must be a port between 1 and 65535 (0: any)")
         if p.publish_mode not in ("ingress", "host"):
             raise _bad(f"{where}.publish_mode", f"{p.publish_mode!r} is not ingress or host")
+        if p.publish_mode == "host" and not p.published_port:
+            raise _bad(f"{where}.published_port", "host-mode publishing needs the port to bind "
+                       "on each node: published=PORT,target=PORT,mode=host")
+    if spec.endpoint_spec.mode not in ("vip", "dnsrr"):
+        raise _bad("endpoint_spec.mode", f"{spec.endpoint_spec.mode!r} is not vip or dnsrr")
+    for i, n in enumerate(spec.task_template.networks):
+        if not isinstance(n.target, str) or not n.target:
+            raise _bad(f"task_template.networks[{i}].target", "must name a network")
+        if not isinstance(n.aliases, list) or not all(isinstance(a, str) and a for a in n.aliases):
+            raise _bad(f"task_template.networks[{i}].aliases", "must be a list of names")
+
+
+def _validate_healthcheck(hc: HealthConfig) -> None:
+    where = "task_template.container.healthcheck"
+    test = hc.test
+    if not isinstance(test, list) or not all(isinstance(t, str) for t in test):
+        raise _bad(f"{where}.test", "must be a list of strings, like [\"CMD-SHELL\", \"curl -f "
+                   "http://localhost/\"], [\"CMD\", \"/bin/check\"] or [\"NONE\"]")
+    if test:
+        if test[0] not in ("CMD", "CMD-SHELL", "NONE"):
+            raise _bad(f"{where}.test", f"must start with CMD, CMD-SHELL or NONE, not {test[0]!r}")
+        if test[0] == "NONE" and len(test) > 1:
+            raise _bad(f"{where}.test", "NONE takes no command (it turns health checks off)")
+        if test[0] != "NONE" and not any(t.strip() for t in test[1:]):
+            raise _bad(f"{where}.test", f"{test[0]} needs a command (e.g. --health-cmd 'test -f /ready')")
+    for name in ("interval", "timeout", "start_period"):
+        value = getattr(hc, name)
+        if not isinstance(value, (int, float)) or value < 0:
+            raise _bad(f"{where}.{name}", "must be a duration >= 0 (0: the image's, else Docker's default)")
+        if 0 < value < 0.001:
+            raise _bad(f"{where}.{name}", "must be at least 1ms")
+    if not isinstance(hc.retries, int) or hc.retries < 0:
+        raise _bad(f"{where}.retries", "must be an integer >= 0 (0: the image's, else 3)")

@@ -27,7 +27,7 @@ from common.model import NODE_ROLE_MANAGER, NODE_ROLE_WORKER
 from common.nodestate import API_PORT, NodeFiles, NodeState
 from manager import api as control_api
 from manager import autolock as manager_autolock
-from manager import api_configs, api_secrets, api_services
+from manager import api_configs, api_networks, api_secrets, api_services
 from manager.httputil import error_middleware
 from manager.manager import Manager
 from shoal import autolock
@@ -55,6 +55,7 @@ class Daemon:
         self.images = None
         self.executor = None
         self.insecure_registries: frozenset[str] = frozenset()
+        self.lb_backend = "auto"      # the routing mesh's load balancer: auto | ipvs | nftables
         self.role_lock = asyncio.Lock()
         self.stopping = asyncio.Event()
         self.locked = False  # autolock: a restarted manager waits for `shoal swarm unlock`
@@ -89,7 +90,8 @@ class Daemon:
         app["ctx"] = self
         app["daemon"] = self
         app.add_routes(localapi.routes() + control_api.routes() + api_services.routes()
-                       + api_secrets.routes() + api_configs.routes() + workerapi.local_routes())
+                       + api_secrets.routes() + api_configs.routes() + api_networks.routes()
+                       + workerapi.local_routes())
         app.add_routes(autolock.local_routes())
         self._unix_runner = web.AppRunner(app, access_log=None)
         await self._unix_runner.setup()
@@ -114,6 +116,9 @@ class Daemon:
         self.agent = Agent(self)
         self.agent.runner = TaskRunner(self.executor, self.images, self.hostname,
                                        self.agent.send_reports, self.insecure_registries)
+        from worker.network.node import NodeNetworks
+        self.agent.runner.networks = NodeNetworks(self.files.root, self.state.advertise_addr,
+                                                  self.lb_backend)
         self.agent.start()
 
     async def stop_roles(self) -> None:
@@ -153,7 +158,7 @@ class Daemon:
         app["ctx"] = self
         from shoal import workerapi
         app.add_routes(control_api.routes() + api_services.routes() + api_secrets.routes()
-                       + api_configs.routes() + workerapi.cluster_routes())
+                       + api_configs.routes() + api_networks.routes() + workerapi.cluster_routes())
         app.router.add_get("/_ping", lambda _: web.Response(text="OK"))
         self._tcp_runner = web.AppRunner(app, access_log=None)
         await self._tcp_runner.setup()
@@ -233,6 +238,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hostname", default=socket.gethostname(), help="node name to report")
     parser.add_argument("--insecure-registry", action="append", default=[], metavar="HOST:PORT",
                         help="registry reached over plain HTTP (repeatable)")
+    parser.add_argument("--lb-backend", default="auto", choices=["auto", "ipvs", "nftables"],
+                        help="load balancer of the routing mesh (auto: IPVS where the kernel "
+                             "has it, else nftables)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -249,11 +257,21 @@ def main(argv: list[str] | None = None) -> None:
     os.umask(0o022)
     daemon = Daemon(Path(args.data_root), args.advertise_addr, listen, args.socket, args.hostname)
     daemon.insecure_registries = frozenset(args.insecure_registry)
+    daemon.lb_backend = args.lb_backend
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
+        main_pid = os.getpid()
+
+        # Not loop.add_signal_handler: its wakeup socket is inherited by the short-lived
+        # children pyroute2 forks to enter network namespaces, and when pyroute2 ends such a
+        # child with SIGTERM the signal number lands in *our* loop, which then shuts down.
+        def on_signal(signum: int, _frame) -> None:
+            if os.getpid() != main_pid:
+                os._exit(0)          # a forked helper being told to end
+            loop.call_soon_threadsafe(daemon.stopping.set)
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, daemon.stopping.set)
+            signal.signal(sig, on_signal)
         await daemon.run()
 
     try:

@@ -12,11 +12,13 @@ from common import errors, pki, tokens
 from common.httpclient import ApiClient, Endpoint
 from common.ids import new_id
 from common.keywrap import UnlockKey
-from common.model import (NODE_ROLE_MANAGER, Cluster, ClusterSpec, JoinTokens, ManagerStatus, Node,
+from common.model import (NODE_ROLE_MANAGER, Cluster, ClusterSpec, JoinTokens, ManagerStatus,
+                          NetworkSpec, Node,
                           NodeDescription, NodeSpec, NodeStatus, RootCAState, NODE_STATE_READY)
 from common.nodestate import API_PORT, NodeState
 from common import codec
 from manager import autolock
+from manager.allocator import INGRESS_NAME, plan_network
 from manager.store import Transaction
 from worker.agent import describe_node
 
@@ -97,8 +99,12 @@ async def init_swarm(daemon, advertise_addr: str | None, listen_addr: str | None
                         role=NODE_ROLE_MANAGER,
                         manager_status=ManagerStatus(raft_addr=state.raft_addr, api_addr=state.api_addr))
             node.meta.created_at = node.meta.updated_at = now
-            await daemon.manager.propose(Transaction().create("clusters", cluster).create("nodes", node),
-                                         timeout=10)
+            # The ingress network exists from the start, as in docker: -p works at once.
+            ingress = plan_network(daemon.manager.store, cluster_spec.networking,
+                                   NetworkSpec(name=INGRESS_NAME, ingress=True), new_id())
+            ingress.meta.created_at = ingress.meta.updated_at = now
+            await daemon.manager.propose(Transaction().create("clusters", cluster).create("nodes", node)
+                                         .create("networks", ingress), timeout=10)
             if cluster.unlock_keys.current:
                 # Sealed before init returns: a restart right after it must already be locked.
                 daemon.files.reseal(UnlockKey.parse(cluster.unlock_keys.current))

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import ipaddress
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,10 @@ log = logging.getLogger("shoal.network")
 
 DNS_ADDRESS = "127.0.0.11"
 INGRESS_IFNAME = "shoal_ingress"
+# Host-mode ports reach their task over a node-local bridge, as docker's docker_gwbridge.
+GW_BRIDGE = "shoal_gwbridge"
+GW_NETWORK = ipaddress.IPv4Network("172.18.0.0/16")
+GW_ADDRESS = "172.18.0.1"
 RESOLV_CONF = f"nameserver {DNS_ADDRESS}\noptions ndots:0\n"
 
 
@@ -48,6 +53,8 @@ class TaskNetworking:
     netns: str
     network_ids: list[str]
     resolv_conf: Path
+    host_ports: list[tuple[str, int, int]] = field(default_factory=list)  # proto, published, target
+    gw_ip: str = ""
     dns: Optional[DnsServer] = None
     lb: Optional[NftablesBackend] = None
     vips: dict[Frontend, list[Backend]] = field(default_factory=dict)
@@ -151,6 +158,11 @@ class NodeNetworks:
                 for p in svc.get("ports", []):
                     fe = Frontend(p["protocol"], None, p["published_port"])
                     wanted[fe] = [Backend(ip, p["target_port"]) for ip in svc["backends"]]
+        for tn in self.tasks.values():
+            for proto, published, target in tn.host_ports:
+                if tn.gw_ip:
+                    wanted.setdefault(Frontend(proto, None, published), []).append(
+                        Backend(tn.gw_ip, target))
         if not wanted and not self._published:
             return
         if self._ingress_lb is None:
@@ -168,7 +180,9 @@ class NodeNetworks:
     async def attach(self, task: Task, adopted: bool = False) -> tuple[Optional[str], list]:
         """Give the task its interfaces, resolver and VIPs; returns (netns path, extra binds).
         An adopted task (its container survived an agent restart) keeps its interfaces."""
-        if not task.networks:
+        host_ports = [(p.protocol, p.published_port, p.target_port) for p in task.ports
+                      if p.publish_mode == "host" and p.published_port]
+        if not task.networks and not host_ports:
             return None, []
         if not self._have_state.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
@@ -178,7 +192,8 @@ class NodeNetworks:
             tn = self.tasks.get(task.id)
             if tn is None:
                 resolv = self.data_root / "resolv" / f"{task.id}.conf"
-                tn = TaskNetworking(task.id, netns, [a.network_id for a in task.networks], resolv)
+                tn = TaskNetworking(task.id, netns, [a.network_id for a in task.networks], resolv,
+                                    host_ports)
             try:
                 if not (adopted and nsutil.exists(netns)):
                     for i, att in enumerate(task.networks):
@@ -189,6 +204,9 @@ class NodeNetworks:
                         ov = await self._overlay(view)
                         await self._call(ov.attach, task.id, att.address, att.mac,
                                          netns_path=netns, ifname=f"eth{i}")
+                if host_ports:
+                    tn.gw_ip = await self._call(self._gateway_link, task.id, netns,
+                                                f"eth{len(task.networks)}", adopted)
                 tn.resolv_conf.parent.mkdir(parents=True, exist_ok=True)
                 tn.resolv_conf.write_text(RESOLV_CONF)
                 if tn.dns is None:
@@ -199,6 +217,8 @@ class NodeNetworks:
                     tn.lb = NftablesBackend(netns)
                 self.tasks[task.id] = tn
                 await self._sync_task(tn)
+                if host_ports:
+                    await self._sync_ingress()
             except BaseException:
                 self.tasks.pop(task.id, None)
                 await self._release(tn)
@@ -238,6 +258,8 @@ class NodeNetworks:
             await self._release(tn or TaskNetworking(task_id, netns, [],
                                                      self.data_root / "resolv" / f"{task_id}.conf"))
             await self._drop_unused_overlays()
+            if tn is not None and tn.host_ports:
+                await self._sync_ingress()
 
     async def detach_except(self, keep: set[str]) -> None:
         """Task namespaces no assigned task claims (left by a crash between attach and start)."""
@@ -252,9 +274,51 @@ class NodeNetworks:
             tn.dns = None
         for ov in self.overlays.values():
             await self._call(ov.detach, tn.task_id)
+        await self._call(_drop_gateway_link, tn.task_id)
         await self._call(nsutil.remove, tn.netns)
         with contextlib.suppress(FileNotFoundError):
             tn.resolv_conf.unlink()
+
+    def _gateway_link(self, task_id: str, netns: str, ifname: str, adopted: bool) -> str:
+        """A veth from the node's gateway bridge into the task, with a default route back
+        through the node (replies to clients of a host-mode port leave that way)."""
+        with nsutil.ipr(None) as node:
+            br = _first(node, GW_BRIDGE)
+            if br is None:
+                node.link("add", ifname=GW_BRIDGE, kind="bridge")
+                br = _first(node, GW_BRIDGE)
+                node.addr("add", index=br, address=GW_ADDRESS, prefixlen=GW_NETWORK.prefixlen)
+            node.link("set", index=br, state="up")
+        nsutil.create(netns)
+        with nsutil.ipr(netns) as tk:
+            idx = _first(tk, ifname)
+            if idx is not None and adopted:
+                addrs = [a.get_attr("IFA_ADDRESS") for a in tk.get_addr(index=idx)]
+                if addrs:
+                    return addrs[0]
+            if idx is not None:
+                tk.link("del", index=idx)
+        used = {tn.gw_ip for tn in self.tasks.values() if tn.gw_ip}
+        ip = _gateway_ip(task_id, used)
+        host_if = _gw_ifname(task_id)
+        fd = os.open(netns, os.O_RDONLY)
+        try:
+            with nsutil.ipr(None) as node:
+                old = _first(node, host_if)
+                if old is not None:
+                    node.link("del", index=old)
+                node.link("add", ifname=host_if, kind="veth", peer={"ifname": ifname, "net_ns_fd": fd})
+                hidx = _first(node, host_if)
+                node.link("set", index=hidx, master=_first(node, GW_BRIDGE))
+                node.link("set", index=hidx, state="up")
+        finally:
+            os.close(fd)
+        with nsutil.ipr(netns) as tk:
+            idx = _first(tk, ifname)
+            tk.addr("add", index=idx, address=ip, prefixlen=GW_NETWORK.prefixlen)
+            tk.link("set", index=idx, state="up")
+            tk.route("add", dst="0.0.0.0/0", gateway=GW_ADDRESS)
+        return ip
 
     async def close(self) -> None:
         """The agent stops: resolvers stop with it; kernel state stays for the next start."""
@@ -288,3 +352,35 @@ def _overlay_vni(name: str, prefix: str) -> Optional[int]:
     if name.startswith(head) and name[len(head):].isdigit():
         return int(name[len(head):])
     return None
+
+
+def _first(ip, ifname: str) -> Optional[int]:
+    found = ip.link_lookup(ifname=ifname)
+    return found[0] if found else None
+
+
+def _gw_ifname(task_id: str) -> str:
+    return "gw" + hashlib.sha1(task_id.encode()).hexdigest()[:12]
+
+
+def _gateway_ip(task_id: str, used: set[str]) -> str:
+    """A stable address per task (so an adopted task keeps it), probing past collisions."""
+    size = GW_NETWORK.num_addresses - 3          # minus network, gateway, broadcast
+    start = int(hashlib.sha1(task_id.encode()).hexdigest(), 16) % size
+    for step in range(size):
+        ip = str(GW_NETWORK.network_address + 2 + (start + step) % size)
+        if ip not in used:
+            return ip
+    raise errors.ResourceExhausted("no free address on the node's gateway bridge")
+
+
+def _drop_gateway_link(task_id: str) -> None:
+    """The task's gateway veth; the bridge too once no task hangs on it."""
+    with nsutil.ipr(None) as node:
+        idx = _first(node, _gw_ifname(task_id))
+        if idx is not None:
+            node.link("del", index=idx)
+        br = _first(node, GW_BRIDGE)
+        if br is not None and not any(link.get_attr("IFLA_MASTER") == br
+                                      for link in node.get_links()):
+            node.link("del", index=br)
