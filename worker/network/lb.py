@@ -87,8 +87,12 @@ def _nft(netns: Optional[str], script: str) -> None:
         raise LBError(f"nft failed ({r.returncode}): {r.stderr.strip()}\n--- script ---\n{script}")
 
 
-def render_nftables(table: str, services: dict[Frontend, list[Backend]]) -> str:
-    """The whole table for the given services, as one transaction replacing the previous one."""
+def render_nftables(table: str, services: dict[Frontend, list[Backend]],
+                    redirects: tuple[tuple[str, int, int], ...] = ()) -> str:
+    """The whole table for the given services, as one transaction replacing the previous one.
+    ``redirects`` are (ip, udp port, local port): local datagrams to ip:port go to the local
+    port instead (the resolver at 127.0.0.11:53 really listens elsewhere, so that a task may
+    run its own DNS server on port 53)."""
     lines = [
         # create-then-delete makes the delete valid whether or not the table exists
         f"table ip {table}",
@@ -97,7 +101,9 @@ def render_nftables(table: str, services: dict[Frontend, list[Backend]]) -> str:
         # prerouting: clients in other namespaces/nodes; output: clients on this one
         "  chain prerouting { type nat hook prerouting priority dstnat; policy accept; "
         "jump services; }",
-        "  chain output { type nat hook output priority -100; policy accept; jump services; }",
+        "  chain output { type nat hook output priority -100; policy accept; "
+        + "".join(f"ip daddr {ip} udp dport {port} dnat to {ip}:{to}; " for ip, port, to in redirects)
+        + "jump services; }",
         # ingress replies must return through this node (its conntrack entry undoes the DNAT)
         "  chain postrouting { type nat hook postrouting priority srcnat; policy accept; "
         f"ct mark {INGRESS_MARK:#x} masquerade; }}",
@@ -130,14 +136,16 @@ def render_nftables(table: str, services: dict[Frontend, list[Backend]]) -> str:
 
 
 class NftablesBackend(LoadBalancer):
-    def __init__(self, netns: Optional[str] = None, table: str = "shoal") -> None:
+    def __init__(self, netns: Optional[str] = None, table: str = "shoal",
+                 redirects: tuple[tuple[str, int, int], ...] = ()) -> None:
         self.netns = netns
         self.table = table
+        self.redirects = tuple(redirects)
         self.services: dict[Frontend, list[Backend]] = {}
 
     def _apply(self, services: dict[Frontend, list[Backend]]) -> None:
-        if services:
-            _nft(self.netns, render_nftables(self.table, services))
+        if services or self.redirects:
+            _nft(self.netns, render_nftables(self.table, services, self.redirects))
         else:
             _nft(self.netns, f"table ip {self.table}\ndelete table ip {self.table}\n")
         self.services = services
@@ -151,10 +159,10 @@ class NftablesBackend(LoadBalancer):
         if frontend in self.services:
             self._apply({k: v for k, v in self.services.items() if k != frontend})
 
-    def replace_all(self, services: dict[Frontend, list[Backend]]) -> None:
+    def replace_all(self, services: dict[Frontend, list[Backend]], force: bool = False) -> None:
         """Exactly these services, in one nftables transaction."""
         wanted = {fe: list(bes) for fe, bes in services.items()}
-        if wanted != self.services:
+        if wanted != self.services or force:
             self._apply(wanted)
 
     def flush(self) -> None:

@@ -210,11 +210,13 @@ class NodeNetworks:
                 tn.resolv_conf.parent.mkdir(parents=True, exist_ok=True)
                 tn.resolv_conf.write_text(RESOLV_CONF)
                 if tn.dns is None:
-                    tn.dns = DnsServer(ServiceTable(), DNS_ADDRESS, 53, netns=netns,
+                    # on a port of its own: the task may run a DNS server on 53 itself
+                    tn.dns = DnsServer(ServiceTable(), DNS_ADDRESS, 0, netns=netns,
                                        upstreams=upstreams_from_resolv_conf())
                     await tn.dns.start()
                 if tn.lb is None:
-                    tn.lb = NftablesBackend(netns)
+                    tn.lb = NftablesBackend(netns, redirects=((DNS_ADDRESS, 53, tn.dns.bound[1]),))
+                    await self._call(tn.lb.replace_all, {}, True)
                 self.tasks[task.id] = tn
                 await self._sync_task(tn)
                 if host_ports:
