@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -146,7 +147,9 @@ def test_services_find_each_other_by_name_across_hosts_and_networks_isolate(lab)
     assert {t["node_hostname"] for t in api} == {"worker1"} and front["node_hostname"] == "worker2"
 
     # by name: the VIP, balanced over both tasks
-    vip = lab.cli_json("manager1", "service", "inspect", "api")["endpoint"]["virtual_ips"][0]
+    inspected = json.loads(lab.cli("manager1", "service", "inspect", "api").stdout)
+    inspected = inspected[0] if isinstance(inspected, list) else inspected
+    vip = inspected["endpoint"]["virtual_ips"][0]
     look = in_task(lab, front, "nslookup", "api", check=True).stdout
     assert vip["addr"].split("/")[0] in look, look
     seen = wait_until(lambda: {http_via_nc(lab, front, "api") for _ in range(8)} >= short_ids(api),
@@ -188,8 +191,9 @@ def test_published_port_answers_on_every_node_and_follows_tasks(lab):
 
     # a task dies: after the balancers follow, no request goes to it (none fails)
     victim = tasks[0]
-    lab.cli(victim["node_hostname"], "container", "exec", victim["id"], "--", "kill", "1",
-            check=False)
+    pid = next(c["pid"] for c in lab.cli_json(victim["node_hostname"], "container", "ls")
+               if c["id"] == victim["id"])
+    os.kill(pid, signal.SIGKILL)        # the task's container process, started by this test
     def replaced():
         now = running(lab, "web")
         return now if len(now) == 5 and victim["id"] not in {t["id"] for t in now} else None
@@ -228,7 +232,7 @@ def test_udp_publishing_and_host_mode_binds_only_where_tasks_run(lab):
 def _leftovers(lab, host: str) -> list[str]:
     """Everything networking could have left on a host: namespaces, devices, nft tables, FDB."""
     out = []
-    netns_dir = lab.host(host).data_root / "netns"
+    netns_dir = Path(lab.host(host).data_root) / "netns"
     if netns_dir.exists() and os.listdir(netns_dir):
         out.append(f"namespaces {os.listdir(netns_dir)}")
     links = lab.exec(host, ["ip", "-o", "link"], check=True).stdout
@@ -250,10 +254,11 @@ def test_network_rm_refused_while_used_then_removal_leaves_nothing(lab):
     for svc in ("api", "front", "outsider", "web", "dns", "pinned"):
         lab.cli("manager1", "service", "rm", svc, check=False)
 
-    def removed():
-        res = lab.cli("manager1", "network", "rm", "appnet", "othernet", check=False)
+    def removed(name: str):
+        res = lab.cli("manager1", "network", "rm", name, check=False)
         return res.returncode == 0 or "no such network" in res.stderr
-    wait_until(removed, timeout=60, what="appnet and othernet removable")
+    for name in ("appnet", "othernet"):
+        wait_until(lambda: removed(name), timeout=60, what=f"{name} removable")
     names = {n["spec"]["name"] for n in lab.cli_json("manager1", "network", "ls")}
     assert names == {"ingress"}
     # nothing publishes any more: the ingress namespace, its veth and the nft tables go too

@@ -12,13 +12,17 @@ import asyncio
 import logging
 import time
 from dataclasses import replace
-from typing import Awaitable, Callable, Optional
+from typing import TYPE_CHECKING, Awaitable, Callable, Optional
 
 from common import codec, errors
-from common.model import TASK_STATE_RANK, SecretReference, Task
+from common.model import TASK_STATE_RANK, HealthConfig, SecretReference, Task
+from worker import health
 from worker.executor import ContainerConfig, Executor
 from worker.images import ImageStore
 from worker.secrets import SecretCache, SecretMounts
+
+if TYPE_CHECKING:
+    from worker.network.node import NodeNetworks
 
 log = logging.getLogger("shoal.tasks")
 
@@ -54,6 +58,7 @@ class TaskController:
         self.task = task
         self.adopted = adopted
         self.state = task.status.state
+        self.unhealthy = False  # failed by its health check: that report stands, not the exit
         self._changed = asyncio.Event()
         self._job = asyncio.create_task(self._drive(), name=f"task-{task.id[:12]}")
 
@@ -91,7 +96,7 @@ class TaskController:
                     if runner is not None:
                         runner.cancel()
                         runner = None
-                    self.runner.secret_mounts.cleanup(task.id)
+                    await self.runner.release(task.id)
                     self.report("shutdown", "shut down as requested")
                 self._changed.clear()
                 await self._changed.wait()
@@ -113,18 +118,32 @@ class TaskController:
                     return
                 try:
                     binds = self.runner.secret_mounts.prepare(with_configs(task), self.runner.secrets)
-                    await ex.create(container_config(task, self.runner.hostname, binds))
+                    netns, net_binds = await self.runner.attach_networks(task)
+                    cfg = container_config(task, self.runner.hostname, binds + net_binds)
+                    cfg.netns_path = netns
+                    await ex.create(cfg)
                     self.report("starting")
                     pid = await ex.start(task.id)
                 except errors.ShoalError as exc:
-                    self.runner.secret_mounts.cleanup(task.id)
+                    await self.runner.release(task.id)
                     self.report("rejected", exc.message, err=exc.message)
                     return
-                self.report("running", f"started (pid {pid})", container_id=task.id)
+                running = f"started (pid {pid})"
             else:
-                self.report("running", "adopted after an agent restart", container_id=task.id)
-            info = await ex.wait(task.id)
-            self.runner.secret_mounts.cleanup(task.id)  # the container ended: its secrets go
+                await self.runner.attach_networks(task, adopted=True)
+                running = "adopted after an agent restart"
+            check = self.runner.health_config(task)
+            self.report("running", running, container_id=task.id,
+                        health=health.STARTING if check else "")
+            watcher = asyncio.create_task(self._watch_health(task, check, running)) if check else None
+            try:
+                info = await ex.wait(task.id)
+            finally:
+                if watcher is not None:
+                    watcher.cancel()
+            await self.runner.release(task.id)  # the container ended: its secrets go
+            if self.unhealthy:
+                return
             if self.task.desired_state != "running":
                 self.report("shutdown", "shut down as requested", exit_code=info.exit_code)
             elif info.exit_code == 0 and not info.oom_killed:
@@ -136,9 +155,30 @@ class TaskController:
             raise
         except Exception as exc:  # report instead of dying silently: the slot gets replaced
             log.exception("task %s", task.id)
-            self.runner.secret_mounts.cleanup(task.id)
+            await self.runner.release(task.id)
             message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
             self.report("failed", message, err=message)
+
+    async def _watch_health(self, task: Task, check: HealthConfig, running: str) -> None:
+        def changed(status: str, _result) -> None:
+            if status != health.UNHEALTHY:
+                self.report("running", running, container_id=task.id, health=status)
+
+        monitor = health.HealthMonitor(self.runner.executor, task.id, check, changed)
+        try:
+            if await monitor.run() != health.UNHEALTHY or self.task.desired_state != "running":
+                return
+            # As Swarm: the task fails (so the restart policy replaces it) and its container
+            # is stopped; failing first lets the replacement start during the stop grace.
+            self.unhealthy = True
+            self.report("failed", monitor.describe_failure(), err="task: unhealthy container",
+                        health=health.UNHEALTHY)
+            c = task.spec.container
+            await self.runner.executor.stop(task.id, c.stop_signal, c.stop_grace_period)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the check must never take the task down with a traceback
+            log.exception("health check of task %s", task.id)
 
     async def close(self, remove: bool) -> None:
         self._job.cancel()
@@ -153,7 +193,7 @@ class TaskController:
             except errors.ShoalError:
                 pass
             await self.runner.executor.remove(self.task.id)
-            self.runner.secret_mounts.cleanup(self.task.id)
+            await self.runner.release(self.task.id)
 
 
 class TaskRunner:
@@ -174,6 +214,7 @@ class TaskRunner:
         # Secrets from the assignments: memory only, never written to disk or logged.
         self.secrets = SecretCache()
         self.secret_mounts = SecretMounts(executor.root.parent)
+        self.networks: Optional["NodeNetworks"] = None
 
     async def start(self) -> None:
         await self.executor.adopt()
@@ -187,6 +228,8 @@ class TaskRunner:
         self.controllers.clear()
         if self._reporter is not None:
             self._reporter.cancel()
+        if self.networks is not None:
+            await self.networks.close()
 
     async def apply(self, answer: dict) -> None:
         tasks = [codec.from_plain(Task, t) for t in answer.get("tasks", [])]
@@ -195,6 +238,8 @@ class TaskRunner:
         if answer.get("full"):
             keep = {t.id for t in tasks}
             self.secret_mounts.cleanup_except(keep)
+            if self.networks is not None:
+                await self.networks.detach_except(keep | set(self.controllers))
             for tid in [tid for tid in self.controllers if tid not in keep]:
                 await self._drop(tid)
             # Containers no task claims: left over from before this node was down or restarted.
@@ -236,7 +281,30 @@ class TaskRunner:
         except errors.ShoalError:
             pass
         await self.executor.remove(container_id)
-        self.secret_mounts.cleanup(container_id)
+        await self.release(container_id)
+
+    async def release(self, task_id: str) -> None:
+        """The task's container is gone or going: its secrets and network namespace go too."""
+        self.secret_mounts.cleanup(task_id)
+        if self.networks is not None:
+            # Shielded: the task's own runner is often cancelled while it is releasing, and a
+            # half-done detach would leave its published port behind.
+            await asyncio.shield(self.networks.detach(task_id))
+
+    async def attach_networks(self, task: Task, adopted: bool = False) -> tuple[Optional[str], list]:
+        if self.networks is None:
+            return None, []
+        return await self.networks.attach(task, adopted)
+
+    async def apply_network_state(self, state: dict) -> None:
+        if self.networks is not None:
+            await self.networks.apply(state)
+
+    def health_config(self, task: Task) -> Optional[HealthConfig]:
+        """The check this task's container runs: the service's over the image's, or None."""
+        image = self.images.get(task.spec.container.image)
+        return health.effective(task.spec.container.healthcheck,
+                                health.from_image(image.config if image else None))
 
     async def ensure_image(self, ref: str) -> None:
         lock = self._image_locks.setdefault(ref, asyncio.Lock())
@@ -247,7 +315,9 @@ class TaskRunner:
 
     # ---- reports ----------------------------------------------------------------------------
     def report(self, update: dict) -> None:
-        self._outbox[update["task_id"]] = update  # the newest state per task is what counts
+        # The newest state per task is what counts; fields it does not repeat (the container
+        # id of an earlier "running") are kept, or a health change would drop them.
+        self._outbox[update["task_id"]] = {**self._outbox.get(update["task_id"], {}), **update}
         self._outbox_ready.set()
 
     async def _report_loop(self) -> None:
@@ -261,6 +331,6 @@ class TaskRunner:
             except errors.ShoalError as exc:
                 log.info("status report failed (%s); will resend", exc.message)
                 for tid, update in batch.items():
-                    self._outbox.setdefault(tid, update)
+                    self._outbox[tid] = {**update, **self._outbox.get(tid, {})}
                 self._outbox_ready.set()
                 await asyncio.sleep(1.0)
