@@ -233,10 +233,11 @@ def test_assignment_stream_is_incremental(run):
         assert first["full"] and len(first["tasks"]) == 1
         # Nothing changed: a long poll waits, then returns empty.
         t0 = time.monotonic()
-        again = await d.assignments("n1", first["index"], 0.5)
+        again = await d.assignments("n1", first["index"], 0.5, first["net_digest"])
         assert not again["full"] and again["tasks"] == [] and time.monotonic() - t0 >= 0.4
+        assert "network" in first and "network" not in again   # sent only when it changed
         # A change wakes the waiter with just that change.
-        waiter = asyncio.create_task(d.assignments("n1", first["index"], 5))
+        waiter = asyncio.create_task(d.assignments("n1", first["index"], 5, first["net_digest"]))
         await asyncio.sleep(0.1)
         svc = h.m.store.get("services", "svc-web")
         svc.spec.mode.replicas = 0

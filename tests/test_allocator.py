@@ -1,0 +1,98 @@
+"""The allocator on a real store: subnets, VNIs, VIPs, task addresses, published ports, and
+addresses coming back when their owners go."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from common import errors
+from common.model import (IPAMConfig, NetworkAttachmentConfig, NetworkingConfig, NetworkSpec,
+                          PortConfig, Service, ServiceSpec, Task, TaskStatus)
+from manager.allocator import Allocator, mac_for, plan_network
+from manager.store import Event, Store, Transaction
+
+
+def _store_with_networks(*specs: NetworkSpec) -> Store:
+    store = Store()
+    for i, spec in enumerate(specs):
+        net = plan_network(store, NetworkingConfig(), spec, f"net{i}")
+        store.apply(Transaction().create("networks", net).encode())
+    return store
+
+
+def _service(name: str, networks=(), ports=()) -> Service:
+    spec = ServiceSpec(name=name)
+    spec.task_template.networks = [NetworkAttachmentConfig(target=n) for n in networks]
+    spec.endpoint_spec.ports = [PortConfig(**p) for p in ports]
+    return Service(id=f"svc-{name}", spec=spec)
+
+
+def test_subnets_vnis_and_gateways():
+    store = _store_with_networks(NetworkSpec(name="ingress", ingress=True), NetworkSpec(name="a"),
+                                 NetworkSpec(name="b", ipam=[IPAMConfig("10.20.0.0/16", "10.20.0.254")]))
+    nets = {n.spec.name: n for n in store.list("networks")}
+    assert (nets["ingress"].subnet, nets["ingress"].vni) == ("10.0.0.0/24", 4096)
+    assert (nets["a"].subnet, nets["a"].gateway, nets["a"].vni) == ("10.0.1.0/24", "10.0.1.1", 4097)
+    assert (nets["b"].subnet, nets["b"].gateway) == ("10.20.0.0/16", "10.20.0.254")
+    with pytest.raises(errors.Conflict, match="overlaps 10.0.0.0/24 of network 'ingress'"):
+        plan_network(store, NetworkingConfig(), NetworkSpec(name="c", ipam=[IPAMConfig("10.0.0.0/16")]), "x")
+    with pytest.raises(errors.InvalidArgument, match="not a host address"):
+        plan_network(store, NetworkingConfig(), NetworkSpec(name="c", ipam=[IPAMConfig("10.9.0.0/24", "10.8.0.1")]), "x")
+    tiny = NetworkingConfig(default_addr_pools=["192.168.0.0/24"], subnet_size=24)
+    plan_network(Store(), tiny, NetworkSpec(name="only"), "y")
+    full = Store()
+    full.apply(Transaction().create("networks", plan_network(full, tiny, NetworkSpec(name="one"), "z")).encode())
+    with pytest.raises(errors.ResourceExhausted, match="no free /24"):
+        plan_network(full, tiny, NetworkSpec(name="two"), "w")
+
+
+def test_vips_ports_and_task_addresses():
+    store = _store_with_networks(NetworkSpec(name="ingress", ingress=True), NetworkSpec(name="app"))
+    alloc = Allocator(store)
+    web = _service("web", ["app"], [{"target_port": 80, "published_port": 8080},
+                                    {"target_port": 53, "protocol": "udp"}])
+    alloc.allocate_service(web)
+    assert [v.network_id for v in web.endpoint.virtual_ips] == ["net0", "net1"]   # ingress first
+    assert [p.published_port for p in web.endpoint.ports] == [8080, 30000]
+    store.apply(Transaction().create("services", web).encode())
+
+    clash = _service("other", [], [{"target_port": 80, "published_port": 8080}])
+    with pytest.raises(errors.Conflict, match="8080/tcp is already published by service 'web'"):
+        alloc.allocate_service(clash)
+    with pytest.raises(errors.NotFound, match="shoal network create nope"):
+        alloc.allocate_service(_service("lost", ["nope"]))
+    with pytest.raises(errors.InvalidArgument, match="ingress network"):
+        alloc.allocate_service(_service("sneaky", ["ingress"]))
+
+    t1 = Task(id="t1", service_id=web.id)
+    alloc.allocate_task(t1, web)
+    assert [a.network_id for a in t1.networks] == ["net0", "net1"]
+    addr = t1.networks[1].address
+    assert addr.endswith("/24") and t1.networks[1].mac == mac_for(addr)
+    store.apply(Transaction().create("tasks", t1).encode())
+    vips = {v.addr for v in web.endpoint.virtual_ips}
+    assert addr not in vips
+
+    # a fresh allocator (a new leader) sees the same holdings in the store
+    again = Allocator(store)
+    t2 = Task(id="t2", service_id=web.id)
+    again.allocate_task(t2, web)
+    assert t2.networks[1].address not in vips | {addr}
+
+    # the task ends: its addresses return, but are not handed out again at once
+    ended = Task(id="t1", service_id=web.id, networks=t1.networks,
+                 status=TaskStatus(state="failed"))
+    alloc.observe(Event("update", "tasks", ended, t1))
+    t3 = Task(id="t3", service_id=web.id)
+    alloc.allocate_task(t3, web)
+    assert t3.networks[1].address != addr
+    # the service goes: its ports are free for another one
+    alloc.observe(Event("delete", "services", web))
+    alloc.allocate_service(clash)
+    assert clash.endpoint.ports[0].published_port == 8080
+
+
+def test_pysyncobj_import_leaves_inet_ntop_working():
+    import manager.raft  # noqa: F401  - pysyncobj replaces socket.inet_ntop on import
+    assert socket.inet_ntop(socket.AF_INET, b"\x0a\x00\x00\x01") == "10.0.0.1"
