@@ -13,8 +13,11 @@ from common.units import parse_cpus, parse_size
 from shoal.cli.client import Cli, pass_cli
 from shoal.cli.output import print_json, print_table
 from shoal.cli.config import parse_config_option
+from shoal.cli.network_flags import apply_network_create, network_create_options
 from shoal.cli.secret import parse_secret_option
 from shoal.cli.swarm import DURATION
+from shoal.cli.service_flags import (apply_health, apply_policies, describe_health, health_options,
+                                     update_policy_options)
 
 
 def _value(parse, what):
@@ -181,6 +184,9 @@ def service() -> None:
 @click.option("--secret", "secret", multiple=True, help="Secret to expose: NAME or source=NAME,target=PATH,uid=,gid=,mode=")
 @click.option("--config", "config", multiple=True, help="Config to expose: NAME or source=NAME,target=PATH,uid=,gid=,mode=")
 @service_options
+@network_create_options
+@health_options
+@update_policy_options
 @click.argument("image")
 @click.argument("args", nargs=-1)
 @pass_cli
@@ -189,6 +195,9 @@ def create(cli: Cli, name, image, args, detach, quiet, **o) -> None:
     if not name:
         name = image.rsplit("/", 1)[-1].split(":")[0].split("@")[0]
     spec = build_spec(name, image, args, o)
+    apply_health(spec["task_template"]["container"], o)
+    apply_policies(spec, o)
+    apply_network_create(spec, o)
     created = cli.call("POST", "/services/create", {"spec": spec})
     click.echo(created["id"])
     if not detach:
@@ -198,6 +207,8 @@ def create(cli: Cli, name, image, args, detach, quiet, **o) -> None:
 def _state_cell(t: dict) -> str:
     state = t["status"]["state"]
     ago = max(0, time.time() - (t["status"]["timestamp"] or t["meta"]["created_at"]))
+    if t["status"].get("health") and state == "running":
+        state = f"{state} ({t['status']['health']})"
     return f"{state.capitalize()} {format_duration(round(ago)) if ago >= 1 else 'less than a second'} ago"
 
 
@@ -258,7 +269,8 @@ def ls(cli: Cli, quiet, fmt) -> None:
     for s in services:
         rs, mode = s["replicas_status"], s["spec"]["mode"]["mode"]
         ports = ", ".join(f"*:{p['published_port']}->{p['target_port']}/{p['protocol']}"
-                          for p in s["spec"]["endpoint_spec"]["ports"])
+                          for p in (s.get("endpoint") or {}).get("ports")
+                          or s["spec"]["endpoint_spec"]["ports"])
         replicas = f"{rs['completed'] if mode.endswith('-job') else rs['running']}/{rs['desired']}"
         rows.append([s["id"][:12], s["spec"]["name"], mode, replicas,
                      s["spec"]["task_template"]["container"]["image"], ports])
@@ -358,11 +370,21 @@ def inspect(cli: Cli, pretty, services) -> None:
         click.echo(f"Update Config:  parallelism={uc['parallelism']} delay={format_duration(uc['delay'])} "
                    f"order={uc['order']} failure_action={uc['failure_action']} "
                    f"monitor={format_duration(uc['monitor'])} max_failure_ratio={uc['max_failure_ratio']:g}")
+        rc = spec["rollback_config"]
+        click.echo(f"Rollback Config: parallelism={rc['parallelism']} delay={format_duration(rc['delay'])} "
+                   f"order={rc['order']} failure_action={rc['failure_action']} "
+                   f"monitor={format_duration(rc['monitor'])} max_failure_ratio={rc['max_failure_ratio']:g}")
+        click.echo(f"Healthcheck:    {describe_health(c.get('healthcheck'))}")
         us = s["update_status"]
         if us["state"]:
             click.echo(f"Update Status:  {us['state']}: {us['message']}")
         rs = s["replicas_status"]
-        click.echo(f"Tasks:          {rs['running']} running of {rs['desired']} desired\n")
+        health: dict[str, int] = {}
+        for t in cli.call("GET", "/tasks", params={"service": s["id"], "desired_state": "running"}):
+            if t["status"]["state"] == "running" and t["status"].get("health"):
+                health[t["status"]["health"]] = health.get(t["status"]["health"], 0) + 1
+        checked = f" ({', '.join(f'{n} {h}' for h, n in sorted(health.items()))})" if health else ""
+        click.echo(f"Tasks:          {rs['running']} running{checked} of {rs['desired']} desired\n")
 
 
 @service.command()

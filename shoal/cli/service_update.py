@@ -8,36 +8,35 @@ import click
 
 from common import errors
 from shoal.cli.client import Cli, pass_cli
+from shoal.cli.config import parse_config_option
+from shoal.cli.network_flags import apply_network_update, network_update_options
+from shoal.cli.secret import parse_secret_option
 from shoal.cli.service import CPUS, SIZE, parse_mount, service, wait_converged
+from shoal.cli.service_flags import apply_health, apply_policies, health_options, update_policy_options
 from shoal.cli.swarm import DURATION
 
 _DONE = {"completed", "paused", "rollback_completed", "rollback_paused"}
 
 
-def _policy_options(prefix: str, actions: tuple[str, ...]):
-    def deco(fn):
-        for option in reversed([
-            click.option(f"--{prefix}-parallelism", type=click.IntRange(min=0),
-                         help="Tasks replaced at once (0: all)"),
-            click.option(f"--{prefix}-delay", type=DURATION, help="Delay between batches"),
-            click.option(f"--{prefix}-failure-action", type=click.Choice(actions),
-                         help="What to do when tasks of a batch fail"),
-            click.option(f"--{prefix}-monitor", type=DURATION, help="How long to watch each new task"),
-            click.option(f"--{prefix}-max-failure-ratio", type=click.FloatRange(0, 1),
-                         help="Failure rate to tolerate"),
-            click.option(f"--{prefix}-order", type=click.Choice(["stop-first", "start-first"]),
-                         help="Stop the old task first, or start the new one first"),
-        ]):
-            fn = option(fn)
-        return fn
-    return deco
-
-
-def _apply_policy(spec: dict, key: str, prefix: str, o: dict) -> None:
-    for name in ("parallelism", "delay", "failure_action", "monitor", "max_failure_ratio", "order"):
-        value = o.get(f"{prefix}_{name}")
-        if value is not None:
-            spec[key][name] = value
+def _edit_refs(refs: list[dict], add: tuple, rm: tuple, kind: str, parse) -> list[dict]:
+    """--secret-add/--secret-rm (or --config-*): rm by name or id, then add; an added reference
+    replaces one with the same name and target."""
+    name_key, id_key = f"{kind}_name", f"{kind}_id"
+    out = list(refs)
+    for ref in rm:
+        kept = [r for r in out if ref not in (r.get(name_key), r.get(id_key))
+                and not (len(ref) >= 6 and (r.get(id_key) or "").startswith(ref))]
+        if len(kept) == len(out):
+            raise click.BadParameter(f"the service uses no {kind} {ref!r}", param_hint=f"--{kind}-rm")
+        out = kept
+    base = "/run/secrets/" if kind == "secret" else "/"  # where the manager puts a relative target
+    for text in add:
+        new = parse(text)
+        target = new.get("target") or new[name_key]
+        target = target if target.startswith("/") else base + target
+        out = [r for r in out if not (r.get(name_key) == new[name_key] and r.get("target") == target)]
+        out.append(new)
+    return out
 
 
 def _edit_env(env: list[str], add: tuple, rm: tuple) -> list[str]:
@@ -65,8 +64,13 @@ def _edit_env(env: list[str], add: tuple, rm: tuple) -> list[str]:
 @click.option("--restart-condition", type=click.Choice(["none", "on-failure", "any"]))
 @click.option("--stop-grace-period", type=DURATION)
 @click.option("--force", is_flag=True, help="Replace every task even if nothing changed")
-@_policy_options("update", ("pause", "continue", "rollback"))
-@_policy_options("rollback", ("pause", "continue"))
+@click.option("--secret-add", multiple=True, help="Add or update a secret: NAME or source=NAME,target=PATH,...")
+@click.option("--secret-rm", multiple=True, help="Remove a secret (by name or id)")
+@click.option("--config-add", multiple=True, help="Add or update a config: NAME or source=NAME,target=PATH,...")
+@click.option("--config-rm", multiple=True, help="Remove a config (by name or id)")
+@network_update_options
+@health_options
+@update_policy_options
 @click.option("-d", "--detach", is_flag=True, help="Exit immediately instead of following the update")
 @click.option("-q", "--quiet", is_flag=True, help="Suppress progress output")
 @click.argument("ref")
@@ -101,8 +105,13 @@ def update(cli: Cli, ref, detach, quiet, **o) -> None:
             c["stop_grace_period"] = o["stop_grace_period"]
         if o["force"]:
             tt["force_update"] = tt.get("force_update", 0) + 1
-        _apply_policy(spec, "update_config", "update", o)
-        _apply_policy(spec, "rollback_config", "rollback", o)
+        c["secrets"] = _edit_refs(c.get("secrets") or [], o["secret_add"], o["secret_rm"], "secret",
+                                  parse_secret_option)
+        c["configs"] = _edit_refs(c.get("configs") or [], o["config_add"], o["config_rm"], "config",
+                                  parse_config_option)
+        apply_health(c, o)
+        apply_policies(spec, o)
+        apply_network_update(spec, svc, o, lambda ref: cli.call("GET", f"/networks/{ref}")["id"])
         try:
             cli.call("POST", f"/services/{svc['id']}/update", {"spec": spec},
                      params={"version": str(svc["meta"]["version"])})
