@@ -60,20 +60,28 @@ done
 
 # --- shoal from the source tree ----------------------------------------------------------------
 # Built from a private copy: the synced tree may be read-only, and pip builds in place.
-say "installing shoal from $SRC"
 rm -rf "$PREFIX/src.new"
 mkdir -p "$PREFIX/src.new"
 tar -C "$SRC" --exclude=./.git --exclude=./.venv --exclude=./vagrant/.vagrant \
     --exclude=./vagrant/.tokens --exclude='*.egg-info' --exclude=./build --exclude=__pycache__ \
-    -cf - . | tar -C "$PREFIX/src.new" -xf -
-rm -rf "$PREFIX/src"
-mv "$PREFIX/src.new" "$PREFIX/src"
-[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-pipq=("$VENV/bin/pip" install -q --disable-pip-version-check --no-cache-dir)
-# Offline first: a prepared image (the QEMU lab's) has every dependency and the build tools.
-if ! "${pipq[@]}" --no-index --no-build-isolation "$PREFIX/src" 2>/dev/null; then
-    say "dependencies missing: installing them from the package index"
-    "${pipq[@]}" "$PREFIX/src"
+    --exclude=.pytest_cache -cf - . | tar -C "$PREFIX/src.new" -xf -
+# pip costs a minute or more on a slow (emulated) CPU: skip it when the tree is what was installed
+src_hash=$(cd "$PREFIX/src.new" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+if [ -x "$VENV/bin/shoald" ] && [ "$(cat "$PREFIX/installed-src" 2>/dev/null)" = "$src_hash" ]; then
+    say "shoal from $SRC is installed already"
+    rm -rf "$PREFIX/src.new"
+else
+    say "installing shoal from $SRC"
+    rm -rf "$PREFIX/src"
+    mv "$PREFIX/src.new" "$PREFIX/src"
+    [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+    pipq=("$VENV/bin/pip" install -q --disable-pip-version-check --no-cache-dir)
+    # Offline first: a prepared image (the QEMU lab's) has every dependency and the build tools.
+    if ! "${pipq[@]}" --no-index --no-build-isolation "$PREFIX/src" 2>/dev/null; then
+        say "dependencies missing: installing them from the package index"
+        "${pipq[@]}" "$PREFIX/src"
+    fi
+    echo "$src_hash" > "$PREFIX/installed-src"
 fi
 ln -sf "$VENV/bin/shoal" /usr/local/bin/shoal
 ln -sf "$VENV/bin/shoald" /usr/local/bin/shoald
@@ -93,23 +101,22 @@ systemctl enable shoald.service >/dev/null 2>&1
 if [ "$changed" = 1 ] || ! systemctl is-active -q shoald; then
     systemctl restart shoald.service
 fi
-ok=0
-for _ in $(seq 300); do
-    if shoal info >/dev/null 2>&1; then ok=1; break; fi
-    sleep 0.5
+# Wait for the socket before asking the CLI: each CLI start costs seconds on a slow CPU.
+info=
+for _ in $(seq 120); do
+    if [ -S /run/shoal/shoal.sock ] && info=$(shoal info --format json 2>/dev/null); then break; fi
+    info=
+    sleep 1
 done
-if [ "$ok" != 1 ]; then
+if [ -z "$info" ]; then
     journalctl -u shoald --no-pager -n 50 >&2 || true
     echo "provision: shoald did not answer on its socket" >&2
     exit 1
 fi
-
-swarm_state() {
-    shoal info --format json | "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["swarm"]["state"])'
-}
+state=$("$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["swarm"]["state"])' <<<"$info")
 
 # --- swarm: init on the first manager, join everywhere else --------------------------------------
-if [ "$(swarm_state)" = active ]; then
+if [ "$state" = active ]; then
     say "already in a swarm"
 elif [ "$ADDR" = "$MANAGER" ]; then
     say "swarm init --advertise-addr $ADDR"
@@ -141,10 +148,9 @@ if [ "${SHOAL_LAST:-0}" = 1 ]; then
 
 shoal is up. Deploy a first service from a manager (vagrant ssh manager1, then sudo -i):
 
-  # an image: pull one (the VMs reach the internet through Vagrant's NAT interface) ...
-  shoal image pull docker.io/library/nginx:alpine
-  # ... or import a docker-save / OCI tarball on every node: shoal image import FILE NAME:TAG
-  shoal service create --name web --replicas 3 --publish 8080:80 docker.io/library/nginx:alpine
+  # Every node pulls the image when a task lands on it (the VMs reach the internet through
+  # Vagrant's NAT interface). Offline: shoal image import FILE NAME:TAG on every node instead.
+  shoal service create --name web --replicas 3 --publish 8080:80 registry-1.docker.io/library/nginx:alpine
   shoal service ps web
   curl http://$ADDR:8080/          # any node's address answers (routing mesh)
   ipvsadm -Ln                      # the IPVS virtual service and one real server per task

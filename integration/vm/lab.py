@@ -250,7 +250,7 @@ class VMLab:
         if self.accel == "kvm":
             accel = ["-accel", "kvm", "-cpu", "host"]
         else:
-            accel = ["-accel", "tcg,thread=multi", "-cpu", "max"]
+            accel = ["-accel", "tcg,thread=multi", "-cpu", os.environ.get("SHOAL_VM_CPU", "max")]
         cmdline = ("root=/dev/vda rw console=ttyS0 quiet net.ifnames=0 panic=-1 mitigations=off "
                    f"shoalvm.hostname={g.name} shoalvm.addr={g.ip}/24")
         return [QEMU, "-name", g.name, *accel, "-smp", "1", "-m", str(self.memory_mb),

@@ -29,6 +29,7 @@ pytestmark = [pytest.mark.vm]
 
 MANAGERS = int(os.environ.get("SHOAL_VM_MANAGERS", "1"))
 VENV_PY = "/opt/shoal/venv/bin/python"
+TOOLS = "/vagrant/integration/vm/guest_tools.py"
 IMAGE = "web:1"
 PORT = 8080
 # Each task serves its own hostname (the task id's first 12 characters), so a reply names the
@@ -80,33 +81,45 @@ def lab(request):
             lab.remove()
 
 
+def api(g, path: str):
+    """GET from the guest's shoald API: polls through the CLI would cost 10-15 s each here."""
+    return json.loads(g.run(["python3", TOOLS, "api", "GET", path], check=True).out)
+
+
 def nodes_ready(g, n: int) -> list[dict]:
-    nodes = g.shoal_json("node", "ls")
-    return nodes if len(nodes) == n and all(x["status"] == "ready" for x in nodes) else []
+    nodes = api(g, "/nodes")
+    return nodes if len(nodes) == n and all(x["status"]["state"] == "ready" for x in nodes) else []
+
+
+def get(client, ip: str, count: int) -> list[str]:
+    """Bodies of ``count`` requests to ip:PORT, each on a new connection (FAILED:... for errors)."""
+    return client.run(["python3", TOOLS, "get", f"http://{ip}:{PORT}/", str(count)],
+                      timeout=300, check=True).out.split()
 
 
 # ---- must-show 1 -------------------------------------------------------------------------------
 def test_three_guests_form_a_cluster_with_the_vagrant_provisioning(lab):
     manager = lab.guests[0]
-    nodes = wait_until(lambda: nodes_ready(manager, 3), timeout=120, what="3 ready nodes")
+    # the user's view, through the CLI
+    nodes = wait_until(lambda: (lambda n: n if len(n) == 3 and all(
+        x["status"] == "ready" for x in n) else None)(manager.shoal_json("node", "ls")),
+        timeout=180, interval=5, what="3 ready nodes in `shoal node ls`")
     assert sorted(x["hostname"] for x in nodes) == ["vm1", "vm2", "vm3"]
     roles = {x["hostname"]: x["role"] for x in nodes}
     assert roles == {g.name: ("manager" if g.index <= MANAGERS else "worker")
                      for g in lab.guests}
-    # every node's daemon advertises its address on the lab segment, as Vagrant's would
-    addrs = {x["hostname"]: x.get("addr") or x.get("status", {}).get("addr") for x in nodes}
-    for g in lab.guests:
-        info = json.loads(g.shoal("info", "--format", "json").out)
-        assert info["swarm"]["state"] == "active", (g.name, info["swarm"])
-        assert g.ip in json.dumps(info), (g.name, info)
+    # every node advertises its address on the lab segment, as it would on Vagrant's network
+    addrs = {x["description"]["hostname"]: x["status"]["addr"] for x in api(manager, "/nodes")}
+    assert addrs == {g.name: g.ip for g in lab.guests}
     # the last node prints the note on deploying a first service
     assert "shoal service create" in lab.provision_results["vm3"].out
-    # shoal came from the shared source tree, installed offline (no route out of the guests)
     for g in lab.guests:
+        # shoal installed from the shared tree into the image's venv, without a network
         assert g.sh("readlink -f /usr/local/bin/shoald").out.strip() == "/opt/shoal/venv/bin/shoald"
+        assert "dependencies missing" not in lab.provision_results[g.name].out
+        # the guests reach each other and nothing else
         routes = g.sh("ip route").out
         assert "default" not in routes, (g.name, routes)
-    del addrs
 
 
 # ---- the IPVS backend against a real kernel, without the cluster ---------------------------------
@@ -116,7 +129,7 @@ def test_ipvs_backend_balances_real_traffic_in_a_guest_kernel(lab):
     g, others = lab.guests[0], lab.guests[1:]
     probe = "/vagrant/integration/vm/probe_ipvs.py"
     port = 9099
-    env = {"PYTHONPATH": "/opt/shoal/src"}
+    env: dict = {}
     try:
         out = g.run([VENV_PY, probe, "up", str(port)], env=env, check=True).out
         info = json.loads(out.strip().splitlines()[-1])
@@ -125,9 +138,9 @@ def test_ipvs_backend_balances_real_traffic_in_a_guest_kernel(lab):
         assert f"FWM  {info['fwmark']} rr" in table, table
         assert len(re.findall(r"-> 10\.99\.[12]\.2:80\s+Masq", table)) == 2, table
         for client in [g, *others]:
-            got = client.sh(f"for i in 1 2 3 4; do busybox wget -q -T 5 -O - "
-                            f"http://{g.ip}:{port}/; done").out.split()
-            assert sorted(set(got)) == ["b1", "b2"], (client.name, got)
+            got = client.run(["python3", TOOLS, "get", f"http://{g.ip}:{port}/", "4"],
+                             check=True).out.split()
+            assert sorted(got) == ["b1", "b1", "b2", "b2"], (client.name, got)
         g.run([VENV_PY, probe, "remove", str(port)], env=env, check=True)
         table = g.sh("ipvsadm -Ln").out
         assert "FWM" not in table, table
@@ -176,39 +189,34 @@ def real_servers(g, mark: int) -> list[str] | None:
     return None
 
 
-def running_tasks(manager, service: str) -> set[str]:
-    tasks = manager.shoal_json("service", "ps", "-f", "desired-state=running", "--no-trunc", service)
-    return {t["id"][:12] for t in tasks if t["status"]["state"] == "running"}
-
-
-def replies(client, ip: str, count: int) -> list[str]:
-    r = client.sh(f"for i in $(seq {count}); do busybox wget -q -T 5 -O - "
-                  f"http://{ip}:{PORT}/ || echo FAILED; done", timeout=300)
-    return r.out.split()
+def running_tasks(manager, service: str) -> dict[str, str]:
+    """Running tasks of the service: hostname (= task id[:12]) -> ingress address."""
+    tasks = api(manager, f"/tasks?service={service}&desired_state=running")
+    return {t["id"][:12]: t["networks"][0]["address"].split("/")[0] if t.get("networks") else ""
+            for t in tasks if t["status"]["state"] == "running"}
 
 
 def check_mesh(lab, service: str, n: int, backend: str) -> None:
-    """n tasks run; on every guest the load balancer has n backends; every guest's published
-    port reaches every task, from every guest."""
+    """n tasks run; on every guest the load balancer has exactly those n backends; every guest's
+    published port reaches every task, from every guest."""
     manager = lab.guests[0]
     tasks = wait_until(lambda: (lambda t: t if len(t) == n else None)(running_tasks(manager, service)),
-                       timeout=300, interval=2, what=f"{n} running tasks of {service}")
+                       timeout=300, interval=3, what=f"{n} running tasks of {service}")
+    wanted = sorted(f"{ip}:80" for ip in tasks.values())
     mark = fwmark_for(Frontend("tcp", None, PORT))
     for g in lab.guests:
         if backend == "ipvs":
-            servers = wait_until(lambda: (lambda s: s if s and len(s) == n else None)(
-                real_servers(g, mark)), timeout=120, interval=2,
-                what=f"{n} IPVS real servers on {g.name}")
-            assert len(set(servers)) == n, (g.name, servers)
+            wait_until(lambda: sorted(real_servers(g, mark) or []) == wanted, timeout=120,
+                       interval=3, what=f"IPVS real servers {wanted} on {g.name} "
+                                        f"(have {real_servers(g, mark)})")
         else:
             assert real_servers(g, mark) is None, f"{g.name} uses IPVS with --lb-backend nftables"
     for client in lab.guests:
         for target in lab.guests:
-            # rr (IPVS) and numgen inc (nftables) both rotate: 3 rounds reach every task
-            got = wait_until(lambda: (lambda r: r if set(r) == tasks else None)(
-                replies(client, target.ip, 3 * n)), timeout=120, interval=3,
-                what=f"{client.name} -> {target.name}:{PORT} reaching all of {sorted(tasks)}")
-            assert "FAILED" not in got
+            # rr (IPVS) and numgen inc (nftables) both rotate: 2 rounds reach every task
+            wait_until(lambda: set(get(client, target.ip, 2 * n)) == set(tasks), timeout=120,
+                       interval=3, what=f"{client.name} -> {target.name}:{PORT} reaching all of "
+                                        f"{sorted(tasks)} (last: {get(client, target.ip, n)})")
 
 
 @pytest.mark.parametrize("backend", ["ipvs", "nftables"])
@@ -236,9 +244,9 @@ def test_published_service_routing_mesh(lab, web_image, backend, request):
     manager.shoal("service", "rm", service)
     mark = fwmark_for(Frontend("tcp", None, PORT))
     for g in lab.guests:
-        wait_until(lambda: real_servers(g, mark) is None, timeout=120, interval=2,
+        wait_until(lambda: real_servers(g, mark) is None, timeout=120, interval=3,
                    what=f"the IPVS service gone from {g.name}")
-        wait_until(lambda: g.sh(f"busybox wget -q -T 3 -O - http://{g.ip}:{PORT}/", check=False).rc != 0,
-                   timeout=120, interval=2, what=f"port {PORT} closed on {g.name}")
+        wait_until(lambda: all(r.startswith("FAILED") for r in get(g, g.ip, 1)),
+                   timeout=120, interval=3, what=f"port {PORT} closed on {g.name}")
     TIMINGS[f"mesh scenario ({backend})"] = time.monotonic() - t0
     say(request, f"routing mesh scenario ({backend}) in {time.monotonic() - t0:.0f} s")
