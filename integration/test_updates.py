@@ -81,8 +81,11 @@ def test_rolling_update_keeps_capacity(lab, order, floor):
     lab.cli("manager1", "service", "create", "--name", name, "--replicas", "6",
             "--stop-grace-period", "1s", "app:1", "sleep", "100000", timeout=120)
     with Sampler(lab, name) as sampler:
+        # The delay stretches the update (it is done in ~2 s otherwise) over enough samples:
+        # each one is a CLI process, ~0.5 s here.
         out = lab.cli("manager1", "service", "update", "--image", "app:2", "--update-parallelism", "2",
-                      "--update-order", order, "--update-monitor", "1s", name, timeout=300).stdout
+                      "--update-order", order, "--update-monitor", "1s", "--update-delay", "1s", name,
+                      timeout=300).stdout
     assert "completed" in out
     assert live_images(lab, name) == {"app:2"} and running(lab, name) == 6
     assert len(sampler.samples) >= 5, "too few samples to judge"
@@ -144,3 +147,41 @@ def test_raft_files_hold_no_secret_or_env_in_plaintext(lab):
         leaked = [str(p) for p in files if marker.encode() in p.read_bytes()]
         assert leaked == [], f"plaintext in {leaked}"
     lab.cli("manager1", "service", "rm", "envsvc")
+
+
+def test_secret_and_config_add_and_rm_roll_the_tasks(lab):
+    """`service update --secret-add/--secret-rm/--config-add/--config-rm`: a rolling update
+    whose new tasks see exactly the secrets and configs the service now names."""
+    lab.exec("manager1", ["shoal", "secret", "create", "s-one", "-"], input="one", check=True)
+    lab.exec("manager1", ["shoal", "secret", "create", "s-two", "-"], input="two", check=True)
+    lab.exec("manager1", ["shoal", "config", "create", "c-one", "-"], input="conf", check=True)
+    lab.cli("manager1", "service", "create", "--detach", "--name", "sec", "--secret", "s-one",
+            "--constraint", "node.hostname==worker1", "--stop-grace-period", "1s",
+            "app:1", "sleep", "100000")
+    wait_until(lambda: running(lab, "sec") == 1, timeout=60, what="sec running")
+
+    def read(path: str) -> str:
+        task = next(t for t in lab.cli_json("manager1", "service", "ps", "sec")
+                    if t["desired_state"] == "running" and t["status"]["state"] == "running")
+        name = next(c["name"] for c in lab.cli_json("worker1", "container", "ls") if c["id"] == task["id"])
+        r = lab.cli("worker1", "container", "exec", name, "--", "sh", "-c", f"cat {path} 2>/dev/null || echo missing",
+                    check=False)
+        return r.stdout.strip()
+
+    assert read("/run/secrets/s-one") == "one"
+    lab.cli("manager1", "service", "update", "--secret-rm", "s-one", "--secret-add",
+            "source=s-two,target=two.txt,mode=0400", "--config-add", "source=c-one,target=/etc/c.conf",
+            "sec", timeout=120)
+    wait_until(lambda: running(lab, "sec") == 1, timeout=60, what="sec running again")
+    spec = inspect(lab, "sec")["spec"]["task_template"]["container"]
+    assert [(s["secret_name"], s["target"], s["mode"]) for s in spec["secrets"]] == \
+        [("s-two", "/run/secrets/two.txt", 0o400)]
+    assert [(c["config_name"], c["target"]) for c in spec["configs"]] == [("c-one", "/etc/c.conf")]
+    assert read("/run/secrets/s-one") == "missing"
+    assert read("/run/secrets/two.txt") == "two" and read("/etc/c.conf") == "conf"
+    lab.cli("manager1", "service", "update", "--config-rm", "c-one", "sec", timeout=120)
+    assert inspect(lab, "sec")["spec"]["task_template"]["container"]["configs"] == []
+    # removing what the service does not use names it
+    r = lab.cli("manager1", "service", "update", "--secret-rm", "s-one", "sec", check=False)
+    assert r.returncode == 2 and "the service uses no secret 's-one'" in r.stderr
+    lab.cli("manager1", "service", "rm", "sec")
