@@ -39,6 +39,8 @@ from integration.vm.image import CACHE, REPO, Image, ensure_host_tools, ensure_i
 SUBNET = "10.53.0"
 QEMU = os.environ.get("SHOAL_VM_QEMU", "qemu-system-x86_64")
 PROVISION = "/vagrant/vagrant/provision.sh"
+# the tree the guests install shoal from (default: this one); another worktree can be tried
+SRC = Path(os.environ.get("SHOAL_VM_SRC", str(REPO))).resolve()
 
 
 class GuestError(AssertionError):
@@ -260,7 +262,7 @@ class VMLab:
                 "-drive", f"file={overlay},if=virtio,format=qcow2,cache=unsafe,discard=unmap",
                 "-netdev", f"socket,id=net0,mcast={self.mcast},localaddr=127.0.0.1",
                 "-device", f"virtio-net-pci,netdev=net0,mac=52:54:00:53:00:{g.index:02x}",
-                "-virtfs", f"local,path={REPO},mount_tag=shoalsrc,security_model=none,"
+                "-virtfs", f"local,path={SRC},mount_tag=shoalsrc,security_model=none,"
                            f"readonly=on,id=shoalsrc",
                 "-virtfs", f"local,path={self.share},mount_tag=shoalrun,security_model=none,"
                            f"id=shoalrun",

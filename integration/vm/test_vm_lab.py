@@ -10,6 +10,7 @@ Select or deselect with `-m vm` / `-m "not vm"`.
 """
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import re
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from integration.helpers import wait_until
-from integration.vm.lab import GuestError, VMLab
+from integration.vm.lab import VMLab
 from tests import imagebuild
 from worker.network.lb import Frontend, fwmark_for
 
@@ -31,7 +32,8 @@ MANAGERS = int(os.environ.get("SHOAL_VM_MANAGERS", "1"))
 VENV_PY = "/opt/shoal/venv/bin/python"
 TOOLS = "/vagrant/integration/vm/guest_tools.py"
 IMAGE = "web:1"
-PORT = 8080
+# a port per load balancer: what one scenario leaves behind cannot answer for the other
+PORTS = {"ipvs": 8080, "nftables": 8081}
 # Each task serves its own hostname (the task id's first 12 characters), so a reply names the
 # task that answered it.
 WEB_CMD = ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && "
@@ -47,8 +49,18 @@ def say(request, text: str) -> None:
         print(f"\n[vm lab] {text}", file=sys.stderr, flush=True)
 
 
+@pytest.fixture(autouse=True)
+def _slow_steps_are_not_hangs():
+    """pyproject's faulthandler_timeout (300 s) is for hung tests; under emulation a single
+    step of these (boot, provisioning, a scenario) legitimately takes minutes. Re-arm the one
+    process-wide timer with a budget that still catches a real hang."""
+    faulthandler.dump_traceback_later(1500, file=sys.__stderr__)
+    yield
+
+
 @pytest.fixture(scope="module")
 def lab(request):
+    faulthandler.dump_traceback_later(1500, file=sys.__stderr__)
     if os.geteuid() != 0:
         pytest.fail("the VM lab needs root (debootstrap, 9p shares): run scripts/test.sh as root")
     lab = VMLab(n=3)
@@ -91,9 +103,9 @@ def nodes_ready(g, n: int) -> list[dict]:
     return nodes if len(nodes) == n and all(x["status"]["state"] == "ready" for x in nodes) else []
 
 
-def get(client, ip: str, count: int) -> list[str]:
-    """Bodies of ``count`` requests to ip:PORT, each on a new connection (FAILED:... for errors)."""
-    return client.run(["python3", TOOLS, "get", f"http://{ip}:{PORT}/", str(count)],
+def get(client, ip: str, port: int, count: int) -> list[str]:
+    """Bodies of ``count`` requests to ip:port, each on a new connection (FAILED:... for errors)."""
+    return client.run(["python3", TOOLS, "get", f"http://{ip}:{port}/", str(count)],
                       timeout=300, check=True).out.split()
 
 
@@ -196,14 +208,14 @@ def running_tasks(manager, service: str) -> dict[str, str]:
             for t in tasks if t["status"]["state"] == "running"}
 
 
-def check_mesh(lab, service: str, n: int, backend: str) -> None:
+def check_mesh(lab, service: str, n: int, backend: str, port: int) -> None:
     """n tasks run; on every guest the load balancer has exactly those n backends; every guest's
     published port reaches every task, from every guest."""
     manager = lab.guests[0]
     tasks = wait_until(lambda: (lambda t: t if len(t) == n else None)(running_tasks(manager, service)),
                        timeout=300, interval=3, what=f"{n} running tasks of {service}")
     wanted = sorted(f"{ip}:80" for ip in tasks.values())
-    mark = fwmark_for(Frontend("tcp", None, PORT))
+    mark = fwmark_for(Frontend("tcp", None, port))
     for g in lab.guests:
         if backend == "ipvs":
             wait_until(lambda: sorted(real_servers(g, mark) or []) == wanted, timeout=120,
@@ -214,39 +226,45 @@ def check_mesh(lab, service: str, n: int, backend: str) -> None:
     for client in lab.guests:
         for target in lab.guests:
             # rr (IPVS) and numgen inc (nftables) both rotate: 2 rounds reach every task
-            wait_until(lambda: set(get(client, target.ip, 2 * n)) == set(tasks), timeout=120,
-                       interval=3, what=f"{client.name} -> {target.name}:{PORT} reaching all of "
-                                        f"{sorted(tasks)} (last: {get(client, target.ip, n)})")
+            wait_until(lambda: set(get(client, target.ip, port, 2 * n)) == set(tasks),
+                       timeout=120, interval=3,
+                       what=f"{client.name} -> {target.name}:{port} reaching all of "
+                            f"{sorted(tasks)} (last: {get(client, target.ip, port, n)})")
 
 
 @pytest.mark.parametrize("backend", ["ipvs", "nftables"])
 def test_published_service_routing_mesh(lab, web_image, backend, request):
     manager = lab.guests[0]
+    port = PORTS[backend]
     # The Vagrant way of choosing the load balancer: SHOAL_OPTS, re-provisioned. The default
     # (auto) must pick IPVS on this kernel; nftables is asked for by name.
     opts = "" if backend == "ipvs" else "--lb-backend nftables"
     t0 = time.monotonic()
     lab.provision(managers=MANAGERS, opts=opts)
-    wait_until(lambda: nodes_ready(manager, 3), timeout=180, interval=2, what="3 ready nodes")
+    wait_until(lambda: nodes_ready(manager, 3), timeout=180, interval=3, what="3 ready nodes")
     for g in lab.guests:
         assert f'SHOAL_OPTS="{opts}"' in g.sh("cat /etc/default/shoald").out
     service = f"web-{backend}"
+    mark = fwmark_for(Frontend("tcp", None, port))
     manager.shoal("service", "create", "--name", service, "--replicas", "3",
-                  "--publish", f"published={PORT},target=80", web_image, *WEB_CMD, timeout=300)
-    check_mesh(lab, service, 3, backend)
+                  "--publish", f"published={port},target=80", web_image, *WEB_CMD, timeout=300)
+    try:
+        check_mesh(lab, service, 3, backend, port)
 
-    # must-show 3: scaling changes the real servers, both ways
-    manager.shoal("service", "scale", f"{service}=5", timeout=300)
-    check_mesh(lab, service, 5, backend)
-    manager.shoal("service", "scale", f"{service}=2", timeout=300)
-    check_mesh(lab, service, 2, backend)
+        # must-show 3: scaling changes the real servers, both ways
+        manager.shoal("service", "scale", f"{service}=5", timeout=300)
+        check_mesh(lab, service, 5, backend, port)
+        manager.shoal("service", "scale", f"{service}=2", timeout=300)
+        check_mesh(lab, service, 2, backend, port)
 
-    manager.shoal("service", "rm", service)
-    mark = fwmark_for(Frontend("tcp", None, PORT))
-    for g in lab.guests:
-        wait_until(lambda: real_servers(g, mark) is None, timeout=120, interval=3,
-                   what=f"the IPVS service gone from {g.name}")
-        wait_until(lambda: all(r.startswith("FAILED") for r in get(g, g.ip, 1)),
-                   timeout=120, interval=3, what=f"port {PORT} closed on {g.name}")
+        manager.shoal("service", "rm", service)
+        for g in lab.guests:
+            wait_until(lambda: real_servers(g, mark) is None, timeout=120, interval=3,
+                       what=f"the IPVS service gone from {g.name}")
+            wait_until(lambda: all(r.startswith("FAILED") for r in get(g, g.ip, port, 1)),
+                       timeout=120, interval=3, what=f"port {port} closed on {g.name}")
+    finally:
+        # a failed scenario must not leave its service to the next one
+        manager.shoal("service", "rm", service, check=False)
     TIMINGS[f"mesh scenario ({backend})"] = time.monotonic() - t0
     say(request, f"routing mesh scenario ({backend}) in {time.monotonic() - t0:.0f} s")
