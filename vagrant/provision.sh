@@ -152,7 +152,7 @@ shoal is up. Deploy a first service from a manager (vagrant ssh manager1, then s
   # Vagrant's NAT interface). Offline: shoal image import FILE NAME:TAG on every node instead.
   shoal service create --name web --replicas 3 --publish 8080:80 registry-1.docker.io/library/nginx:alpine
   shoal service ps web
-  curl http://$ADDR:8080/          # any node's address answers (routing mesh)
-  ipvsadm -Ln                      # the IPVS virtual service and one real server per task
+  busybox wget -qO- http://$ADDR:8080/   # any node's address answers (routing mesh)
+  ipvsadm -Ln                            # the IPVS virtual service and one real server per task
 EOF
 fi
