@@ -212,6 +212,15 @@ def kvm_works(image: Image, log=sys.stderr) -> bool:
     return ok
 
 
+def _die_with_parent() -> None:
+    """In the QEMU child: SIGKILL when the process that started it dies, however it dies, so a
+    killed test run leaves no guests behind (they run in sessions of their own, out of reach
+    of a terminal's Ctrl-C, so that stop() decides when they go)."""
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
 class VMLab:
     def __init__(self, n: int = 3, memory_mb: int = 1024, image: Optional[Image] = None,
                  run_dir: Optional[Path] = None, log=sys.stderr) -> None:
@@ -246,7 +255,8 @@ class VMLab:
                             str(self.image.rootfs), str(overlay)], check=True)
             g.proc = subprocess.Popen(self.qemu_argv(g, overlay), stdin=subprocess.DEVNULL,
                                       stdout=open(self.run_dir / f"{g.name}.qemu.log", "wb"),
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+                                      stderr=subprocess.STDOUT, start_new_session=True,
+                                      preexec_fn=_die_with_parent)
 
     def qemu_argv(self, g: Guest, overlay: Path) -> list[str]:
         if self.accel == "kvm":
@@ -375,13 +385,32 @@ class VMLab:
         return dest
 
 
+USAGE = """usage: python -m integration.vm.lab up [GUESTS] [MANAGERS]
+       python -m integration.vm.lab exec RUN_DIR GUEST -- COMMAND..."""
+
+
+def _stop_on_signal(signum, frame):
+    # SIGTERM/SIGHUP end the lab like Ctrl-C does: the guests are killed, not left behind
+    # (QEMU runs in sessions of its own and would outlive us)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str]) -> int:
-    """`up [N]`: boot and provision a lab and keep it until Ctrl-C."""
-    if not argv or argv[0] != "up":
-        print("usage: python -m integration.vm.lab up [GUESTS] [MANAGERS]", file=sys.stderr)
+    """`up`: boot and provision a lab and keep it until Ctrl-C; `exec`: a command in a guest."""
+    if argv[:1] == ["exec"] and len(argv) >= 4:
+        run_dir, name = Path(argv[1]), argv[2]
+        cmd = argv[4:] if argv[3] == "--" else argv[3:]
+        r = Guest(name, 0, "", run_dir).run(cmd, timeout=3600)
+        sys.stdout.write(r.out)
+        sys.stderr.write(r.err)
+        return r.rc
+    if argv[:1] != ["up"]:
+        print(USAGE, file=sys.stderr)
         return 2
     n = int(argv[1]) if len(argv) > 1 else 3
     managers = int(argv[2]) if len(argv) > 2 else 1
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop_on_signal)
     lab = VMLab(n=n)
     try:
         lab.start()
@@ -389,8 +418,15 @@ def main(argv: list[str]) -> int:
         print(f"ready in {lab.wait_ready():.0f} s; provisioning ...", flush=True)
         for name, r in lab.provision(managers=managers, opts=os.environ.get("SHOAL_OPTS", "")).items():
             print(f"--- {name}\n{r.out}", flush=True)
-        print(f"console logs in {lab.run_dir}; Ctrl-C stops the lab", flush=True)
-        signal.pause()
+        for g in lab.guests:       # the agent serves one client at a time: let `exec` in
+            if g._sock:
+                g._sock.close()
+                g._sock = None
+        print(f"lab up; console logs in {lab.run_dir}. Commands in a guest:\n"
+              f"  python -m integration.vm.lab exec {lab.run_dir} vm1 -- shoal node ls\n"
+              f"Ctrl-C stops the lab.", flush=True)
+        while True:
+            signal.pause()
     except KeyboardInterrupt:
         pass
     finally:
