@@ -276,3 +276,12 @@ def test_render_ipvs_marks():
     text = lbmod.render_ipvs_marks("shoal-ipvs", [INGRESS, VIP])
     assert f"meta mark set {lbmod.fwmark_for(INGRESS):#x}" in text
     assert "10.99.0.10" not in text     # VIPs need no mark: IPVS matches them by address
+
+
+@root_only
+def test_rendered_ipvs_marks_are_valid_nftables():
+    """nft itself must accept the script (a chain named "mark" once made it refuse all of it)."""
+    import subprocess
+    script = lbmod.render_ipvs_marks("shoalcheck", [INGRESS, Frontend("udp", None, 53)])
+    res = subprocess.run(["nft", "-c", "-f", "-"], input=script, text=True, capture_output=True)
+    assert res.returncode == 0, res.stderr

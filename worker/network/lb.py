@@ -237,10 +237,11 @@ def render_ipvs_marks(table: str, frontends: list[Frontend]) -> str:
     """nftables side of IPVS published ports: fwmark them for IPVS, masquerade the result."""
     lines = [f"table ip {table}", f"delete table ip {table}", f"table ip {table} {{",
              "  chain mark_pre { type filter hook prerouting priority mangle; policy accept; "
-             "jump mark; }",
+             "jump ingress_mark; }",
              "  chain mark_out { type route hook output priority mangle; policy accept; "
-             "jump mark; }",
-             "  chain mark {"]
+             "jump ingress_mark; }",
+             # not "mark": that is a keyword of nft's grammar and the whole script is refused
+             "  chain ingress_mark {"]
     for fe in sorted((f for f in frontends if f.ingress), key=Frontend.sort_key):
         lines.append(f"    fib daddr type local ip daddr != 127.0.0.0/8 {fe.protocol} dport "
                      f"{fe.port} meta mark set {fwmark_for(fe):#x} ct mark set {INGRESS_MARK:#x}")
@@ -331,6 +332,9 @@ class IpvsBackend(LoadBalancer):
         _nft(self.netns, f"table ip {self.table}\ndelete table ip {self.table}\n")
 
     def _apply_marks(self) -> None:
+        # IPVS skips netfilter's conntrack unless told otherwise, and then the masquerade rule
+        # never sees the balanced connections: replies would bypass this node (docker sets it too)
+        nsutil.call_in(self.netns, _enable_ipvs_conntrack)
         ingress = [f for f in self.frontends if f.ingress]
         if ingress:
             _nft(self.netns, render_ipvs_marks(self.table, ingress))
@@ -339,6 +343,11 @@ class IpvsBackend(LoadBalancer):
 
 
 # ----------------------------------------------------------------------------------------------
+
+def _enable_ipvs_conntrack() -> None:
+    with open("/proc/sys/net/ipv4/vs/conntrack", "w") as f:
+        f.write("1")
+
 
 def pick_backend(netns: Optional[str] = None) -> str:
     """"ipvs" when the kernel has IPVS in that namespace, else "nftables"."""
