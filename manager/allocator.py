@@ -39,10 +39,6 @@ def mac_for(ip: str) -> str:
     return "02:42:" + ":".join(f"{b:02x}" for b in packed)
 
 
-def is_ingress(net: Network) -> bool:
-    return net.spec.ingress
-
-
 def ingress_network(store: Store) -> Optional[Network]:
     for net in store.list("networks"):
         if net.spec.ingress:
