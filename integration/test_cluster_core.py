@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -263,8 +264,14 @@ def test_demoting_into_lost_quorum_is_refused(lab):
         lab.start(down)
     # A restarted manager replays its journal and reconnects; on a loaded 2-core machine this
     # once took longer than 20 s (see the closing note of the first session).
-    wait_until(lambda: node_table(lab, leader)[down]["manager_status"] == "reachable", timeout=60,
-               what=f"{down} back")
+    try:
+        wait_until(lambda: node_table(lab, leader)[down]["manager_status"] == "reachable",
+                   timeout=60, what=f"{down} back")
+    except AssertionError:
+        # the restarted manager's own account is what the next person needs
+        log = Path(lab.host(down).data_root) / "shoald.log"
+        raise AssertionError(f"{down} not reachable 60 s after its restart; the end of its log:\n"
+                             + "\n".join(log.read_text(errors="replace").splitlines()[-60:])) from None
 
 
 # 9 -------------------------------------------------------------------------------------------
