@@ -150,9 +150,10 @@ class HealthMonitor:
 
     async def _exited(self) -> bool:
         """Whether the container has stopped; its exit is noticed a moment after it happens
-        (pidfd), so a failed probe gives it that moment."""
+        (pidfd), so a failed probe gives it that moment. A second, not less: 50 ms was too
+        short on a loaded machine, and only failed probes pay it."""
         try:
-            await asyncio.wait_for(asyncio.shield(self.executor.wait(self.container_id)), 0.05)
+            await asyncio.wait_for(asyncio.shield(self.executor.wait(self.container_id)), 1.0)
             return True
         except asyncio.TimeoutError:
             return False
