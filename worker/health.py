@@ -150,13 +150,14 @@ class HealthMonitor:
 
     async def _exited(self) -> bool:
         """Whether the container has stopped; its exit is noticed a moment after it happens
-        (pidfd), so a failed probe gives it that moment. A second, not less: 50 ms was too
-        short on a loaded machine, and only failed probes pay it."""
+        (pidfd), so a failed probe gives it that moment; on a loaded machine the moment can be
+        longer, so a dead or zombie init process counts as stopped too."""
         try:
-            await asyncio.wait_for(asyncio.shield(self.executor.wait(self.container_id)), 1.0)
+            await asyncio.wait_for(asyncio.shield(self.executor.wait(self.container_id)), 0.05)
             return True
         except asyncio.TimeoutError:
-            return False
+            pid = self.executor.inspect(self.container_id).pid
+            return pid > 0 and not _alive(pid)
         except errors.NotFound:
             return True
 
@@ -188,3 +189,12 @@ class HealthMonitor:
             f"exit code {last.exit_code}"
         return (f"unhealthy container: {self.failing_streak} failed health checks in a row "
                 f"(last: {what}{': ' + output if output else ''})")
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
