@@ -377,10 +377,13 @@ class Service:
 
 
 # Task states only move forward; their order is their rank.
-TASK_STATES = ("new", "pending", "assigned", "accepted", "preparing", "starting", "running",
+TASK_STATES = ("new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running",
                "complete", "shutdown", "failed", "rejected", "remove", "orphaned")
 TASK_STATE_RANK = {s: i for i, s in enumerate(TASK_STATES)}
 TASK_TERMINAL_STATES = frozenset({"complete", "shutdown", "failed", "rejected", "remove", "orphaned"})
+# Desired states of a task that is meant to run. "ready" is a replacement that waits for the task
+# it replaces to stop (stop-first, as in Swarm): its node prepares it but does not start it yet.
+DESIRED_UP = frozenset({"ready", "running"})
 
 
 @dataclass
@@ -418,6 +421,10 @@ class Task:
     @property
     def terminal(self) -> bool:
         return self.status.state in TASK_TERMINAL_STATES
+
+    @property
+    def desired_up(self) -> bool:
+        return self.desired_state in DESIRED_UP
 
 
 @dataclass

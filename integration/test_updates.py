@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -91,6 +94,65 @@ def test_rolling_update_keeps_capacity(lab, order, floor):
     assert len(sampler.samples) >= 5, "too few samples to judge"
     assert min(sampler.samples) >= floor, f"{order}: dropped to {min(sampler.samples)} running tasks"
     lab.cli("manager1", "service", "rm", name)
+
+
+# A new connection per request to each target's published port in turn until SIGTERM; prints
+# {"versions": {status line or body: n}, "failures": [...]}.
+MESH_CLIENT = r"""
+import collections, json, signal, socket, sys
+port, targets = int(sys.argv[1]), sys.argv[2:]
+versions, failures, going = collections.Counter(), [], [True]
+signal.signal(signal.SIGTERM, lambda *_: going.clear())
+i = 0
+while going:
+    ip = targets[i % len(targets)]
+    i += 1
+    try:
+        s = socket.create_connection((ip, port), timeout=3)
+        s.sendall(b"GET /VERSION HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+        s.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1."):
+            failures.append(f"{ip}: answer {data[:60]!r}")
+        else:  # app:1 has no /VERSION (404), app:2 answers "2"
+            versions[body.decode().strip() if b" 200 " in head.split(b"\r\n")[0] else "404"] += 1
+    except OSError as exc:
+        failures.append(f"{ip}: {exc}")
+print(json.dumps({"versions": versions, "failures": failures}))
+"""
+
+
+def test_rolling_update_through_the_mesh_fails_no_request(lab):
+    """Issue 5, must show 7: a client loop through the routing mesh (to a node with no task and
+    to one with a task) sees zero failed requests while a published service rolls to a new
+    image. What makes it hold: a new task joins the balancers only once healthy, an old one
+    leaves them as soon as it is told to stop and keeps serving a moment before its container
+    stops (the agent's backend drain), and stop-first never runs a slot twice."""
+    check = "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc 127.0.0.1 80 | grep -q HTTP"
+    lab.cli("manager1", "service", "create", "--name", "mesh", "--replicas", "3", "--publish", "8088:80",
+            "--constraint", "node.role==worker", "--stop-grace-period", "1s",
+            "--health-cmd", check, "--health-interval", "250ms", "--health-retries", "20",
+            "app:1", "httpd", "-f", "-p", "80", "-h", "/", timeout=180)
+    argv, env = lab.command("manager2", [sys.executable, "-c", MESH_CLIENT, "8088",
+                                         "172.31.0.11", "172.31.0.101", "172.31.0.103"])
+    client = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2)  # requests before the update too
+        lab.cli("manager1", "service", "update", "--image", "app:2", "--update-parallelism", "1",
+                "mesh", timeout=300)
+        time.sleep(2)
+    finally:
+        client.send_signal(signal.SIGTERM)
+        out, _ = client.communicate(timeout=30)
+    seen = json.loads(out)
+    assert seen["failures"] == [], f"{len(seen['failures'])} failed requests: {seen['failures'][:5]}"
+    # the client really ran across the update: old and new version both answered
+    assert seen["versions"].get("404", 0) > 20 and seen["versions"].get("2", 0) > 20, seen["versions"]
+    assert live_images(lab, "mesh") == {"app:2"}
+    lab.cli("manager1", "service", "rm", "mesh")
 
 
 def test_failing_update_rolls_back_by_itself(lab):

@@ -31,7 +31,7 @@ def _find_service(manager, ref: str) -> Service:
 def service_view(manager, svc: Service) -> dict:
     plain = codec.to_plain(svc)
     tasks = manager.store.by_index("tasks", "service_id", svc.id)
-    live = [t for t in tasks if t.desired_state == "running"]
+    live = [t for t in tasks if t.desired_up]
     mode = svc.spec.mode
     if mode.is_global:
         desired = len(live)
@@ -143,7 +143,7 @@ async def service_remove(request: web.Request) -> web.Response:
     # Every task is told to stop in the same transaction; the reaper drops them once stopped.
     now = time.time()
     for t in manager.store.by_index("tasks", "service_id", svc.id):
-        if t.desired_state == "running":
+        if t.desired_up:
             t = codec.clone(t)
             t.desired_state = "shutdown"
             t.meta.updated_at = now
@@ -175,8 +175,9 @@ async def task_list(request: web.Request) -> web.Response:
         node_id = _find_node(manager, node_ref).id
         tasks = [t for t in tasks if t.node_id == node_id]
     desired = request.query.get("desired_state")
-    if desired:
-        tasks = [t for t in tasks if t.desired_state == desired]
+    if desired:  # one state or several: running,ready
+        wanted = set(desired.split(","))
+        tasks = [t for t in tasks if t.desired_state in wanted]
     tasks = sorted(tasks, key=lambda t: (t.service_name, t.slot, t.node_id, -t.meta.created_at))
     return reply([task_view(manager, t) for t in tasks])
 

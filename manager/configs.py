@@ -131,7 +131,7 @@ def configs_for_tasks(store, tasks: Iterable[Task]) -> list[dict]:
     """The configs (id, name, data base64) that the live tasks among `tasks` use."""
     wanted: dict[str, None] = {}
     for t in tasks:
-        if t.terminal or t.desired_state != "running":
+        if t.terminal or not t.desired_up:
             continue
         for ref in t.spec.container.configs:
             wanted.setdefault(ref.config_id, None)

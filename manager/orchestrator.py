@@ -10,7 +10,10 @@ One loop reacts to store changes (coalesced) and reconciles every service:
 - the task reaper: keeps the newest N finished tasks per slot and drops the tasks of removed
   services once they stopped.
 Tasks are immutable once created: a restart is a new task for the same slot, and the old one is
-told to shut down (desired_state). Conflicts with concurrent writers just cause another round.
+told to shut down (desired_state). A replacement never runs beside the task it replaces: while
+that one is still stopping, the new task is created "ready" (its node prepares it) and started
+once the old one stopped, or after its stop grace and a margin if its node never says (as
+SwarmKit). Conflicts with concurrent writers just cause another round.
 """
 from __future__ import annotations
 
@@ -36,6 +39,9 @@ log = logging.getLogger("shoal.orchestrator")
 _MAX_OPS_PER_TXN = 200
 # Rejections (e.g. a missing image) back off: delay x 2^n, up to this.
 _MAX_BACKOFF = 60.0
+# A replacement waits at most the old task's stop grace plus this for it to be reported stopped
+# (its node may be wedged while still heartbeating).
+_STOP_WAIT = 15.0
 
 
 def _failed(task: Task) -> bool:
@@ -160,7 +166,7 @@ class Orchestrator:
             wanted = mode.total_completions or mode.replicas
             completed = {s for s, ts in by_slot.items() if any(t.status.state == "complete" for t in ts)}
             running = sum(1 for ts in by_slot.values() for t in ts
-                          if t.desired_state == "running" and not t.terminal)
+                          if t.desired_up and not t.terminal)
             limit = mode.max_concurrent or wanted
             slots = [s for s in range(1, wanted + 1) if s not in completed]
         else:
@@ -168,7 +174,7 @@ class Orchestrator:
             slots = list(range(1, wanted + 1))
         for slot in slots:
             slot_tasks = sorted(by_slot.get(slot, []), key=lambda t: t.meta.created_at)
-            live = [t for t in slot_tasks if t.desired_state == "running"]
+            live = [t for t in slot_tasks if t.desired_up]
             replace = False
             for t in live:
                 reason = self._needs_replacement(t, nodes)
@@ -179,6 +185,7 @@ class Orchestrator:
                     continue
                 replace = True
             if live and not replace:
+                ops += self._promote(live, slot_tasks, nodes, now, ("promote", svc.id, slot))
                 continue
             last = slot_tasks[-1] if slot_tasks else None
             if last is not None and not self._may_restart(svc, slot_tasks, last, now, (svc.id, slot)):
@@ -187,13 +194,14 @@ class Orchestrator:
                 if running >= limit:
                     continue
                 running += 1
-            ops.append(("create", self.new_task(svc, slot, "", now)))
+            ops.append(("create", self.new_task(svc, slot, "", now,
+                                                ready=self._any_stopping(slot_tasks, nodes))))
         # Scale down: slots above the count shut down (jobs keep their finished slots).
         if not mode.is_job:
             for slot, slot_tasks in by_slot.items():
                 if slot > wanted:
                     for t in slot_tasks:
-                        if t.desired_state == "running":
+                        if t.desired_up:
                             ops.append(("update", self.shut_down(t, "scaled down")))
         return ops
 
@@ -206,7 +214,7 @@ class Orchestrator:
         placement = svc.spec.task_template.placement
         for node in nodes.values():
             node_tasks = sorted(by_node.get(node.id, []), key=lambda t: t.meta.created_at)
-            live = [t for t in node_tasks if t.desired_state == "running"]
+            live = [t for t in node_tasks if t.desired_up]
             eligible = (node.spec.availability != AVAILABILITY_DRAIN
                         and node_matches(node, placement.constraints))
             if not eligible:
@@ -220,6 +228,7 @@ class Orchestrator:
                     ops.append(("update", self.shut_down(t, reason)))
                     replace = not (svc.spec.mode.is_job and t.status.state == "complete")
             if live and not replace:
+                ops += self._promote(live, node_tasks, nodes, now, ("promote", svc.id, node.id))
                 continue
             if svc.spec.mode.is_job and any(t.status.state == "complete" for t in node_tasks):
                 continue
@@ -228,8 +237,36 @@ class Orchestrator:
             last = node_tasks[-1] if node_tasks else None
             if last is not None and not self._may_restart(svc, node_tasks, last, now, (svc.id, node.id)):
                 continue
-            ops.append(("create", self.new_task(svc, 0, node.id, now)))
+            ops.append(("create", self.new_task(svc, 0, node.id, now,
+                                                ready=self._any_stopping(node_tasks, nodes))))
         return ops
+
+    # ---- replacements wait for the task they replace ---------------------------------------
+    def _any_stopping(self, group: list[Task], nodes: dict[str, Node]) -> bool:
+        return any(not self._stopped(t, nodes) for t in group)
+
+    def _promote(self, live: list[Task], group: list[Task], nodes: dict[str, Node], now: float,
+                 key: tuple) -> list:
+        """Start a slot's "ready" replacement once the tasks it replaces have stopped."""
+        ready = [t for t in live if t.desired_state == "ready"]
+        if not ready:
+            return []
+        stopping = [t for t in group if not t.desired_up and not self._stopped(t, nodes)]
+        if stopping:
+            grace = max(t.spec.container.stop_grace_period for t in stopping)
+            deadline = max(t.meta.created_at for t in ready) + grace + _STOP_WAIT
+            if now < deadline:
+                self._kick_at(key, deadline)
+                return []
+            log.warning("task %s was not reported stopped within its stop grace + %gs; starting "
+                        "its replacement %s anyway", stopping[0].id[:12], _STOP_WAIT, ready[0].id[:12])
+        out = []
+        for t in ready:
+            t = codec.clone(t)
+            t.desired_state = "running"
+            t.meta.updated_at = now
+            out.append(("update", t))
+        return out
 
     # ---- restart policy -------------------------------------------------------------------
     def _needs_replacement(self, task: Task, nodes: dict[str, Node]) -> Optional[str]:
@@ -249,7 +286,7 @@ class Orchestrator:
     def _may_restart(self, svc: Service, slot_tasks: list[Task], last: Task, now: float,
                      key: tuple) -> bool:
         """Whether a slot whose last task is `last` gets a new one now (or later, by timer)."""
-        if not last.terminal and last.desired_state == "running":
+        if not last.terminal and last.desired_up:
             return True
         if not _failed(last):
             return True  # we shut it down (node down, drain, scale up again): always replace
@@ -286,7 +323,7 @@ class Orchestrator:
             groups[t.slot if not svc.spec.mode.is_global else t.node_id].append(t)
         ops: list = []
         for group in groups.values():
-            done = [t for t in group if t.desired_state != "running" and self._stopped(t, nodes)]
+            done = [t for t in group if not t.desired_up and self._stopped(t, nodes)]
             done.sort(key=lambda t: t.meta.created_at)
             excess = len(done) - keep
             for t in done[:max(0, excess)]:
@@ -301,7 +338,7 @@ class Orchestrator:
                 continue
             if self._stopped(t, nodes):
                 ops.append(("delete", t.id))
-            elif t.desired_state == "running":
+            elif t.desired_up:
                 ops.append(("update", self.shut_down(t, "service removed")))
         return ops
 
@@ -321,12 +358,12 @@ class Orchestrator:
         t.meta.updated_at = time.time()
         return t
 
-    def new_task(self, svc: Service, slot: int, node_id: str, now: float) -> Task:
+    def new_task(self, svc: Service, slot: int, node_id: str, now: float, ready: bool = False) -> Task:
         task = Task(id=new_id(), service_id=svc.id, service_name=svc.spec.name, slot=slot,
                     node_id=node_id, spec=codec.clone(svc.spec.task_template),
                     spec_version=svc.meta.version,
                     ports=[codec.clone(p) for p in svc.endpoint.ports or svc.spec.endpoint_spec.ports],
-                    desired_state="running",
+                    desired_state="ready" if ready else "running",
                     status=TaskStatus(state="assigned" if node_id else "pending", timestamp=now,
                                       message="assigned to its node" if node_id
                                       else "pending task scheduling"))

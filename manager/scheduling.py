@@ -31,7 +31,7 @@ def host_ports(task: Task) -> list[tuple[str, int]]:
 
 
 def _holds_resources(task: Task) -> bool:
-    return bool(task.node_id) and task.desired_state == "running" and not task.terminal
+    return bool(task.node_id) and task.desired_up and not task.terminal
 
 
 class SchedulingLoop:
@@ -51,7 +51,7 @@ class SchedulingLoop:
             self.scheduler.task_removed(task)
             self._placed.discard(task.id)
             self._retry_waiting()
-        if task.status.state == "pending" and not task.node_id and task.desired_state == "running":
+        if task.status.state == "pending" and not task.node_id and task.desired_up:
             if task.id not in self._waiting:
                 self._pending.add(task.id)
         else:

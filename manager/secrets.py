@@ -141,7 +141,7 @@ def secrets_for_tasks(store, tasks: Iterable[Task]) -> list[dict]:
     assignment answer carries. Terminal tasks and tasks told to stop get none."""
     wanted: dict[str, None] = {}
     for t in tasks:
-        if t.terminal or t.desired_state != "running":
+        if t.terminal or not t.desired_up:
             continue
         for ref in t.spec.container.secrets:
             wanted.setdefault(ref.secret_id, None)

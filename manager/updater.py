@@ -2,8 +2,8 @@
 
 A task is outdated when its spec differs from the service's task template. One updater runs
 per service while it has outdated tasks. Per batch (`parallelism` tasks) it:
-- stop-first: tells the old tasks to shut down and creates their replacements, in one
-  transaction;
+- stop-first: tells the old tasks to shut down and creates their replacements "ready", in one
+  transaction; the orchestrator starts each replacement once the task it replaces has stopped;
 - start-first: creates the replacements, waits until they are up, then shuts the old ones down;
 and waits until every new task of the batch is *up* before the next batch (after `delay`). Up
 means running and, if the container has a health check, healthy: the agent reports the health
@@ -46,7 +46,7 @@ _POLL = 0.05
 
 def outdated(svc: Service, tasks: list[Task]) -> list[Task]:
     template = svc.spec.task_template
-    return sorted((t for t in tasks if t.desired_state == "running"
+    return sorted((t for t in tasks if t.desired_up
                    and (t.spec != template or networks_outdated(svc, t))),
                   key=lambda t: (t.slot, t.node_id))
 
@@ -70,7 +70,7 @@ def failure_of(task: Task) -> Optional[str]:
             return "unhealthy container"
         why = task.status.err or task.status.message or task.status.state
         return why.removeprefix("task: ")
-    if task.status.health == "unhealthy" and task.desired_state == "running":
+    if task.status.health == "unhealthy" and task.desired_up:
         return "unhealthy container"
     return None
 
@@ -154,12 +154,14 @@ class Updater:
             return False
         batch = old[: cfg.parallelism or len(old)]
         now = time.time()
-        fresh = [self.o.new_task(svc, t.slot, t.node_id if svc.spec.mode.is_global else "", now)
+        stop_first = cfg.order == "stop-first"
+        fresh = [self.o.new_task(svc, t.slot, t.node_id if svc.spec.mode.is_global else "", now,
+                                 ready=stop_first and not t.terminal)
                  for t in batch]
         txn = Transaction()
         for t in fresh:
             txn.create("tasks", t)
-        if cfg.order == "stop-first":
+        if stop_first:
             for t in batch:
                 txn.update("tasks", self.o.shut_down(t, "replaced by a rolling update"))
         await self.m.propose(txn, timeout=5)
@@ -183,7 +185,7 @@ class Updater:
             txn = Transaction()
             for t in batch:
                 current = self.m.store.get("tasks", t.id)
-                if current is not None and current.desired_state == "running":
+                if current is not None and current.desired_up:
                     txn.update("tasks", self.o.shut_down(current, "replaced by a rolling update"))
             if not txn.ops:
                 return
@@ -232,7 +234,7 @@ class Updater:
             why = failure_of(t)
             if why is not None:
                 self._count_failure(i, why)
-            elif t.desired_state != "running" or now >= until:
+            elif not t.desired_up or now >= until:
                 del self.watch[i]  # shut down by someone else, or its window passed
                 self.seen.discard(i)
             elif until == math.inf and is_up(t):

@@ -362,6 +362,44 @@ def test_unhealthy_container_is_stopped_by_the_runner(images_root, tmp_path):
     asyncio.run(scenario())
 
 
+@needs_runc
+def test_ready_task_is_prepared_but_started_only_once_promoted(images_root, tmp_path):
+    """Desired state "ready" (a stop-first replacement): the agent gets the image ready and says
+    so, but creates no container until the desired state turns running."""
+    async def scenario():
+        from worker.taskrunner import TaskRunner
+        reports: list[dict] = []
+
+        async def send(batch):
+            reports.extend(batch)
+        images = ImageStore(images_root)
+        ex = Executor(tmp_path / "ex", images)
+        runner = TaskRunner(ex, images, "node1", send)
+        await runner.start()
+        task = make_task("waiter", "busybox:1", ["sleep", "60"])
+        task.desired_state = "ready"
+        try:
+            await runner.apply({"tasks": [codec.to_plain(task)], "full": True})
+            deadline = time.monotonic() + 20
+            while not any(r["state"] == "ready" for r in reports):
+                assert time.monotonic() < deadline, reports
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
+            assert [c.id for c in ex.list()] == [] and reports[-1]["state"] == "ready"
+            task.desired_state = "running"
+            await runner.apply({"tasks": [codec.to_plain(task)], "full": True})
+            deadline = time.monotonic() + 20
+            while not any(r["state"] == "running" for r in reports):
+                assert time.monotonic() < deadline, reports
+                await asyncio.sleep(0.05)
+            assert ex.inspect("waiter").state == "running"
+        finally:
+            await runner.apply({"tasks": [], "full": True})
+            await runner.stop()
+            await ex.close()
+    asyncio.run(scenario())
+
+
 # ---- the updater on a real (one-member) raft manager: batches wait for health ---------------
 from test_orchestration import run, service, update_image, wait  # noqa: E402,F401 (run: fixture)
 
@@ -375,8 +413,10 @@ async def agents_with_health(h, stop: asyncio.Event, healthy_after: float, sampl
         for t in list(h.m.store.list("tasks")):
             if not t.node_id or t.terminal:
                 continue
-            if t.desired_state != "running":
+            if not t.desired_up:
                 await h.report(t, "shutdown")
+            elif t.desired_state == "ready":
+                continue  # a replacement waiting for the task it replaces to stop
             elif t.status.state == "assigned":
                 await h.report(t, "running", health="starting", container_id=t.id)
                 ran[t.id] = now

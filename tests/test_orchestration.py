@@ -4,6 +4,7 @@ Nodes and agents are simulated by writing what they would write (heartbeats, sta
 no containers are needed to prove the decisions. The multi-host tests run the real thing.
 """
 import asyncio
+import collections
 import time
 
 import pytest
@@ -166,6 +167,15 @@ def test_down_and_drained_nodes_lose_their_tasks(run):
         await h.set_node("n1", state="down")
         await wait(lambda: "n1" not in h.on("web") and sum(h.on("web").values()) == 3)
         await h.set_node("n2", availability="drain")
+        # The drained node's task is told to stop; its replacement waits ("ready") until it did.
+        drained = await wait(lambda: [t for t in h.tasks("web", "shutdown") if t.node_id == "n2"
+                                      and not t.terminal])
+        waiting = await wait(lambda: len(h.tasks("web", "ready")) == len(drained) and h.tasks("web", "ready"))
+        assert {t.slot for t in waiting} == {t.slot for t in drained} and "n2" not in h.on("web")
+        await asyncio.sleep(0.3)
+        assert len(h.tasks("web", "ready")) == len(drained), "started before the old task stopped"
+        for t in drained:
+            await h.report(t, "shutdown")
         await wait(lambda: h.on("web") == {"n3": 3})
         await h.set_node("n1", state="ready")
         await h.set_node("n2", availability="active")
@@ -248,8 +258,12 @@ def test_assignment_stream_is_incremental(run):
 
 
 # ---- rolling updates and rollback (issue 5) -------------------------------------------------
-async def fake_agents(h: Harness, stop: asyncio.Event, samples: list[int]) -> None:
-    """Plays every node's agent: runs what is assigned (fails image 'bad'), stops what is told to."""
+async def fake_agents(h: Harness, stop: asyncio.Event, samples: list[int],
+                      stop_time: float = 0.0, per_slot: list[int] | None = None) -> None:
+    """Plays every node's agent: runs what is assigned (fails image 'bad'), stops what is told to
+    (taking `stop_time`, as a container's stop grace does). Samples how many tasks of 'web' run,
+    and (into per_slot) the most running in one slot."""
+    told: dict[str, float] = {}
     while not stop.is_set():
         for t in list(h.m.store.list("tasks")):
             if not t.node_id or t.terminal:
@@ -258,9 +272,13 @@ async def fake_agents(h: Harness, stop: asyncio.Event, samples: list[int]) -> No
                 state = "failed" if t.spec.container.image == "bad" else "running"
                 await h.report(t, state, exit_code=1 if state == "failed" else None)
             elif t.desired_state == "shutdown":
-                await h.report(t, "shutdown")
-        samples.append(sum(1 for t in h.m.store.list("tasks")
-                           if t.service_id == "svc-web" and t.status.state == "running"))
+                if time.monotonic() - told.setdefault(t.id, time.monotonic()) >= stop_time:
+                    await h.report(t, "shutdown")
+        running = [t for t in h.m.store.list("tasks")
+                   if t.service_id == "svc-web" and t.status.state == "running"]
+        samples.append(len(running))
+        if per_slot is not None:
+            per_slot.append(max(collections.Counter(t.slot for t in running).values(), default=0))
         await asyncio.sleep(0.02)
 
 
@@ -296,6 +314,32 @@ def test_rolling_update_batches_keep_capacity(run, order, floor):
             await wait(lambda: status(h) == "completed", timeout=20)
             assert images(h) == {"busybox:2"} and len(h.tasks("web")) == 6
             assert min(samples) >= floor, f"{order}: dropped to {min(samples)} running"
+        finally:
+            stop.set()
+            await agents
+    run(scenario)
+
+
+@pytest.mark.parametrize("order", ["stop-first", "start-first"])
+def test_stop_first_starts_each_replacement_after_its_old_task_stopped(run, order):
+    """Stop-first means what it says: the new task of a slot starts only once the old one is
+    stopped (it waits with desired state "ready"); start-first overlaps them on purpose."""
+    async def scenario(h):
+        stop, samples, per_slot = asyncio.Event(), [], []
+        agents = asyncio.create_task(fake_agents(h, stop, samples, stop_time=0.3, per_slot=per_slot))
+        try:
+            await h.m.propose(Transaction().create("services", service("web", 4)))
+            await wait(lambda: len([t for t in h.tasks("web") if t.status.state == "running"]) == 4)
+            per_slot.clear()
+            await update_image(h, "busybox:2", parallelism=2, order=order, monitor=0.1)
+            if order == "stop-first":
+                await wait(lambda: h.tasks("web", "ready"))  # the replacements wait, visibly
+            await wait(lambda: status(h) == "completed", timeout=20)
+            assert images(h) == {"busybox:2"}
+            if order == "stop-first":
+                assert max(per_slot) == 1, "a slot ran its old and new task at once"
+            else:
+                assert max(per_slot) == 2, "start-first should overlap old and new"
         finally:
             stop.set()
             await agents

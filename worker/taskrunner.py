@@ -28,6 +28,10 @@ log = logging.getLogger("shoal.tasks")
 
 Report = Callable[[dict], None]
 
+# How long a task with network attachments keeps running after it was told to stop, so that no
+# node still balances new connections to it when its container stops (see TaskController._drain).
+BACKEND_DRAIN = 1.0
+
 
 def container_config(task: Task, hostname: str,
                      extra_binds: Optional[list[tuple[str, str, bool]]] = None) -> ContainerConfig:
@@ -60,11 +64,14 @@ class TaskController:
         self.state = task.status.state
         self.unhealthy = False  # failed by its health check: that report stands, not the exit
         self._changed = asyncio.Event()
+        self._promoted = asyncio.Event()  # desired "ready" became "running"
         self._job = asyncio.create_task(self._drive(), name=f"task-{task.id[:12]}")
 
     def update(self, task: Task) -> None:
         self.task = task
         self._changed.set()
+        if task.desired_state != "ready":
+            self._promoted.set()
 
     def report(self, state: str, message: str = "", **extra) -> None:
         if TASK_STATE_RANK[state] < TASK_STATE_RANK.get(self.state, 0):
@@ -83,9 +90,11 @@ class TaskController:
         try:
             while True:
                 task = self.task
-                if task.desired_state == "running" and not self.ended and runner is None:
+                if task.desired_up and not self.ended and runner is None:
                     runner = asyncio.create_task(self._run(task))
-                elif task.desired_state != "running" and not self.ended:
+                elif not task.desired_up and not self.ended:
+                    if self.state == "running" and task.networks:
+                        await self._drain()
                     if runner is not None or self.adopted:
                         # Ours or adopted (it ran before the agent restarted): stop it either way.
                         try:
@@ -105,6 +114,13 @@ class TaskController:
                 runner.cancel()
             raise
 
+    async def _drain(self) -> None:
+        """Keep serving a moment after being told to stop. Every node drops this task from its
+        load balancers and DNS answers when its desired state changes; that news travels with
+        the assignments, so without this pause a connection balanced to it just before could
+        meet a container already stopping (Swarm waits likewise before stopping a backend)."""
+        await asyncio.sleep(self.runner.backend_drain)
+
     async def _run(self, task: Task) -> None:
         ex, images = self.runner.executor, self.runner.images
         try:
@@ -116,6 +132,15 @@ class TaskController:
                 except errors.ShoalError as exc:
                     self.report("rejected", exc.message, err=exc.message)
                     return
+                if self.task.desired_state == "ready":
+                    # A replacement: prepared, started once the task it replaces has stopped.
+                    self.report("ready", "prepared; waits for the task it replaces to stop")
+                    if self.task.desired_state == "ready":
+                        self._promoted.clear()
+                    await self._promoted.wait()
+                    task = self.task
+                    if not task.desired_up:
+                        return  # _drive reports the shutdown
                 try:
                     binds = self.runner.secret_mounts.prepare(with_configs(task), self.runner.secrets)
                     netns, net_binds = await self.runner.attach_networks(task)
@@ -215,6 +240,7 @@ class TaskRunner:
         self.secrets = SecretCache()
         self.secret_mounts = SecretMounts(executor.root.parent)
         self.networks: Optional["NodeNetworks"] = None
+        self.backend_drain = BACKEND_DRAIN
 
     async def start(self) -> None:
         await self.executor.adopt()
@@ -265,7 +291,7 @@ class TaskRunner:
                 ctl.update(task)
         # Forget the secrets no live task here uses any more.
         self.secrets.retain({r.secret_id for ctl in self.controllers.values()
-                             if not ctl.ended and ctl.task.desired_state == "running"
+                             if not ctl.ended and ctl.task.desired_up
                              for r in with_configs(ctl.task).spec.container.secrets})
 
     async def _drop(self, task_id: str) -> None:

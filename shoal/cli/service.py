@@ -220,7 +220,7 @@ def wait_converged(cli: Cli, service_id: str, quiet: bool, timeout: float = 300.
     deadline = time.monotonic() + timeout
     while True:
         svc = cli.call("GET", f"/services/{service_id}")
-        tasks = cli.call("GET", "/tasks", params={"service": service_id, "desired_state": "running"})
+        tasks = cli.call("GET", "/tasks", params={"service": service_id, "desired_state": "running,ready"})
         status = svc["replicas_status"]
         job = svc["spec"]["mode"]["mode"].endswith("-job")
         done = status["completed"] if job else status["running"]
