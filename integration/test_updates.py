@@ -99,7 +99,8 @@ def test_rolling_update_keeps_capacity(lab, order, floor):
 # A new connection per request to each target's published port in turn until SIGTERM; prints
 # {"versions": {status line or body: n}, "failures": [...]}.
 MESH_CLIENT = r"""
-import collections, json, signal, socket, sys
+import collections, json, signal, socket, sys, time
+t0 = time.monotonic()
 port, targets = int(sys.argv[1]), sys.argv[2:]
 versions, failures, going = collections.Counter(), [], [True]
 signal.signal(signal.SIGTERM, lambda *_: going.clear())
@@ -116,11 +117,11 @@ while going:
         s.close()
         head, _, body = data.partition(b"\r\n\r\n")
         if not head.startswith(b"HTTP/1."):
-            failures.append(f"{ip}: answer {data[:60]!r}")
+            failures.append(f"{time.monotonic() - t0:.2f}s {ip}: answer {data[:60]!r}")
         else:  # app:1 has no /VERSION (404), app:2 answers "2"
             versions[body.decode().strip() if b" 200 " in head.split(b"\r\n")[0] else "404"] += 1
     except OSError as exc:
-        failures.append(f"{ip}: {exc}")
+        failures.append(f"{time.monotonic() - t0:.2f}s {ip}: {exc}")
 print(json.dumps({"versions": versions, "failures": failures}))
 """
 
@@ -135,9 +136,14 @@ def test_rolling_update_through_the_mesh_fails_no_request(lab):
     lab.cli("manager1", "service", "create", "--name", "mesh", "--replicas", "3", "--publish", "8088:80",
             "--constraint", "node.role==worker", "--stop-grace-period", "1s",
             "--health-cmd", check, "--health-interval", "250ms", "--health-retries", "20",
-            "app:1", "httpd", "-f", "-p", "80", "-h", "/", timeout=180)
-    argv, env = lab.command("manager2", [sys.executable, "-c", MESH_CLIENT, "8088",
-                                         "172.31.0.11", "172.31.0.101", "172.31.0.103"])
+            # a server that goes at once on SIGTERM, as most do (httpd as PID 1 would ignore it
+            # and serve on through the stop grace, hiding a missing drain)
+            "app:1", "sh", "-c", "trap 'exit 0' TERM; httpd -f -p 80 -h / & wait", timeout=180)
+    targets = ["172.31.0.11", "172.31.0.101", "172.31.0.103"]
+    # The service is up once every task passed its check and joined the balancers.
+    wait_until(lambda: all(t["status"]["health"] == "healthy" for t in lab.cli_json("manager1", "service", "ps", "mesh")
+                           if t["desired_state"] == "running"), timeout=60, what="3 healthy tasks")
+    argv, env = lab.command("manager2", [sys.executable, "-c", MESH_CLIENT, "8088", *targets])
     client = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True)
     try:
         time.sleep(2)  # requests before the update too

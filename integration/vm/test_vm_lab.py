@@ -246,15 +246,17 @@ def test_published_service_routing_mesh(lab, web_image, backend, request):
         assert f'SHOAL_OPTS="{opts}"' in g.sh("cat /etc/default/shoald").out
     service = f"web-{backend}"
     mark = fwmark_for(Frontend("tcp", None, port))
-    manager.shoal("service", "create", "--name", service, "--replicas", "3",
+    # --detach: check_mesh waits for the tasks itself; the CLI's own progress loop (a process
+    # that takes 10-15 s to start under emulation, then polls) only adds time to overrun.
+    manager.shoal("service", "create", "--detach", "--name", service, "--replicas", "3",
                   "--publish", f"published={port},target=80", web_image, *WEB_CMD, timeout=300)
     try:
         check_mesh(lab, service, 3, backend, port)
 
         # must-show 3: scaling changes the real servers, both ways
-        manager.shoal("service", "scale", f"{service}=5", timeout=300)
+        manager.shoal("service", "scale", "--detach", f"{service}=5", timeout=300)
         check_mesh(lab, service, 5, backend, port)
-        manager.shoal("service", "scale", f"{service}=2", timeout=300)
+        manager.shoal("service", "scale", "--detach", f"{service}=2", timeout=300)
         check_mesh(lab, service, 2, backend, port)
 
         manager.shoal("service", "rm", service)

@@ -36,7 +36,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from pyroute2 import IPRoute, netns
 
 from common.fsutil import read_json, write_json
 
@@ -595,6 +594,7 @@ class Lab:
 
     # -- network --
     def _create_underlay(self) -> None:
+        from pyroute2 import IPRoute, netns  # lazy: every CLI command loads this module
         netns.create(self.underlay)
         # the underlay is a plain switch: no IPv6 link-local addresses on br0 or its ports
         subprocess.run(["ip", "netns", "exec", self.underlay, "sh", "-c",
@@ -608,6 +608,7 @@ class Lab:
             ipr.link("set", index=br, state="up")
 
     def _create_host_net(self, name: str, h: dict) -> None:
+        from pyroute2 import IPRoute, netns  # lazy: every CLI command loads this module
         ns = h["namespace"]
         netns.create(ns)
         with IPRoute(netns=ns, flags=0) as ipr:
@@ -624,6 +625,7 @@ class Lab:
             ipr.link("set", index=peer, state="down" if h.get("partitioned") else "up")
 
     def _set_peer(self, name: str, up: bool) -> None:
+        from pyroute2 import IPRoute  # lazy: every CLI command loads this module
         with self._txn() as data:
             h = self._host_record(data, name)
             try:
@@ -945,6 +947,7 @@ class Lab:
 
         Works from lab.json and by scanning `shoal-NAME-*` namespaces; idempotent.
         """
+        from pyroute2 import netns  # lazy: every CLI command loads this module
         require_root()
         problems: list[str] = []
         data = read_json(self.json_path) or {}
