@@ -135,8 +135,7 @@ class TaskController:
                 if self.task.desired_state == "ready":
                     # A replacement: prepared, started once the task it replaces has stopped.
                     self.report("ready", "prepared; waits for the task it replaces to stop")
-                    if self.task.desired_state == "ready":
-                        self._promoted.clear()
+                    self._promoted.clear()  # no await since the check: a promotion cannot be lost
                     await self._promoted.wait()
                     task = self.task
                     if not task.desired_up:

@@ -36,7 +36,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-
 from common.fsutil import read_json, write_json
 
 LAB_ROOT = Path("/var/lib/shoal-lab")
