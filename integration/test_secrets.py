@@ -1,4 +1,4 @@
-"""Secrets end to end, in a lab of 1 manager + 2 workers: a task reads its secret from a tmpfs at
+"""Secrets end to end, in a lab of 3 managers + 3 workers: a task reads its secret from a tmpfs at
 /run/secrets/NAME; the bytes reach no worker's disk, no log, no API answer; a node that runs no
 task using the secret never receives it; `service rm` takes the tmpfs away; `secret rm` of a
 secret in use is refused, naming the service.
@@ -52,7 +52,7 @@ def lab():
     lab = Lab(unique_lab_name("sec"))
     try:
         layout = imagebuild.build_busybox_oci_layout(d / "busybox", tag="1")
-        lab.up(managers=1, workers=2)
+        lab.up(managers=3, workers=3)
         lab.cli("manager1", "swarm", "update", "--dispatcher-heartbeat", "1s")
         for h in lab.hosts():
             lab.cli(h.name, "image", "import", str(layout), IMAGE, timeout=120)
@@ -145,15 +145,16 @@ def test_secret_end_to_end(lab):
     assert on_host and on_host[0][2] == "tmpfs" and "mode=700" in on_host[0][3]
     assert not str(task_dir).startswith(str(lab.state_dir))
 
-    # 3. worker2 runs no task using it: the dispatcher never hands it over; worker1 does get it
-    w2 = assignments(lab, "worker2")
-    assert w2["secrets"] == [] and VALUE not in json.dumps(w2) and B64 not in json.dumps(w2)
+    # 3. the other nodes run no task using it: the dispatcher never hands it over; worker1 gets it
+    for other in ("worker2", "worker3", "manager2"):
+        seen = assignments(lab, other)
+        assert seen["secrets"] == [] and VALUE not in json.dumps(seen) and B64 not in json.dumps(seen), other
     w1 = assignments(lab, "worker1")
     assert [(s["id"], s["data"]) for s in w1["secrets"]] == [(secret_id, B64)]
 
     # 4. the bytes are on no worker's disk, in no daemon log, in no API answer
-    for w in ("worker1", "worker2"):
-        root = lab.host(w).data_root
+    for h in lab.hosts():
+        w, root = h.name, h.data_root
         assert files_containing(root, VALUE.encode()) == [], f"secret on {w}'s disk"
         assert files_containing(root, B64.encode()) == [], f"secret (base64) on {w}'s disk"
     for h in lab.hosts():

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -34,6 +35,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 import socket
 _INET_NTOP = socket.inet_ntop
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated  # noqa: E402
+from pysyncobj.syncobj import _RAFT_STATE  # noqa: E402
 # pysyncobj 0.3.17 (its win_inet_pton module) replaces socket.inet_ntop with a Windows-only
 # version on every platform, which breaks whatever decodes addresses later in the process
 # (pyroute2's netlink parser, on a node that is manager and worker at once): undo it.
@@ -117,9 +119,22 @@ class _SyncObj(SyncObj):
     And one speed-up: a member alone (a one-manager swarm) appends a command at the end of a tick
     and then sleeps a whole poll period, as no follower's ack wakes it; every commit took ~50 ms.
     It now wakes itself when its log is ahead of its commit index.
+
+    And pre-vote (Raft thesis 9.6), which pysyncobj lacks: a member whose election timer runs out
+    first asks the others whether they would vote for it, without raising its term. A member
+    that heard from its leader within the minimum election timeout, or is the leader, says no.
+    Only with a majority of yeses does the real election start. Without it, a manager back from
+    a restart (its timer long expired, reached by a follower before the leader) deposed a
+    healthy leader with its higher term. pysyncobj looks its election gate up by its private
+    name on each tick, which makes that method the seam here too.
     """
 
     def __init__(self, *args, **kwargs) -> None:
+        # Set before pysyncobj starts its thread, which may tick at once.
+        self._leader_heard_at = 0.0     # monotonic time of the last append from a current leader
+        self._pre_vote_sent_at = -1e9
+        self._pre_vote_yes: set = set()
+        self._pre_vote_won_at = -1e9
         super().__init__(*args, **kwargs)
         self.addOnTickCallback(self._wake_if_alone)
 
@@ -130,9 +145,58 @@ class _SyncObj(SyncObj):
             if notifier is not None:
                 notifier.notify()
 
+    # ---- pre-vote ---------------------------------------------------------------------------
+    def _SyncObj__connectedToAnyone(self) -> bool:  # noqa: N802 - pysyncobj's election gate
+        """Called only once this member's election timer ran out: may it start an election?"""
+        if not SyncObj._SyncObj__connectedToAnyone(self):
+            return False
+        others = self._SyncObj__otherNodes
+        if not others or self._SyncObj__transferInProgress:
+            return True  # alone, or the leader handed over leadership: no one to ask
+        conf = self._SyncObj__conf
+        now = time.monotonic()
+        if now - self._pre_vote_won_at < conf.raftMaxTimeout:
+            self._pre_vote_won_at = -1e9
+            return True
+        if now - self._pre_vote_sent_at >= conf.raftMinTimeout:
+            self._pre_vote_sent_at = now
+            self._pre_vote_yes = set()
+            ask = {"type": "shoal_pre_vote", "term": self._SyncObj__raftCurrentTerm + 1,
+                   "last_log_index": self._SyncObj__getCurrentLogIndex(),
+                   "last_log_term": self._SyncObj__getCurrentLogTerm()}
+            for node in others:
+                self._SyncObj__transport.send(node, ask)
+        return False
+
+    def _would_vote_for(self, ask: dict) -> bool:
+        if self._SyncObj__raftState == _RAFT_STATE.LEADER:
+            return False  # it steps down by itself once it loses its quorum (leaderFallbackTimeout)
+        if time.monotonic() - self._leader_heard_at < self._SyncObj__conf.raftMinTimeout:
+            return False
+        if ask.get("term", -1) < self._SyncObj__raftCurrentTerm:
+            return False
+        mine = (self._SyncObj__getCurrentLogTerm(), self._SyncObj__getCurrentLogIndex())
+        return (ask.get("last_log_term", -1), ask.get("last_log_index", -1)) >= mine
+
+    def _on_pre_vote_answer(self, node, answer: dict) -> None:
+        if not answer.get("granted") or answer.get("term") != self._SyncObj__raftCurrentTerm + 1:
+            return  # a no, or an answer to an older round
+        self._pre_vote_yes.add(node)
+        if len(self._pre_vote_yes) + 1 > (len(self._SyncObj__otherNodes) + 1) / 2:
+            self._pre_vote_won_at = time.monotonic()
+
     def _SyncObj__onMessageReceived(self, node, message):  # noqa: N802 - overrides pysyncobj
-        if (isinstance(message, dict) and message.get("type") == "next_node_idx"
-                and message.get("success") and not message.get("reset")):
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "shoal_pre_vote":
+            self._SyncObj__transport.send(node, {"type": "shoal_pre_vote_answer", "term": message.get("term"),
+                                                  "granted": self._would_vote_for(message)})
+            return
+        if kind == "shoal_pre_vote_answer":
+            self._on_pre_vote_answer(node, message)
+            return
+        if kind == "append_entries" and message.get("term", -1) >= self._SyncObj__raftCurrentTerm:
+            self._leader_heard_at = time.monotonic()
+        if (kind == "next_node_idx" and message.get("success") and not message.get("reset")):
             next_index = self._SyncObj__raftNextIndex
             sent_up_to = next_index.get(node)
             SyncObj._SyncObj__onMessageReceived(self, node, message)

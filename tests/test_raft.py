@@ -130,3 +130,55 @@ def test_journal_and_snapshot_hold_no_plaintext(tmp_path):
         finally:
             again.close()
     asyncio.run(scenario())
+
+
+def cut_off(raft: RaftNode, addr: str) -> None:
+    """A network fault between `raft` and the member at `addr`, simulated in `raft`'s transport
+    (loopback cannot be partitioned): nothing goes to it, nothing from it is taken."""
+    transport = raft._sync._SyncObj__transport
+    send, deliver = transport.send, transport._onMessageReceivedCallback
+    transport.send = lambda node, message: None if node.address == addr else send(node, message)
+    transport._onMessageReceivedCallback = \
+        lambda node, message: None if node.address == addr else deliver(node, message)
+    transport.heal = lambda: (setattr(transport, "send", send),
+                              setattr(transport, "_onMessageReceivedCallback", deliver))
+
+
+def test_a_member_that_cannot_hear_the_leader_does_not_depose_it(tmp_path):
+    """Pre-vote (Raft thesis 9.6): a member that does not hear from the leader (back from a
+    restart before the leader reached it, or cut off from the leader alone) must not force an
+    election while the rest hear from their leader. It asks first whether it could win; the
+    others say no; the term and the leader stay. Without it, its higher term deposes a healthy
+    leader (a manager restart caused leader changes in the lab)."""
+    async def scenario():
+        addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
+
+        def start(i):
+            return RaftNode(Store(), addrs[i], addrs, tmp_path / str(i), b"k" * 32)
+        nodes = [start(i) for i in range(3)]
+        try:
+            await wait_for(lambda: any(n.is_leader for n in nodes))
+            leader = next(n for n in nodes if n.is_leader)
+            assert (await leader.commit(Transaction().create("nodes", Node(id="before")))).ok
+            await wait_for(lambda: all(n.store.get("nodes", "before") for n in nodes))
+            term = leader.term
+            i = next(k for k, n in enumerate(nodes) if n is not leader)
+            nodes[i].close()
+            cut_off(leader, addrs[i])
+            nodes[i] = start(i)  # it reaches the other follower only
+            await asyncio.sleep(2.0)  # many election timeouts
+            assert leader.is_leader and leader.term == term, \
+                f"a member cut off from the leader moved the term {term} -> {leader.term}"
+            assert (await leader.commit(Transaction().create("nodes", Node(id="during")))).ok
+            leader._sync._SyncObj__transport.heal()
+            await wait_for(lambda: nodes[i].store.get("nodes", "during") is not None)
+            assert leader.is_leader and leader.term == term
+            # A real loss of the leader is still taken over: with no leader to hear, the others
+            # grant the pre-vote.
+            leader.close()
+            rest = [n for n in nodes if n is not leader]
+            await wait_for(lambda: any(n.is_leader for n in rest), 5)
+        finally:
+            for n in nodes:
+                n.close()
+    asyncio.run(scenario())
