@@ -7,6 +7,7 @@ The probe and task parts need root, runc and busybox-static; the merge rules do 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import time
@@ -327,27 +328,42 @@ def test_unhealthy_task_is_failed_and_its_container_stopped(images_root, tmp_pat
     assert "exit code 3" in next(r["message"] for r in reports if r["task_id"] == "svcbad" and r["state"] == "failed")
 
 
+@contextlib.asynccontextmanager
+async def one_runner(images_root: Path, root: Path):
+    """A real TaskRunner on its own executor: (runner, executor, the reports it sent)."""
+    from worker.taskrunner import TaskRunner
+    reports: list[dict] = []
+
+    async def send(batch):
+        reports.extend(batch)
+    images = ImageStore(images_root)
+    ex = Executor(root / "ex", images)
+    runner = TaskRunner(ex, images, "node1", send)
+    await runner.start()
+    try:
+        yield runner, ex, reports
+    finally:
+        await runner.apply({"tasks": [], "full": True})
+        await runner.stop()
+        await ex.close()
+
+
+async def until_reported(reports: list[dict], state: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(r["state"] == state for r in reports):
+        assert time.monotonic() < deadline, reports
+        await asyncio.sleep(0.05)
+
+
 @needs_runc
 def test_unhealthy_container_is_stopped_by_the_runner(images_root, tmp_path):
     """The failed report comes first; the container is stopped right after it (within the
     stop grace), not left running until the managers' shutdown arrives."""
     async def scenario():
-        from worker.taskrunner import TaskRunner
-        reports: list[dict] = []
-
-        async def send(batch):
-            reports.extend(batch)
-        images = ImageStore(images_root)
-        ex = Executor(tmp_path / "ex", images)
-        runner = TaskRunner(ex, images, "node1", send)
-        await runner.start()
-        task = make_task("stopme", "busybox:hc-bad", ["sleep", "60"])
-        try:
+        async with one_runner(images_root, tmp_path) as (runner, ex, reports):
+            task = make_task("stopme", "busybox:hc-bad", ["sleep", "60"])
             await runner.apply({"tasks": [codec.to_plain(task)], "full": True})
-            deadline = time.monotonic() + 20
-            while not any(r["state"] == "failed" for r in reports):
-                assert time.monotonic() < deadline, reports
-                await asyncio.sleep(0.05)
+            await until_reported(reports, "failed")
             # desired state stays "running" (no manager here): the runner stops it by itself
             deadline = time.monotonic() + 10
             while ex.inspect("stopme").state != "stopped":
@@ -355,10 +371,6 @@ def test_unhealthy_container_is_stopped_by_the_runner(images_root, tmp_path):
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.3)  # its exit must not turn into another report
             assert [r["state"] for r in reports].count("failed") == 1
-        finally:
-            await runner.apply({"tasks": [], "full": True})
-            await runner.stop()
-            await ex.close()
     asyncio.run(scenario())
 
 
@@ -367,36 +379,17 @@ def test_ready_task_is_prepared_but_started_only_once_promoted(images_root, tmp_
     """Desired state "ready" (a stop-first replacement): the agent gets the image ready and says
     so, but creates no container until the desired state turns running."""
     async def scenario():
-        from worker.taskrunner import TaskRunner
-        reports: list[dict] = []
-
-        async def send(batch):
-            reports.extend(batch)
-        images = ImageStore(images_root)
-        ex = Executor(tmp_path / "ex", images)
-        runner = TaskRunner(ex, images, "node1", send)
-        await runner.start()
-        task = make_task("waiter", "busybox:1", ["sleep", "60"])
-        task.desired_state = "ready"
-        try:
+        async with one_runner(images_root, tmp_path) as (runner, ex, reports):
+            task = make_task("waiter", "busybox:1", ["sleep", "60"])
+            task.desired_state = "ready"
             await runner.apply({"tasks": [codec.to_plain(task)], "full": True})
-            deadline = time.monotonic() + 20
-            while not any(r["state"] == "ready" for r in reports):
-                assert time.monotonic() < deadline, reports
-                await asyncio.sleep(0.05)
+            await until_reported(reports, "ready")
             await asyncio.sleep(0.5)
             assert [c.id for c in ex.list()] == [] and reports[-1]["state"] == "ready"
             task.desired_state = "running"
             await runner.apply({"tasks": [codec.to_plain(task)], "full": True})
-            deadline = time.monotonic() + 20
-            while not any(r["state"] == "running" for r in reports):
-                assert time.monotonic() < deadline, reports
-                await asyncio.sleep(0.05)
+            await until_reported(reports, "running")
             assert ex.inspect("waiter").state == "running"
-        finally:
-            await runner.apply({"tasks": [], "full": True})
-            await runner.stop()
-            await ex.close()
     asyncio.run(scenario())
 
 
