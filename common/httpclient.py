@@ -15,8 +15,9 @@ from typing import Any, Optional
 import aiohttp
 
 from common import errors
+from common.unixhttp import DEFAULT_SOCKET, daemon_unreachable, parse_body as _parse
 
-DEFAULT_SOCKET = "/run/shoal/shoal.sock"
+__all__ = ["DEFAULT_SOCKET", "ApiClient", "Endpoint"]
 
 
 @dataclass
@@ -126,22 +127,10 @@ class ApiClient:
 
     def _unreachable(self, exc: Exception) -> errors.ShoalError:
         if self.endpoint.unix_path:
-            return errors.Unavailable(
-                f"cannot connect to the shoal daemon at unix://{self.endpoint.unix_path}: is shoald "
-                f"running? Start it with 'systemctl start shoald' or "
-                f"'shoald --advertise-addr IP' (or point SHOAL_SOCKET at its socket)")
+            return daemon_unreachable(self.endpoint.unix_path)
         return errors.Unavailable(f"cannot reach manager {self.endpoint.addr}: {_reason(exc)}")
 
 
 def _reason(exc: Exception) -> str:
     os_err = getattr(exc, "os_error", None)
     return (os_err.strerror if os_err is not None and os_err.strerror else str(exc)) or type(exc).__name__
-
-
-def _parse(data: bytes) -> Any:
-    if not data:
-        return None
-    try:
-        return json.loads(data)
-    except ValueError:
-        return data.decode(errors="replace")

@@ -1,44 +1,27 @@
 """How the CLI reaches its daemon: the local Unix socket (SHOAL_SOCKET or --socket)."""
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 from typing import Any, Iterator
 
 import click
 
 from common import errors
-from common.httpclient import DEFAULT_SOCKET, ApiClient, Endpoint
+from common.unixhttp import DEFAULT_SOCKET, UnixClient
 
 
 class Cli:
     def __init__(self, socket_path: str) -> None:
         self.socket_path = socket_path
+        self._client = UnixClient(socket_path)
 
     def call(self, method: str, path: str, body: Any = None, *, params: dict | None = None,
              timeout: float = 60.0) -> Any:
-        async def go() -> Any:
-            async with ApiClient(Endpoint(unix_path=self.socket_path)) as client:
-                return await client.request(method, path, body, params=params, timeout=timeout)
-        return asyncio.run(go())
-
+        return self._client.request(method, path, body, params=params, timeout=timeout)
 
     def stream(self, method: str, path: str, *, params: dict | None = None) -> Iterator[dict]:
         """An NDJSON response, one parsed object at a time (for logs -f)."""
-        loop = asyncio.new_event_loop()
-        client = ApiClient(Endpoint(unix_path=self.socket_path))
-        try:
-            response = loop.run_until_complete(client.open_stream(method, path, params=params))
-            while True:
-                line = loop.run_until_complete(response.content.readline())
-                if not line:
-                    break
-                if line.strip():
-                    yield json.loads(line)
-        finally:
-            loop.run_until_complete(client.close())
-            loop.close()
+        return self._client.stream(method, path, params=params)
 
 
 def socket_path_default() -> str:
