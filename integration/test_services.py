@@ -5,7 +5,6 @@ one test pulls from a real registry (Debian's docker-registry) running inside a 
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal

@@ -12,7 +12,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from common import codec, errors
+from common import errors
 from common.model import Task
 from manager.scheduler import Scheduler
 from manager.store import Transaction

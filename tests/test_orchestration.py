@@ -10,7 +10,7 @@ import time
 import pytest
 
 from common import codec
-from common.model import (Cluster, ContainerSpec, Node, NodeDescription, NodeSpec, NodeStatus,
+from common.model import (Cluster, ContainerSpec, Node, NodeDescription, NodeStatus,
                           Placement, Resources, RestartPolicy, Service, ServiceMode, ServiceSpec,
                           TaskSpec)
 from common.nodestate import NodeFiles, NodeState

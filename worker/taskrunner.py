@@ -122,7 +122,7 @@ class TaskController:
         await asyncio.sleep(self.runner.backend_drain)
 
     async def _run(self, task: Task) -> None:
-        ex, images = self.runner.executor, self.runner.images
+        ex = self.runner.executor
         try:
             if not self.adopted:
                 self.report("accepted")

@@ -1,7 +1,6 @@
 """`shoal service ...` and `shoal node ps`."""
 from __future__ import annotations
 
-import json
 import sys
 import time
 

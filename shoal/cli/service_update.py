@@ -1,7 +1,6 @@
 """`shoal service update` and `shoal service rollback`: change a service and follow the rollout."""
 from __future__ import annotations
 
-import sys
 import time
 
 import click
