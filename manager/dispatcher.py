@@ -33,6 +33,7 @@ class Dispatcher:
     def __init__(self, manager: "Manager") -> None:
         self.manager = manager
         self._last_seen: dict[str, float] = {}
+        self._told: dict[str, float] = {}  # node -> the heartbeat period its agent was last given
         self._started = time.monotonic()
         # Assignment streams: agents ask for what changed since the index they last saw.
         self._start_index = manager.store.index
@@ -52,6 +53,8 @@ class Dispatcher:
 
     async def heartbeat(self, node_id: str, addr: str, description: dict | None) -> dict:
         self._last_seen[node_id] = time.monotonic()
+        period = self.period
+        self._told[node_id] = period
         store = self.manager.store
         node = store.get("nodes", node_id)
         if node is None:
@@ -72,7 +75,7 @@ class Dispatcher:
             node.meta.updated_at = time.time()
             await self.manager.propose(Transaction().update("nodes", node, check_version=False))
         return {
-            "period": self.period,
+            "period": period,
             "role": node.role,
             "managers": self.manager.manager_api_addrs(),
             "leader": self.manager.leader_api_addr(),
@@ -224,7 +227,10 @@ class Dispatcher:
                 if node.id == self.manager.node_id:
                     continue  # the leader is alive by definition
                 seen = self._last_seen.get(node.id, self._started)
-                if now - seen > deadline:
+                # A node heartbeats at the period it was last told: after the period is made
+                # shorter, it learns the new one only with its next heartbeat.
+                allowed = max(deadline, self._told.get(node.id, 0.0) * GRACE_MULTIPLIER)
+                if now - seen > allowed:
                     await self._mark_down(node.id, now - seen)
 
     async def _mark_down(self, node_id: str, silent_for: float) -> None:

@@ -370,3 +370,25 @@ def test_failed_update_rolls_back_or_pauses(run):
             stop.set()
             await agents
     run(scenario)
+
+
+def test_a_shorter_heartbeat_period_does_not_mark_nodes_down(run):
+    """After `swarm update --dispatcher-heartbeat` makes the period shorter, an agent keeps its
+    old period until its next heartbeat tells it the new one: it must not go Down meanwhile
+    (it did, in every lab that shortened the period right after forming)."""
+    async def scenario(h):
+        async def set_period(seconds):
+            cluster = h.m.store.get("clusters", "c1")
+            cluster.spec.dispatcher.heartbeat_period = seconds
+            await h.m.propose(Transaction().update("clusters", cluster))
+
+        await set_period(1.0)
+        await h.m.dispatcher.heartbeat("n1", "10.9.0.1", None)  # n1 is told 1 s
+        await set_period(0.2)
+        await asyncio.sleep(1.5)  # past 3 x 0.2 s, within 3 x 1 s
+        assert h.m.store.get("nodes", "n1").status.state == "ready"
+        answer = await h.m.dispatcher.heartbeat("n1", "10.9.0.1", None)
+        assert answer["period"] == 0.2
+        # now it was told 0.2 s: silence past 3 x 0.2 s is a failure
+        await wait(lambda: h.m.store.get("nodes", "n1").status.state == "down", timeout=5)
+    run(scenario)
