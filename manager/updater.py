@@ -169,7 +169,7 @@ class Updater:
         ids = [t.id for t in fresh]
         for i in ids:
             self.watch[i] = math.inf
-        started = time.monotonic()
+        started: dict[str, float] = {}
         try:
             await self._wait(cfg, lambda: self._batch_settled(ids, started))
         finally:
@@ -195,13 +195,18 @@ class Updater:
             except errors.Conflict:
                 await asyncio.sleep(_POLL)
 
-    def _batch_settled(self, ids: list[str], started: float) -> bool:
-        """Every new task of the batch is up or counted as failed."""
-        late = time.monotonic() - started > _START_TIMEOUT
+    def _batch_settled(self, ids: list[str], started: dict[str, float]) -> bool:
+        """Every new task of the batch is up or counted as failed. A task's start timeout runs
+        from when it may start: a stop-first replacement first waits ("ready") for the task it
+        replaces, for as long as that one's stop grace (the orchestrator bounds that wait)."""
+        now = time.monotonic()
         for i in ids:
             if i not in self.watch or self.watch[i] != math.inf:
                 continue  # failed (counted, unwatched) or up (its monitor window runs)
             t = self.m.store.get("tasks", i)
+            if t is not None and t.desired_state == "ready":
+                return False
+            late = now - started.setdefault(i, now) > _START_TIMEOUT
             if late and not (t is not None and t.status.state == "running"
                              and t.status.health == "starting"):
                 self._count_failure(i, f"not running after {_START_TIMEOUT:g}s "
