@@ -53,22 +53,6 @@ def images_root(tmp_path_factory) -> Path:
     return base / "store"
 
 
-@pytest.fixture
-def ex_root(tmp_path, images_root) -> Path:
-    """The executor's root; whatever a (failed) test leaves running there is removed."""
-    root = tmp_path / "ex"
-    yield root
-    if not root.exists():
-        return
-
-    async def cleanup():
-        ex = Executor(root, ImageStore(images_root))
-        for c in await ex.adopt():
-            await ex.remove(c.id)
-        await ex.close()
-    asyncio.run(cleanup())
-
-
 def run(coro):
     return asyncio.run(coro)
 

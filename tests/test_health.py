@@ -91,21 +91,6 @@ def images_root(tmp_path_factory) -> Path:
     return base / "store"
 
 
-@pytest.fixture
-def ex_root(tmp_path, images_root):
-    root = tmp_path / "ex"
-    yield root
-    if not root.exists():
-        return
-
-    async def cleanup():
-        ex = Executor(root, ImageStore(images_root))
-        for c in await ex.adopt():
-            await ex.remove(c.id)
-        await ex.close()
-    asyncio.run(cleanup())
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _no_subreaper_afterwards():
     yield

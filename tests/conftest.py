@@ -1,0 +1,27 @@
+"""Fixtures shared by the test modules that run real runc containers."""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from worker.executor import Executor
+from worker.images import ImageStore
+
+
+@pytest.fixture
+def ex_root(tmp_path, images_root) -> Path:
+    """The executor's root; whatever a (failed) test leaves running there is removed. Each
+    module provides its own `images_root` (the images its tests need)."""
+    root = tmp_path / "ex"
+    yield root
+    if not root.exists():
+        return
+
+    async def cleanup():
+        ex = Executor(root, ImageStore(images_root))
+        for c in await ex.adopt():
+            await ex.remove(c.id)
+        await ex.close()
+    asyncio.run(cleanup())
