@@ -112,13 +112,26 @@ async def forward_middleware(request: web.Request, handler):
     leader = manager.leader_api_addr()
     if leader is None or leader == ctx.state.api_addr:
         raise errors.Unavailable(manager.no_leader_reason())
+    if not manager.leader_connected():
+        raise errors.Unavailable(manager.leader_unreachable_reason())
     ident = _identity(request)
     headers = {FORWARDED_NODE_HEADER: ident.node_id if ident and not request.get("forwarded_local") else ""}
     client = ctx.peer_client(leader)
-    # Fail fast when the leader is cut off: a client should hear "no quorum", not hang.
+    # Fail fast when the leader is cut off: a client should hear "no quorum", not hang. A new
+    # connection gives up after 1 s; a pooled one to a leader that has just been cut off would
+    # wait for the whole timeout, so the forward also ends once raft loses the leader.
     client.connect_timeout = 1.0
-    status, data = await client.request_raw(request.method, request.path_qs,
-                                            raw=await request.read(), timeout=30.0, headers=headers)
+    forward = asyncio.ensure_future(client.request_raw(
+        request.method, request.path_qs, raw=await request.read(), timeout=30.0, headers=headers))
+    try:
+        while not (await asyncio.wait({forward}, timeout=0.25))[0]:
+            if not manager.leader_connected():
+                raise errors.Unavailable(
+                    f"{manager.leader_unreachable_reason()} (lost while forwarding this request, "
+                    f"which may or may not have been applied)")
+        status, data = forward.result()
+    finally:
+        forward.cancel()  # done: no effect; abandoned: closes its connection
     return web.Response(status=status, body=data, content_type="application/json")
 
 

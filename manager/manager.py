@@ -169,6 +169,19 @@ class Manager:
         node = self.node_by_raft_addr(self.raft.leader_addr)
         return node.id if node else None
 
+    def leader_connected(self) -> bool:
+        """Whether this follower's raft connection to the leader is up (pysyncobj drops it after
+        its connection timeout without traffic, e.g. in a partition)."""
+        if self.raft is None or self.raft.leader_addr is None:
+            return False
+        return any(m.addr == self.raft.leader_addr and m.connected for m in self.raft.members())
+
+    def leader_unreachable_reason(self) -> str:
+        members = self.raft.members() if self.raft is not None else []
+        up = sum(1 for m in members if m.connected)
+        return (f"the leader is unreachable from this manager, which reaches {up} of {len(members)} "
+                f"managers (a quorum needs {len(members) // 2 + 1}); retry, or use another manager")
+
     def reachability(self) -> dict[str, str]:
         """raft addr -> leader | reachable | unreachable, as this manager sees it."""
         if self.raft is None:
