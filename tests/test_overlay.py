@@ -18,12 +18,18 @@ from worker.network.overlay import OverlayError, OverlayNetwork, Peer  # noqa: E
 
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 VNI = 4242
-MAC_A, MAC_B = "02:42:0a:0a:00:02", "02:42:0a:0a:00:03"
+MAC_A, MAC_B, MAC_C = "02:42:0a:0a:00:02", "02:42:0a:0a:00:03", "02:42:0a:0a:00:04"
 
 
 def _links(path: str) -> set[str]:
     with nsutil.ipr(path) as ip:
         return {l.get_attr("IFLA_IFNAME") for l in ip.get_links()}
+
+
+def _kind(path: str, ifname: str) -> str:
+    with nsutil.ipr(path) as ip:
+        link = ip.get_links(ip.link_lookup(ifname=ifname)[0])[0]
+        return link.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_KIND")
 
 
 @pytest.fixture
@@ -133,6 +139,19 @@ def test_overlay_ping_mtu_and_cleanup(two_hosts):
         r = _ping(ns_b, "10.10.0.2", size=1422)
         assert r.returncode == 0, r.stdout + r.stderr
 
+        # the task's interface is a macvlan of vxlan0: no veth, no bridge in the way
+        assert _kind(ns_a, "eth0") == "macvlan"
+        assert _links(nets["a"].netns_path) == {"lo", "vxlan0"}
+        # two tasks of one node reach each other without leaving it
+        ns_c = nets["a"].attach("taskc", "10.10.0.4/24", MAC_C)
+        r = _ping(ns_c, "10.10.0.2")
+        assert r.returncode == 0, r.stdout + r.stderr
+        # an agent restarted meanwhile (no attachment record) still detaches the right interface
+        OverlayNetwork("shlta", VNI, "10.10.0.0/24", "192.168.250.1",
+                       netns_dir=str(tmp / "a" / "netns"), node_netns=hosts["a"]).detach("taskc")
+        assert not os.path.exists(ns_c)
+        assert _links(ns_a) == {"lo", "eth0"}
+
         # detach one side: its namespace goes, the network stays
         nets["b"].detach("taskb")
         assert not os.path.exists(ns_b)
@@ -150,3 +169,52 @@ def test_overlay_ping_mtu_and_cleanup(two_hosts):
         assert "192.168.250" not in fdb
         out = nsutil.run(hosts[name], ["ss", "-uan"]).stdout
         assert ":4789" not in out
+
+
+def test_an_older_bridge_layout_serves_its_tasks_until_they_are_gone(two_hosts):
+    """An overlay namespace from shoal <= 0.1 (bridge br0, veths) with a task still on it keeps
+    working, takes new tasks the same way, and is converted once no task hangs on it."""
+    hosts, tmp = two_hosts
+    net = OverlayNetwork("shltd", VNI, "10.10.0.0/24", "192.168.250.1",
+                         netns_dir=str(tmp / "a" / "netns"), node_netns=hosts["a"])
+    old_task = net.task_netns_path("old")
+    try:
+        net.ensure()
+        nsutil.create(old_task)         # what the old layout made for a running task
+        fd = os.open(old_task, os.O_RDONLY)
+        try:
+            with nsutil.ipr(net.netns_path) as ov:
+                ov.link("add", ifname="br0", kind="bridge")
+                br = ov.link_lookup(ifname="br0")[0]
+                ov.link("set", index=ov.link_lookup(ifname="vxlan0")[0], master=br)
+                ov.link("add", ifname="veold", kind="veth", peer={"ifname": "eth0", "net_ns_fd": fd})
+                ov.link("set", index=ov.link_lookup(ifname="veold")[0], master=br, state="up")
+                ov.link("set", index=br, state="up")
+        finally:
+            os.close(fd)
+        with nsutil.ipr(old_task) as tk:
+            idx = tk.link_lookup(ifname="eth0")[0]
+            tk.link("set", index=idx, address=MAC_A, mtu=1450)
+            tk.addr("add", index=idx, address="10.10.0.2", prefixlen=24)
+            tk.link("set", index=idx, state="up")
+
+        net.ensure()                    # an agent of this version starts
+        assert "br0" in _links(net.netns_path)
+        ns_new = net.attach("new", "10.10.0.3/24", MAC_B)
+        assert _kind(ns_new, "eth0") == "veth"
+        r = _ping(ns_new, "10.10.0.2")
+        assert r.returncode == 0, r.stdout + r.stderr
+
+        net.detach("new")
+        with nsutil.ipr(net.netns_path) as ov:     # the old task goes
+            ov.link("del", index=ov.link_lookup(ifname="veold")[0])
+        nsutil.remove(old_task)
+        net.ensure()
+        assert _links(net.netns_path) == {"lo", "vxlan0"}
+        ns_new = net.attach("new", "10.10.0.3/24", MAC_B)
+        assert _kind(ns_new, "eth0") == "macvlan"
+    finally:
+        net.remove()
+        nsutil.remove(old_task)
+    assert not os.path.exists(net.netns_path)
+    assert _links(hosts["a"]) == {"lo", "eth0"}

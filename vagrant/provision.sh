@@ -47,8 +47,9 @@ fi
 
 # --- kernel modules: loaded now and at every boot -----------------------------------------------
 # IPVS must be loaded for shoald's "auto" load balancer to see it (/proc/net/ip_vs appears with
-# the module); vxlan, bridge and overlay are what overlay networks and containers use.
-MODULES=(ip_vs ip_vs_rr nf_conntrack vxlan bridge br_netfilter overlay)
+# the module); vxlan and macvlan (tasks' interfaces on it), bridge and overlay are what overlay
+# networks and containers use.
+MODULES=(ip_vs ip_vs_rr nf_conntrack vxlan macvlan bridge br_netfilter overlay)
 : > /etc/modules-load.d/shoal.conf
 for m in "${MODULES[@]}"; do
     if modprobe "$m" 2>/dev/null; then

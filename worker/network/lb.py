@@ -87,28 +87,9 @@ def _nft(netns: Optional[str], script: str) -> None:
         raise LBError(f"nft failed ({r.returncode}): {r.stderr.strip()}\n--- script ---\n{script}")
 
 
-def render_nftables(table: str, services: dict[Frontend, list[Backend]],
-                    redirects: tuple[tuple[str, int, int], ...] = ()) -> str:
-    """The whole table for the given services, as one transaction replacing the previous one.
-    ``redirects`` are (ip, udp port, local port): local datagrams to ip:port go to the local
-    port instead (the resolver at 127.0.0.11:53 really listens elsewhere, so that a task may
-    run its own DNS server on port 53)."""
-    lines = [
-        # create-then-delete makes the delete valid whether or not the table exists
-        f"table ip {table}",
-        f"delete table ip {table}",
-        f"table ip {table} {{",
-        # prerouting: clients in other namespaces/nodes; output: clients on this one
-        "  chain prerouting { type nat hook prerouting priority dstnat; policy accept; "
-        "jump services; }",
-        "  chain output { type nat hook output priority -100; policy accept; "
-        + "".join(f"ip daddr {ip} udp dport {port} dnat to {ip}:{to}; " for ip, port, to in redirects)
-        + "jump services; }",
-        # ingress replies must return through this node (its conntrack entry undoes the DNAT)
-        "  chain postrouting { type nat hook postrouting priority srcnat; policy accept; "
-        f"ct mark {INGRESS_MARK:#x} masquerade; }}",
-        "  chain services {",
-    ]
+def _service_rules(services: dict[Frontend, list[Backend]]) -> list[str]:
+    """The body of the ``services`` chain: one DNAT rule per frontend."""
+    lines = []
     for fe in sorted(services, key=Frontend.sort_key):
         if fe.ip and not fe.port:
             match = f"ip daddr {fe.ip} meta l4proto {{ tcp, udp }}"
@@ -131,21 +112,97 @@ def render_nftables(table: str, services: dict[Frontend, list[Backend]],
             target = "to"
         lines.append(f"    {match}{mark} dnat {target} numgen inc mod {len(backends)} "
                      f"map {{ {elems} }}")
-    lines += ["  }", "}"]
+    return lines
+
+
+def _replace_table(table: str) -> list[str]:
+    # create-then-delete makes the delete valid whether or not the table exists
+    return [f"table ip {table}", f"delete table ip {table}"]
+
+
+def render_nftables(table: str, services: dict[Frontend, list[Backend]]) -> str:
+    """A node's table (VIPs and the routing mesh's published ports) for the given services, as
+    one transaction replacing the previous one."""
+    lines = [
+        *_replace_table(table),
+        f"table ip {table} {{",
+        # prerouting: clients in other namespaces/nodes; output: clients on this one
+        "  chain prerouting { type nat hook prerouting priority dstnat; policy accept; "
+        "jump services; }",
+        "  chain output { type nat hook output priority -100; policy accept; jump services; }",
+        # ingress replies must return through this node (its conntrack entry undoes the DNAT)
+        "  chain postrouting { type nat hook postrouting priority srcnat; policy accept; "
+        f"ct mark {INGRESS_MARK:#x} masquerade; }}",
+        "  chain services {",
+        *_service_rules(services),
+        "  }",
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# Source ports of a task's connections to service VIPs. Linux hands out ephemeral ports from
+# 32768-60999, so a packet arriving for a port in this range is, in practice, a reply on a VIP
+# connection, and one for any other port is not.
+VIP_SOURCE_PORTS = (61000, 65535)
+
+
+def render_task_nftables(table: str, services: dict[Frontend, list[Backend]],
+                         redirects: tuple[tuple[str, int, int], ...] = ()) -> str:
+    """A task namespace's table: its networks' service VIPs, balanced on output, and
+    ``redirects`` (ip, udp port, local port): local datagrams to ip:port go to the local port
+    instead (the resolver at 127.0.0.11:53 really listens elsewhere, so that a task may run its
+    own DNS server on port 53).
+
+    Only connections that need NAT are tracked. Conntrack on every packet of a task costs a
+    single TCP stream about a tenth of its throughput over the overlay, and NAT needs it only
+    for VIP connections (whose replies come from a backend and must be rewritten back to the
+    VIP), the resolver redirect (on lo) and ICMP (errors about a VIP connection). Outgoing, a
+    VIP connection is known by its destination. A reply looks like any other packet from the
+    backend, so VIP connections get their source port from VIP_SOURCE_PORTS, and an incoming
+    packet is tracked when its destination port is in that range. Everything else, above all
+    traffic to and from task addresses, passes untracked. A task that listens on a port in the
+    range still works: its connections are merely tracked."""
+    vips = sorted({fe.ip for fe in services if fe.ip})
+    low, high = VIP_SOURCE_PORTS
+    elements = f"elements = {{ {', '.join(vips)} }}; " if vips else ""
+    lines = [
+        *_replace_table(table),
+        f"table ip {table} {{",
+        f"  set vips {{ type ipv4_addr; {elements}}}",
+        "  chain raw_output { type filter hook output priority raw; policy accept; "
+        'oif "lo" return; ip daddr @vips return; meta l4proto icmp return; notrack; }',
+        "  chain raw_prerouting { type filter hook prerouting priority raw; policy accept; "
+        'iif "lo" return; meta l4proto icmp return; '
+        f"meta l4proto {{ tcp, udp }} th dport {low}-{high} return; notrack; }}",
+        "  chain output { type nat hook output priority -100; policy accept; "
+        + "".join(f"ip daddr {ip} udp dport {port} dnat to {ip}:{to}; " for ip, port, to in redirects)
+        + "jump services; }",
+        "  chain postrouting { type nat hook postrouting priority srcnat; policy accept; "
+        f'oif "lo" return; ct status dnat meta l4proto {{ tcp, udp }} masquerade to :{low}-{high}; }}',
+        "  chain services {",
+        *_service_rules(services),
+        "  }",
+        "}",
+    ]
     return "\n".join(lines) + "\n"
 
 
 class NftablesBackend(LoadBalancer):
-    def __init__(self, netns: Optional[str] = None, table: str = "shoal",
-                 redirects: tuple[tuple[str, int, int], ...] = ()) -> None:
+    """A node's balancer: VIPs for local clients and published ports for everybody."""
+
+    def __init__(self, netns: Optional[str] = None, table: str = "shoal") -> None:
         self.netns = netns
         self.table = table
-        self.redirects = tuple(redirects)
         self.services: dict[Frontend, list[Backend]] = {}
 
+    def _render(self, services: dict[Frontend, list[Backend]]) -> Optional[str]:
+        return render_nftables(self.table, services) if services else None
+
     def _apply(self, services: dict[Frontend, list[Backend]]) -> None:
-        if services or self.redirects:
-            _nft(self.netns, render_nftables(self.table, services, self.redirects))
+        script = self._render(services)
+        if script:
+            _nft(self.netns, script)
         else:
             _nft(self.netns, f"table ip {self.table}\ndelete table ip {self.table}\n")
         self.services = services
@@ -170,6 +227,20 @@ class NftablesBackend(LoadBalancer):
 
     def ruleset(self) -> str:
         return nsutil.run(self.netns, ["nft", "list", "table", "ip", self.table]).stdout
+
+
+class TaskNftables(NftablesBackend):
+    """A task namespace's VIPs and resolver redirect (see render_task_nftables)."""
+
+    def __init__(self, netns: Optional[str], table: str = "shoal",
+                 redirects: tuple[tuple[str, int, int], ...] = ()) -> None:
+        super().__init__(netns, table)
+        self.redirects = tuple(redirects)
+
+    def _render(self, services: dict[Frontend, list[Backend]]) -> Optional[str]:
+        if services and any(fe.ingress for fe in services):
+            raise LBError("a task namespace balances VIPs only, not published ports")
+        return render_task_nftables(self.table, services, self.redirects)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,14 +1,15 @@
 """This node's part of the overlay networks, driven by the network state in its assignments.
 
 Per network with a local task (and the ingress network while any service publishes a port):
-an overlay namespace (bridge + VXLAN, see overlay.py) whose static FDB and neighbour entries are
-exactly the cluster's endpoints on it. Per task on a network: its own namespace with one veth per
-network (eth0, eth1, ... in the order the allocator gave), a DNS responder on 127.0.0.11 inside
-it that knows the services of the task's networks, and the service VIPs load-balanced by
-nftables in that namespace (DNAT on output, so replies come back through the same conntrack).
+an overlay namespace (a VXLAN device, see overlay.py) whose static FDB and neighbour entries are
+exactly the cluster's endpoints on it. Per task on a network: its own namespace with one
+interface per network (eth0, eth1, ... in the order the allocator gave), a DNS responder on
+127.0.0.11 inside it that knows the services of the task's networks, and the service VIPs
+load-balanced by nftables in that namespace (DNAT on output; only VIP connections are tracked,
+see lb.render_task_nftables).
 
-The ingress routing mesh: the node itself gets an address on the ingress network (a veth from
-the node's namespace into the ingress bridge) and a load balancer in the node's namespace that
+The ingress routing mesh: the node itself gets an address on the ingress network (an interface
+of the ingress overlay in the node's namespace) and a load balancer in the node's namespace that
 sends every published port to the tasks' ingress addresses, wherever they run, masquerading so
 that replies return through this node.
 
@@ -33,7 +34,7 @@ from common import errors
 from common.model import Task
 from worker.network import nsutil
 from worker.network.dns import DnsServer, ServiceTable, upstreams_from_resolv_conf
-from worker.network.lb import Backend, Frontend, LoadBalancer, NftablesBackend, make_lb
+from worker.network.lb import Backend, Frontend, LoadBalancer, TaskNftables, make_lb
 from worker.network.overlay import OverlayNetwork, Peer
 
 log = logging.getLogger("shoal.network")
@@ -56,7 +57,7 @@ class TaskNetworking:
     host_ports: list[tuple[str, int, int]] = field(default_factory=list)  # proto, published, target
     gw_ip: str = ""
     dns: Optional[DnsServer] = None
-    lb: Optional[NftablesBackend] = None
+    lb: Optional[TaskNftables] = None
     vips: dict[Frontend, list[Backend]] = field(default_factory=dict)
 
 
@@ -215,7 +216,7 @@ class NodeNetworks:
                                        upstreams=upstreams_from_resolv_conf())
                     await tn.dns.start()
                 if tn.lb is None:
-                    tn.lb = NftablesBackend(netns, redirects=((DNS_ADDRESS, 53, tn.dns.bound[1]),))
+                    tn.lb = TaskNftables(netns, redirects=((DNS_ADDRESS, 53, tn.dns.bound[1]),))
                     await self._call(tn.lb.replace_all, {}, True)
                 self.tasks[task.id] = tn
                 await self._sync_task(tn)

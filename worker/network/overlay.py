@@ -3,13 +3,23 @@
 Layout (per network, per node)::
 
     node namespace (underlay)          overlay namespace <netns_dir>/<prefix>-ov<vni>
-      eth0 192.168.x.y  <-- UDP 4789 --   vxlan0 (VNI, learning off, proxy) -+
-                                          br0 (no address)  <----------------+
-                                            ve<hash>  <-- veth -->  task namespace: eth0
+      eth0 192.168.x.y  <-- UDP 4789 --   vxlan0 (VNI, learning off, proxy)
+                                            |  macvlan children, mode bridge
+                                            +-- task namespace: eth0 (the task's MAC and address)
+                                            +-- task namespace: eth0 ...
 
 The vxlan device is created in the node's namespace and then moved: a vxlan device keeps the
 namespace it was created in for its UDP socket, so encapsulated traffic uses the node's underlay
 while the device itself is only reachable from the overlay namespace.
+
+A task's interface is a macvlan of vxlan0, moved into the task's namespace, not a veth on a
+bridge (Docker's layout, and shoal's before): a veth hands every frame to the backlog queue of
+the other side and a bridge adds its own forwarding step, and the two cost a single TCP stream
+about a tenth of its throughput here (bench/network_bench.py). A macvlan transmits straight into
+vxlan0, and vxlan0 delivers a decapsulated frame straight to the macvlan owning its destination
+MAC. Macvlans of one vxlan0 in bridge mode reach each other directly, which is how two tasks of
+one node talk. An overlay namespace made by an older shoal (a bridge br0 with veths) keeps that
+layout for as long as a task hangs on it, and is rebuilt the new way once none does.
 
 Remote endpoints come from the dispatcher's peer table, never from flooding or learning:
  - one static FDB entry per remote MAC on vxlan0 (dst = the remote node's underlay address), and
@@ -33,10 +43,8 @@ from worker.network import nsutil
 
 VXLAN_PORT = 4789
 VXLAN_OVERHEAD = 50          # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
-BRIDGE = "br0"
 VXLAN = "vxlan0"
-AF_BRIDGE = 7
-
+LEGACY_BRIDGE = "br0"        # the layout of shoal <= 0.1: see the module's docstring
 
 
 class OverlayError(Exception):
@@ -56,7 +64,6 @@ class Attachment:
     task_id: str
     netns_path: str
     ifname: str
-    host_ifname: str
     created_netns: bool
 
 
@@ -106,7 +113,14 @@ class OverlayNetwork:
         return os.path.join(self.netns_dir, task_id)
 
     def _host_ifname(self, task_id: str) -> str:
+        # a macvlan's name until it reaches its namespace; a legacy veth's overlay side
         return f"ve{_short(task_id, n=12)}"     # 14 chars: IFNAMSIZ is 16 with the NUL
+
+    @property
+    def _alias(self) -> str:
+        # marks this network's interfaces in task namespaces, so a detach after an agent
+        # restart (no Attachment record) still finds the right one
+        return f"shoal-ov{self.vni}"
 
     # -- underlay --
     def underlay_mtu(self) -> int:
@@ -135,18 +149,20 @@ class OverlayNetwork:
         mtu = self.mtu
         nsutil.create(self.netns_path)
         with nsutil.ipr(self.netns_path) as ov:
-            br = _first(ov, ifname=BRIDGE)
-            if br is None:
-                ov.link("add", ifname=BRIDGE, kind="bridge")
-                br = _first(ov, ifname=BRIDGE)
-            ov.link("set", index=br, mtu=mtu, state="up")
+            br = _first(ov, ifname=LEGACY_BRIDGE)
+            if br is not None and not [l for l in ov.get_links()
+                                       if l.get_attr("IFLA_MASTER") == br
+                                       and l.get_attr("IFLA_IFNAME") != VXLAN]:
+                ov.link("del", index=br)        # no task on the old layout: convert
+                br = None
             has_vxlan = _first(ov, ifname=VXLAN) is not None
         if not has_vxlan:
             self._create_vxlan(mtu)
         with nsutil.ipr(self.netns_path) as ov:
             vx = _first(ov, ifname=VXLAN)
-            ov.link("set", index=vx, mtu=mtu, master=br)
-            ov.link("set", index=vx, state="up")
+            if br is not None:
+                ov.link("set", index=vx, master=br)
+            ov.link("set", index=vx, mtu=mtu, state="up")
         return self.netns_path
 
     def _create_vxlan(self, mtu: int) -> None:
@@ -184,45 +200,59 @@ class OverlayNetwork:
         path = netns_path or self.task_netns_path(task_id)
         created = not nsutil.exists(path)
         nsutil.create(path)
-        host_if = self._host_ifname(task_id)
-        mtu = self.mtu
         try:
-            with nsutil.ipr(self.netns_path) as ov:
-                br = _first(ov, ifname=BRIDGE)
-                if br is None:
-                    raise OverlayError(f"overlay {self.netns_path} has no {BRIDGE}: call ensure()")
-                old = _first(ov, ifname=host_if)
+            with nsutil.ipr(path) as tk:
+                old = _first(tk, ifname=ifname)
                 if old is not None:     # re-attach after a crash: start from scratch
-                    ov.link("del", index=old)
-                with nsutil.ipr(path) as tk:
-                    old = _first(tk, ifname=ifname)
-                    if old is not None:
-                        tk.link("del", index=old)
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    ov.link("add", ifname=host_if, kind="veth", mtu=mtu,
-                            peer={"ifname": ifname, "net_ns_fd": fd, "mtu": mtu})
-                finally:
-                    os.close(fd)
-                hidx = _first(ov, ifname=host_if)
-                ov.link("set", index=hidx, master=br)
-                ov.link("set", index=hidx, state="up")
+                    tk.link("del", index=old)
+            self._plug(self._host_ifname(task_id), path, ifname)
             with nsutil.ipr(path) as tk:
                 idx = _first(tk, ifname=ifname)
-                tk.link("set", index=idx, address=mac, mtu=mtu)
+                tk.link("set", index=idx, address=mac, mtu=self.mtu, ifalias=self._alias)
                 tk.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
                 tk.link("set", index=idx, state="up")
         except BaseException:
-            self._drop(task_id, path, host_if, created)
+            self._drop(task_id, path, created)
             raise
-        self.attachments[task_id] = Attachment(task_id, path, ifname, host_if, created)
+        self.attachments[task_id] = Attachment(task_id, path, ifname, created)
         return path
 
+    def _plug(self, tmp_name: str, target_netns: Optional[str], ifname: str) -> None:
+        """Create an interface on this network in ``target_netns`` (None: the node's own), named
+        ``ifname`` there: a macvlan of vxlan0, or a veth into the bridge of an old layout."""
+        mtu = self.mtu
+        with nsutil.ipr(self.netns_path) as ov:
+            vx = _first(ov, ifname=VXLAN)
+            if vx is None:
+                raise OverlayError(f"overlay {self.netns_path} has no {VXLAN}: call ensure()")
+            old = _first(ov, ifname=tmp_name)
+            if old is not None:         # a crash between create and move, or a legacy veth
+                ov.link("del", index=old)
+            fd = os.open(target_netns or self._own_netns(), os.O_RDONLY)
+            try:
+                br = _first(ov, ifname=LEGACY_BRIDGE)
+                if br is not None:
+                    ov.link("add", ifname=tmp_name, kind="veth", mtu=mtu,
+                            peer={"ifname": ifname, "net_ns_fd": fd, "mtu": mtu})
+                    idx = _first(ov, ifname=tmp_name)
+                    ov.link("set", index=idx, master=br)
+                    ov.link("set", index=idx, state="up")
+                    return
+                ov.link("add", ifname=tmp_name, kind="macvlan", link=vx, macvlan_mode="bridge",
+                        mtu=mtu)
+                ov.link("set", index=_first(ov, ifname=tmp_name), net_ns_fd=fd)
+            finally:
+                os.close(fd)
+        with nsutil.ipr(target_netns) as tk:
+            tk.link("set", index=_first(tk, ifname=tmp_name), ifname=ifname)
+
+    def _own_netns(self) -> str:
+        return self.node_netns or f"/proc/{os.getpid()}/ns/net"
+
     def attach_node(self, ip_cidr: str, mac: str, ifname: str) -> None:
-        """Give the node itself an address on this network (idempotent): a veth from the
-        bridge into the node's namespace. The routing mesh forwards published ports from it."""
+        """Give the node itself an address on this network (idempotent): an interface of this
+        network in the node's namespace. The routing mesh forwards published ports from it."""
         iface = ipaddress.ip_interface(ip_cidr)
-        host_if = self._host_ifname(f"node:{self.vni}")
         with nsutil.ipr(self.node_netns) as node:
             idx = _first(node, ifname=ifname)
             if idx is not None:
@@ -231,26 +261,10 @@ class OverlayNetwork:
                 if have == {str(iface.ip)}:
                     return
                 node.link("del", index=idx)
-        mtu = self.mtu
-        with nsutil.ipr(self.netns_path) as ov:
-            br = _first(ov, ifname=BRIDGE)
-            if br is None:
-                raise OverlayError(f"overlay {self.netns_path} has no {BRIDGE}: call ensure()")
-            old = _first(ov, ifname=host_if)
-            if old is not None:
-                ov.link("del", index=old)
-            fd = os.open(self.node_netns or f"/proc/{os.getpid()}/ns/net", os.O_RDONLY)
-            try:
-                ov.link("add", ifname=host_if, kind="veth", mtu=mtu,
-                        peer={"ifname": ifname, "net_ns_fd": fd, "mtu": mtu})
-            finally:
-                os.close(fd)
-            hidx = _first(ov, ifname=host_if)
-            ov.link("set", index=hidx, master=br)
-            ov.link("set", index=hidx, state="up")
+        self._plug(self._host_ifname(f"node:{self.vni}"), self.node_netns, ifname)
         with nsutil.ipr(self.node_netns) as node:
             idx = _first(node, ifname=ifname)
-            node.link("set", index=idx, address=mac, mtu=mtu)
+            node.link("set", index=idx, address=mac, mtu=self.mtu, ifalias=self._alias)
             node.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
             node.link("set", index=idx, state="up")
 
@@ -258,18 +272,22 @@ class OverlayNetwork:
         """Remove the task's interface; its namespace too once nothing else is in it."""
         att = self.attachments.pop(task_id, None)
         path = att.netns_path if att else self.task_netns_path(task_id)
-        self._drop(task_id, path, self._host_ifname(task_id), att.created_netns if att else True)
+        self._drop(task_id, path, att.created_netns if att else True)
 
-    def _drop(self, task_id: str, path: str, host_if: str, created: bool) -> None:
+    def _drop(self, task_id: str, path: str, created: bool) -> None:
         if nsutil.exists(self.netns_path):
             with nsutil.ipr(self.netns_path) as ov:
-                idx = _first(ov, ifname=host_if)
+                # a legacy veth (takes its peer with it), or a macvlan never moved
+                idx = _first(ov, ifname=self._host_ifname(task_id))
                 if idx is not None:
-                    ov.link("del", index=idx)   # takes the peer in the task namespace with it
-        if created and nsutil.exists(path):
+                    ov.link("del", index=idx)
+        if nsutil.exists(path):
             with nsutil.ipr(path) as tk:
+                for link in tk.get_links():
+                    if link.get_attr("IFLA_IFALIAS") == self._alias:
+                        tk.link("del", index=link["index"])
                 others = [l for l in tk.get_links() if l.get_attr("IFLA_IFNAME") != "lo"]
-            if not others:
+            if created and not others:
                 nsutil.remove(path)
 
     def set_peers(self, peers: list[Peer]) -> None:
@@ -328,7 +346,7 @@ class OverlayNetwork:
             # delete devices explicitly: namespace teardown is asynchronous in the kernel and the
             # vxlan UDP socket (in the node namespace) should be gone when we return
             with nsutil.ipr(self.netns_path) as ov:
-                for name in (VXLAN, BRIDGE):
+                for name in (VXLAN, LEGACY_BRIDGE):    # vxlan0 takes its macvlans with it
                     idx = _first(ov, ifname=name)
                     if idx is not None:
                         ov.link("del", index=idx)
