@@ -221,6 +221,7 @@ class OverlayNetwork:
         """Create an interface on this network in ``target_netns`` (None: the node's own), named
         ``ifname`` there: a macvlan of vxlan0, or a veth into the bridge of an old layout."""
         mtu = self.mtu
+        self._clear_target(tmp_name, target_netns)
         with nsutil.ipr(self.netns_path) as ov:
             vx = _first(ov, ifname=VXLAN)
             if vx is None:
@@ -245,6 +246,12 @@ class OverlayNetwork:
                 os.close(fd)
         with nsutil.ipr(target_netns) as tk:
             tk.link("set", index=_first(tk, ifname=tmp_name), ifname=ifname)
+
+    def _clear_target(self, tmp_name: str, target_netns: Optional[str]) -> None:
+        with nsutil.ipr(target_netns) as tk:
+            old = _first(tk, ifname=tmp_name)     # a crash between the move and the rename
+            if old is not None:
+                tk.link("del", index=old)
 
     def _own_netns(self) -> str:
         return self.node_netns or f"/proc/{os.getpid()}/ns/net"
