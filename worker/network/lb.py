@@ -141,45 +141,22 @@ def render_nftables(table: str, services: dict[Frontend, list[Backend]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# Source ports of a task's connections to service VIPs. Linux hands out ephemeral ports from
-# 32768-60999, so a packet arriving for a port in this range is, in practice, a reply on a VIP
-# connection, and one for any other port is not.
-VIP_SOURCE_PORTS = (61000, 65535)
-
-
 def render_task_nftables(table: str, services: dict[Frontend, list[Backend]],
                          redirects: tuple[tuple[str, int, int], ...] = ()) -> str:
-    """A task namespace's table: its networks' service VIPs, balanced on output, and
-    ``redirects`` (ip, udp port, local port): local datagrams to ip:port go to the local port
-    instead (the resolver at 127.0.0.11:53 really listens elsewhere, so that a task may run its
-    own DNS server on port 53).
+    """A task namespace's table: its networks' service VIPs, balanced for the task's own
+    connections, and ``redirects`` (ip, udp port, local port): local datagrams to ip:port go to
+    the local port instead (the resolver at 127.0.0.11:53 really listens elsewhere, so that a
+    task may run its own DNS server on port 53).
 
-    Only connections that need NAT are tracked. Conntrack on every packet of a task costs a
-    single TCP stream about a tenth of its throughput over the overlay, and NAT needs it only
-    for VIP connections (whose replies come from a backend and must be rewritten back to the
-    VIP), the resolver redirect (on lo) and ICMP (errors about a VIP connection). Outgoing, a
-    VIP connection is known by its destination. A reply looks like any other packet from the
-    backend, so VIP connections get their source port from VIP_SOURCE_PORTS, and an incoming
-    packet is tracked when its destination port is in that range. Everything else, above all
-    traffic to and from task addresses, passes untracked. A task that listens on a port in the
-    range still works: its connections are merely tracked."""
-    vips = sorted({fe.ip for fe in services if fe.ip})
-    low, high = VIP_SOURCE_PORTS
-    elements = f"elements = {{ {', '.join(vips)} }}; " if vips else ""
+    Only the output hook: nothing is routed through a task and nothing in it is published, so
+    the node's prerouting and masquerading chains would be NAT hooks every packet of the task
+    passes for nothing."""
     lines = [
         *_replace_table(table),
         f"table ip {table} {{",
-        f"  set vips {{ type ipv4_addr; {elements}}}",
-        "  chain raw_output { type filter hook output priority raw; policy accept; "
-        'oif "lo" return; ip daddr @vips return; meta l4proto icmp return; notrack; }',
-        "  chain raw_prerouting { type filter hook prerouting priority raw; policy accept; "
-        'iif "lo" return; meta l4proto icmp return; '
-        f"meta l4proto {{ tcp, udp }} th dport {low}-{high} return; notrack; }}",
         "  chain output { type nat hook output priority -100; policy accept; "
         + "".join(f"ip daddr {ip} udp dport {port} dnat to {ip}:{to}; " for ip, port, to in redirects)
         + "jump services; }",
-        "  chain postrouting { type nat hook postrouting priority srcnat; policy accept; "
-        f'oif "lo" return; ct status dnat meta l4proto {{ tcp, udp }} masquerade to :{low}-{high}; }}',
         "  chain services {",
         *_service_rules(services),
         "  }",

@@ -13,11 +13,11 @@ namespace it was created in for its UDP socket, so encapsulated traffic uses the
 while the device itself is only reachable from the overlay namespace.
 
 A task's interface is a macvlan of vxlan0, moved into the task's namespace, not a veth on a
-bridge (Docker's layout, and shoal's before): a veth hands every frame to the backlog queue of
-the other side and a bridge adds its own forwarding step, and the two cost a single TCP stream
-about a tenth of its throughput here (bench/network_bench.py). A macvlan transmits straight into
+bridge (Docker's layout, and shoal 0.1's): a veth hands every frame to the backlog queue of the
+other side and a bridge adds a forwarding step of its own. A macvlan transmits straight into
 vxlan0, and vxlan0 delivers a decapsulated frame straight to the macvlan owning its destination
-MAC. Macvlans of one vxlan0 in bridge mode reach each other directly, which is how two tasks of
+MAC. One TCP stream between tasks on two nodes gains about a seventh
+(bench/overlay_layout_bench.py). Macvlans of one vxlan0 in bridge mode reach each other directly, which is how two tasks of
 one node talk. An overlay namespace made by an older shoal (a bridge br0 with veths) keeps that
 layout for as long as a task hangs on it, and is rebuilt the new way once none does.
 
