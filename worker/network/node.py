@@ -5,8 +5,8 @@ an overlay namespace (a VXLAN device, see overlay.py) whose static FDB and neigh
 exactly the cluster's endpoints on it. Per task on a network: its own namespace with one
 interface per network (eth0, eth1, ... in the order the allocator gave), a DNS responder on
 127.0.0.11 inside it that knows the services of the task's networks, and the service VIPs
-load-balanced by nftables in that namespace (DNAT on output; only VIP connections are tracked,
-see lb.render_task_nftables).
+load-balanced by nftables in that namespace (DNAT on output, so replies come back through the
+same conntrack).
 
 The ingress routing mesh: the node itself gets an address on the ingress network (an interface
 of the ingress overlay in the node's namespace) and a load balancer in the node's namespace that
