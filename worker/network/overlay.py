@@ -19,7 +19,8 @@ vxlan0, and vxlan0 delivers a decapsulated frame straight to the macvlan owning 
 MAC. One TCP stream between tasks on two nodes gains about a seventh
 (bench/overlay_layout_bench.py). Macvlans of one vxlan0 in bridge mode reach each other directly, which is how two tasks of
 one node talk. An overlay namespace made by an older shoal (a bridge br0 with veths) keeps that
-layout for as long as a task hangs on it, and is rebuilt the new way once none does.
+layout for as long as anything hangs on it (a task, or the node's own ingress address), and is
+rebuilt the new way once nothing does.
 
 Remote endpoints come from the dispatcher's peer table, never from flooding or learning:
  - one static FDB entry per remote MAC on vxlan0 (dst = the remote node's underlay address), and
