@@ -14,7 +14,7 @@ import pytest
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
 
 from worker.network import nsutil  # noqa: E402
-from worker.network.overlay import OverlayError, OverlayNetwork, Peer  # noqa: E402
+from worker.network.overlay import OverlayError, OverlayNetwork, Peer, vxlan_notrack  # noqa: E402
 
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 VNI = 4242
@@ -218,3 +218,40 @@ def test_an_older_bridge_layout_serves_its_tasks_until_they_are_gone(two_hosts):
         nsutil.remove(old_task)
     assert not os.path.exists(net.netns_path)
     assert _links(hosts["a"]) == {"lo", "eth0"}
+
+
+def test_vxlan_datagrams_bypass_the_nodes_conntrack(two_hosts):
+    """A node with NAT tables (one that publishes a port) tracks every packet in its namespace;
+    the overlay's encapsulated traffic is exempt, and the exemption goes with the last overlay."""
+    hosts, tmp = two_hosts
+    nets = {
+        name: OverlayNetwork(f"shlt{name}", VNI, "10.10.0.0/24", f"192.168.250.{i}",
+                             netns_dir=str(tmp / name / "netns"), node_netns=hosts[name])
+        for i, name in ((1, "a"), (2, "b"))}
+    tracked = lambda: nsutil.run(hosts["a"], ["cat", "/proc/net/nf_conntrack"]).stdout  # noqa: E731
+    try:
+        # a NAT rule (an empty NAT chain does not) makes the kernel track the namespace
+        nat = ("table ip natdemo {\n  chain out { type nat hook output priority -100; "
+               "policy accept; ip daddr 192.0.2.1 dnat to 192.0.2.2; }\n}\n")
+        assert nsutil.run(hosts["a"], ["nft", "-f", "-"], input=nat).returncode == 0
+        for name, mac, ip in (("a", MAC_A, "10.10.0.2"), ("b", MAC_B, "10.10.0.3")):
+            nets[name].ensure()
+            nets[name].attach(f"task{name}", f"{ip}/24", mac)
+            vxlan_notrack(hosts[name], True)
+        peers = [Peer(MAC_A, "10.10.0.2", "192.168.250.1"), Peer(MAC_B, "10.10.0.3", "192.168.250.2")]
+        for net in nets.values():
+            net.set_peers(peers)
+        r = _ping(nets["a"].task_netns_path("taska"), "10.10.0.3")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "dport=4789" not in tracked(), tracked()
+
+        vxlan_notrack(hosts["a"], False)
+        vxlan_notrack(hosts["a"], False)        # idempotent
+        assert _ping(nets["a"].task_netns_path("taska"), "10.10.0.3").returncode == 0
+        assert "dport=4789" in tracked()        # the exemption, not the kernel, kept it out
+    finally:
+        for name, net in nets.items():
+            net.remove()
+            vxlan_notrack(hosts[name], False)
+        nsutil.run(hosts["a"], ["nft", "delete", "table", "ip", "natdemo"])
+    assert nsutil.run(hosts["a"], ["nft", "list", "tables"]).stdout.strip() == ""

@@ -35,7 +35,7 @@ from common.model import Task
 from worker.network import nsutil
 from worker.network.dns import DnsServer, ServiceTable, upstreams_from_resolv_conf
 from worker.network.lb import Backend, Frontend, LoadBalancer, TaskNftables, make_lb
-from worker.network.overlay import OverlayNetwork, Peer
+from worker.network.overlay import OverlayNetwork, Peer, vxlan_notrack
 
 log = logging.getLogger("shoal.network")
 
@@ -124,6 +124,8 @@ class NodeNetworks:
             ov = OverlayNetwork(name_prefix=self.prefix, vni=view["vni"], subnet=view["subnet"],
                                 underlay_ip=self.underlay_ip, netns_dir=self.netns_dir)
             await self._call(ov.ensure)
+            if not self.overlays:
+                await self._call(vxlan_notrack, None, True)
             self.overlays[view["id"]] = ov
         return ov
 
@@ -133,6 +135,8 @@ class NodeNetworks:
             ov = self.overlays.pop(net_id)
             log.info("removing overlay VNI %s from this node", ov.vni)
             await self._call(ov.remove)
+            if not self.overlays:
+                await self._call(vxlan_notrack, None, False)
         if not self._gc_done:
             # Overlays left by an earlier run whose network is gone meanwhile.
             self._gc_done = True
@@ -145,6 +149,8 @@ class NodeNetworks:
                                            underlay_ip=self.underlay_ip, netns_dir=self.netns_dir)
                     log.info("removing stale overlay VNI %s", vni)
                     await self._call(stale.remove)
+            if not self.overlays:       # an earlier run's, with its last network gone
+                await self._call(vxlan_notrack, None, False)
 
     # ---- the routing mesh -------------------------------------------------------------------
     async def _sync_ingress(self) -> None:
