@@ -17,6 +17,7 @@ from common.fsutil import read_json, write_json, write_private, write_atomic
 
 RAFT_PORT = 2378
 API_PORT = 2377
+VXLAN_PORT = 4789
 
 
 @dataclass

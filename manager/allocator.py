@@ -20,10 +20,16 @@ from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
 from common import errors
+from common.nodestate import API_PORT, RAFT_PORT, VXLAN_PORT
 from common.model import (TASK_TERMINAL_STATES, Network, NetworkAttachment, NetworkingConfig,
                           NetworkSpec, Node, PortConfig, Service, ServiceSpec, Task,
                           VirtualIP)
 from manager.store import Event, Store
+
+# What the nodes themselves listen on. A published port would take this traffic from them (the
+# routing mesh answers on every node), so publishing one is refused.
+CLUSTER_PORTS = {("tcp", API_PORT): "the cluster API", ("tcp", RAFT_PORT): "raft",
+                 ("udp", VXLAN_PORT): "the overlay networks (VXLAN)"}
 
 INGRESS_NAME = "ingress"
 INGRESS_SUBNET = "10.0.0.0/24"          # docker's default, so operators find what they know
@@ -258,6 +264,11 @@ class Allocator:
         claimed: dict[tuple[str, int], str] = {}
         for spec_port in svc.spec.endpoint_spec.ports:
             p = PortConfig(**vars(spec_port))
+            used_for = CLUSTER_PORTS.get((p.protocol, p.published_port))
+            if used_for:
+                raise errors.InvalidArgument(
+                    f"port {p.published_port}/{p.protocol} carries {used_for} between the "
+                    "nodes and cannot be published: pick another published port", field="publish")
             if p.publish_mode == "ingress":
                 if not p.published_port:
                     p.published_port = old_ports.get((p.protocol, p.target_port)) or \

@@ -64,6 +64,17 @@ def test_vips_ports_and_task_addresses():
         alloc.allocate_service(_service("lost", ["nope"]))
     with pytest.raises(errors.InvalidArgument, match="ingress network"):
         alloc.allocate_service(_service("sneaky", ["ingress"]))
+    # the nodes' own ports: the mesh would take the cluster's traffic from every node
+    for port, proto, what in ((4789, "udp", "VXLAN"), (2377, "tcp", "cluster API"),
+                              (2378, "tcp", "raft")):
+        hijack = _service("hijack", [], [{"target_port": 80, "published_port": port,
+                                          "protocol": proto}])
+        with pytest.raises(errors.InvalidArgument, match=f"{port}/{proto} carries .*{what}"):
+            alloc.allocate_service(hijack)
+    host_mode = _service("h", [], [{"target_port": 80, "published_port": 2377,
+                                    "publish_mode": "host"}])
+    with pytest.raises(errors.InvalidArgument, match="pick another published port"):
+        alloc.allocate_service(host_mode)
 
     t1 = Task(id="t1", service_id=web.id)
     alloc.allocate_task(t1, web)

@@ -17,8 +17,8 @@ bridge (Docker's layout, and shoal 0.1's): a veth hands every frame to the backl
 other side and a bridge adds a forwarding step of its own. A macvlan transmits straight into
 vxlan0, and vxlan0 delivers a decapsulated frame straight to the macvlan owning its destination
 MAC. One TCP stream between tasks on two nodes gains about a seventh
-(bench/overlay_layout_bench.py). Macvlans of one vxlan0 in bridge mode reach each other directly, which is how two tasks of
-one node talk. An overlay namespace made by an older shoal (a bridge br0 with veths) keeps that
+(bench/overlay_layout_bench.py). Macvlans of one vxlan0 in bridge mode reach each other
+directly, which is how two tasks of one node talk. An overlay namespace made by an older shoal (a bridge br0 with veths) keeps that
 layout for as long as anything hangs on it (a task, or the node's own ingress address), and is
 rebuilt the new way once nothing does.
 
@@ -40,9 +40,9 @@ from typing import Optional
 
 from pyroute2.netlink.rtnl.ndmsg import NTF_SELF, NUD_NOARP, NUD_PERMANENT
 
+from common.nodestate import VXLAN_PORT
 from worker.network import nsutil
 
-VXLAN_PORT = 4789
 VXLAN_OVERHEAD = 50          # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 VXLAN = "vxlan0"
 LEGACY_BRIDGE = "br0"        # the layout of shoal <= 0.1: see the module's docstring
