@@ -62,15 +62,6 @@ def sh(ns: str, *argv: str) -> None:
         raise RuntimeError(f"{' '.join(argv)} in {ns}: {r.stderr.strip()}")
 
 
-def veth(a: str, aname: str, b: str, bname: str) -> None:
-    fd = os.open(b, os.O_RDONLY)
-    try:
-        with nsutil.ipr(a) as ip:
-            ip.link("add", ifname=aname, kind="veth", peer={"ifname": bname, "net_ns_fd": fd})
-    finally:
-        os.close(fd)
-
-
 def build(tmp: Path, nets: list[OverlayNetwork]) -> dict[str, tuple[str, str, str]]:
     """Namespaces for every path (the overlays are added to ``nets`` as they are made);
     returns name -> (sender ns, receiver ns, receiver address)."""
@@ -81,7 +72,7 @@ def build(tmp: Path, nets: list[OverlayNetwork]) -> dict[str, tuple[str, str, st
     sh(switch, "ip", "link", "add", "br0", "type", "bridge")
     sh(switch, "ip", "link", "set", "br0", "up")
     for i, h in hosts.items():
-        veth(h, "eth0", switch, f"v{i}")
+        nsutil.veth(h, "eth0", switch, f"v{i}")
         sh(switch, "ip", "link", "set", f"v{i}", "master", "br0", "up")
         sh(h, "ip", "addr", "add", f"192.168.250.{i}/24", "dev", "eth0")
         sh(h, "ip", "link", "set", "eth0", "up")

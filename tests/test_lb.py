@@ -37,16 +37,6 @@ VIP = Frontend("tcp", "10.99.0.10", 80)
 INGRESS = Frontend("tcp", None, 8080)
 
 
-def _veth(a: str, aname: str, b: str, bname: str) -> None:
-    from worker.network import nsutil
-    fd = os.open(b, os.O_RDONLY)
-    try:
-        with nsutil.ipr(a) as ip:
-            ip.link("add", ifname=aname, kind="veth", peer={"ifname": bname, "net_ns_fd": fd})
-    finally:
-        os.close(fd)
-
-
 def _addr(ns: str, ifname: str, *addrs: str) -> None:
     from worker.network import nsutil
     with nsutil.ipr(ns) as ip:
@@ -70,8 +60,8 @@ def lab(tmp_path):
     try:
         for p in ns.values():
             nsutil.create(p)
-        _veth(ns["cli"], "eth0", ns["node"], "c0")
-        _veth(ns["srv"], "eth0", ns["node"], "s0")
+        nsutil.veth(ns["cli"], "eth0", ns["node"], "c0")
+        nsutil.veth(ns["srv"], "eth0", ns["node"], "s0")
         _addr(ns["cli"], "eth0", "10.97.0.2")
         _addr(ns["node"], "c0", "10.97.0.1")
         _addr(ns["node"], "s0", "10.98.0.1")

@@ -39,12 +39,7 @@ def two_hosts(tmp_path):
     try:
         for path in hosts.values():
             nsutil.create(path)
-        fd = os.open(hosts["b"], os.O_RDONLY)
-        try:
-            with nsutil.ipr(hosts["a"]) as ip:
-                ip.link("add", ifname="eth0", kind="veth", peer={"ifname": "eth0", "net_ns_fd": fd})
-        finally:
-            os.close(fd)
+        nsutil.veth(hosts["a"], "eth0", hosts["b"], "eth0")
         for name, addr in (("a", "192.168.250.1"), ("b", "192.168.250.2")):
             with nsutil.ipr(hosts[name]) as ip:
                 idx = ip.link_lookup(ifname="eth0")[0]

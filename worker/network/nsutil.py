@@ -98,6 +98,17 @@ def ipr(path: Optional[str]) -> IPRoute:
     return IPRoute(netns=path, flags=0)
 
 
+def veth(path: Optional[str], name: str, peer_path: str, peer_name: str) -> None:
+    """A veth pair: ``name`` in ``path`` (None: the caller's namespace), ``peer_name`` in
+    ``peer_path``. Both ends are left down."""
+    fd = os.open(peer_path, os.O_RDONLY)
+    try:
+        with ipr(path) as ip:
+            ip.link("add", ifname=name, kind="veth", peer={"ifname": peer_name, "net_ns_fd": fd})
+    finally:
+        os.close(fd)
+
+
 def nsenter_argv(path: Optional[str], argv: list[str]) -> list[str]:
     """argv that runs ``argv`` inside the namespace (network namespace only)."""
     if path is None:
