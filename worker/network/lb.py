@@ -82,9 +82,7 @@ class LoadBalancer(ABC):
 # nftables
 
 def _nft(netns: Optional[str], script: str) -> None:
-    r = nsutil.run(netns, ["nft", "-f", "-"], input=script)
-    if r.returncode != 0:
-        raise LBError(f"nft failed ({r.returncode}): {r.stderr.strip()}\n--- script ---\n{script}")
+    nsutil.nft(netns, script, LBError)
 
 
 def _service_rules(services: dict[Frontend, list[Backend]]) -> list[str]:
@@ -115,16 +113,11 @@ def _service_rules(services: dict[Frontend, list[Backend]]) -> list[str]:
     return lines
 
 
-def _replace_table(table: str) -> list[str]:
-    # create-then-delete makes the delete valid whether or not the table exists
-    return [f"table ip {table}", f"delete table ip {table}"]
-
-
 def render_nftables(table: str, services: dict[Frontend, list[Backend]]) -> str:
     """A node's table (VIPs and the routing mesh's published ports) for the given services, as
     one transaction replacing the previous one."""
     lines = [
-        *_replace_table(table),
+        *nsutil.nft_reset(table).splitlines(),
         f"table ip {table} {{",
         # prerouting: clients in other namespaces/nodes; output: clients on this one
         "  chain prerouting { type nat hook prerouting priority dstnat; policy accept; "
@@ -152,7 +145,7 @@ def render_task_nftables(table: str, services: dict[Frontend, list[Backend]],
     the node's prerouting and masquerading chains would be NAT hooks every packet of the task
     passes for nothing."""
     lines = [
-        *_replace_table(table),
+        *nsutil.nft_reset(table).splitlines(),
         f"table ip {table} {{",
         "  chain output { type nat hook output priority -100; policy accept; "
         + "".join(f"ip daddr {ip} udp dport {port} dnat to {ip}:{to}; " for ip, port, to in redirects)
@@ -181,7 +174,7 @@ class NftablesBackend(LoadBalancer):
         if script:
             _nft(self.netns, script)
         else:
-            _nft(self.netns, f"table ip {self.table}\ndelete table ip {self.table}\n")
+            _nft(self.netns, nsutil.nft_reset(self.table))
         self.services = services
 
     def ensure_service(self, frontend: Frontend, backends: list[Backend]) -> None:
@@ -283,7 +276,7 @@ def dest_spec(backend: Backend, weight: int = 1) -> dict:
 
 def render_ipvs_marks(table: str, frontends: list[Frontend]) -> str:
     """nftables side of IPVS published ports: fwmark them for IPVS, masquerade the result."""
-    lines = [f"table ip {table}", f"delete table ip {table}", f"table ip {table} {{",
+    lines = [*nsutil.nft_reset(table).splitlines(), f"table ip {table} {{",
              "  chain mark_pre { type filter hook prerouting priority mangle; policy accept; "
              "jump ingress_mark; }",
              "  chain mark_out { type route hook output priority mangle; policy accept; "
@@ -377,7 +370,7 @@ class IpvsBackend(LoadBalancer):
     def flush(self) -> None:
         for fe in list(self.frontends):
             self.remove_service(fe)
-        _nft(self.netns, f"table ip {self.table}\ndelete table ip {self.table}\n")
+        _nft(self.netns, nsutil.nft_reset(self.table))
 
     def _apply_marks(self) -> None:
         # IPVS skips netfilter's conntrack unless told otherwise, and then the masquerade rule
@@ -387,7 +380,7 @@ class IpvsBackend(LoadBalancer):
         if ingress:
             _nft(self.netns, render_ipvs_marks(self.table, ingress))
         else:
-            _nft(self.netns, f"table ip {self.table}\ndelete table ip {self.table}\n")
+            _nft(self.netns, nsutil.nft_reset(self.table))
 
 
 # ----------------------------------------------------------------------------------------------

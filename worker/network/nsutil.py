@@ -122,6 +122,19 @@ def run(path: Optional[str], argv: list[str], *, input: Optional[str] = None,
                           timeout=timeout, check=False)
 
 
+def nft_reset(table: str) -> str:
+    """Script lines deleting ``ip table`` whether or not it exists (create, then delete), so a
+    script that goes on to declare the table replaces it in one transaction."""
+    return f"table ip {table}\ndelete table ip {table}\n"
+
+
+def nft(path: Optional[str], script: str, error: type[Exception] = RuntimeError) -> None:
+    """Apply an nftables script in the namespace, as one transaction; ``error`` on failure."""
+    r = run(path, ["nft", "-f", "-"], input=script)
+    if r.returncode != 0:
+        raise error(f"nft failed ({r.returncode}): {r.stderr.strip()}\n--- script ---\n{script}")
+
+
 def call_in(path: Optional[str], fn: Callable[[], T]) -> T:
     """Run ``fn`` in a forked child that entered the namespace; return its (picklable) result.
 

@@ -18,9 +18,9 @@ other side and a bridge adds a forwarding step of its own. A macvlan transmits s
 vxlan0, and vxlan0 delivers a decapsulated frame straight to the macvlan owning its destination
 MAC. One TCP stream between tasks on two nodes gains about a seventh
 (bench/overlay_layout_bench.py). Macvlans of one vxlan0 in bridge mode reach each other
-directly, which is how two tasks of one node talk. An overlay namespace made by an older shoal (a bridge br0 with veths) keeps that
-layout for as long as anything hangs on it (a task, or the node's own ingress address), and is
-rebuilt the new way once nothing does.
+directly, which is how two tasks of one node talk. An overlay namespace made by an older shoal
+(a bridge br0 with veths) keeps that layout for as long as anything hangs on it (a task, or the
+node's own ingress address), and is rebuilt the new way once nothing does.
 
 Remote endpoints come from the dispatcher's peer table, never from flooding or learning:
  - one static FDB entry per remote MAC on vxlan0 (dst = the remote node's underlay address), and
@@ -60,16 +60,14 @@ NOTRACK_TABLE = "shoal_vxlan"
 
 def vxlan_notrack(node_netns: Optional[str], on: bool) -> None:
     """Install (or remove) the node's table exempting VXLAN from conntrack (idempotent)."""
-    script = f"table ip {NOTRACK_TABLE}\ndelete table ip {NOTRACK_TABLE}\n"
+    script = nsutil.nft_reset(NOTRACK_TABLE)
     if on:
         script += (f"table ip {NOTRACK_TABLE} {{\n"
                    f"  chain prerouting {{ type filter hook prerouting priority raw; policy accept; "
                    f"udp dport {VXLAN_PORT} notrack; }}\n"
                    f"  chain output {{ type filter hook output priority raw; policy accept; "
                    f"udp dport {VXLAN_PORT} notrack; }}\n}}\n")
-    r = nsutil.run(node_netns, ["nft", "-f", "-"], input=script)
-    if r.returncode != 0:
-        raise OverlayError(f"nft failed ({r.returncode}): {r.stderr.strip()}")
+    nsutil.nft(node_netns, script, OverlayError)
 
 
 @dataclass(frozen=True)
@@ -226,10 +224,11 @@ class OverlayNetwork:
                 old = _first(tk, ifname=ifname)
                 if old is not None:     # re-attach after a crash: start from scratch
                     tk.link("del", index=old)
-            self._plug(self._host_ifname(task_id), path, ifname)
+            mtu = self.mtu
+            self._plug(self._host_ifname(task_id), path, ifname, mtu)
             with nsutil.ipr(path) as tk:
                 idx = _first(tk, ifname=ifname)
-                tk.link("set", index=idx, address=mac, mtu=self.mtu, ifalias=self._alias)
+                tk.link("set", index=idx, address=mac, mtu=mtu, ifalias=self._alias)
                 tk.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
                 tk.link("set", index=idx, state="up")
         except BaseException:
@@ -238,10 +237,9 @@ class OverlayNetwork:
         self.attachments[task_id] = Attachment(task_id, path, ifname, created)
         return path
 
-    def _plug(self, tmp_name: str, target_netns: Optional[str], ifname: str) -> None:
+    def _plug(self, tmp_name: str, target_netns: Optional[str], ifname: str, mtu: int) -> None:
         """Create an interface on this network in ``target_netns`` (None: the node's own), named
         ``ifname`` there: a macvlan of vxlan0, or a veth into the bridge of an old layout."""
-        mtu = self.mtu
         self._clear_target(tmp_name, target_netns)
         with nsutil.ipr(self.netns_path) as ov:
             vx = _first(ov, ifname=VXLAN)
@@ -289,10 +287,11 @@ class OverlayNetwork:
                 if have == {str(iface.ip)}:
                     return
                 node.link("del", index=idx)
-        self._plug(self._host_ifname(f"node:{self.vni}"), self.node_netns, ifname)
+        mtu = self.mtu
+        self._plug(self._host_ifname(f"node:{self.vni}"), self.node_netns, ifname, mtu)
         with nsutil.ipr(self.node_netns) as node:
             idx = _first(node, ifname=ifname)
-            node.link("set", index=idx, address=mac, mtu=self.mtu, ifalias=self._alias)
+            node.link("set", index=idx, address=mac, mtu=mtu, ifalias=self._alias)
             node.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
             node.link("set", index=idx, state="up")
 
