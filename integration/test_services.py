@@ -296,7 +296,8 @@ def test_scale_up_down_and_rm_leaves_nothing(lab):
         root = Path(lab.host(h.name).data_root) / "executor"
         left = [p for p in (root / "containers").iterdir()] if (root / "containers").exists() else []
         assert left == [], f"{h.name} kept {left}"
-        # The daemon's mounts live in its own mount namespace (ip netns exec makes one).
+        # Lab daemons share the machine's mount namespace, so only this host's own data root
+        # counts: another lab on the machine (or one a killed run left) is not this test's.
         mounts = Path(f"/proc/{lab.host(h.name).pid}/mountinfo").read_text()
-        assert "executor/containers" not in mounts, f"{h.name} kept a container mount"
+        assert f"{root}/containers/" not in mounts, f"{h.name} kept a container mount"
     assert lab.cli_json("manager1", "service", "ls") == []
