@@ -24,7 +24,7 @@ from common.model import (AVAILABILITIES, NODE_ROLE_MANAGER, NODE_ROLE_WORKER, N
                           NodeDescription, NodeSpec, NodeStatus)
 from common.nodestate import API_PORT, NodeState, RAFT_PORT
 from manager import autolock
-from manager.httputil import body_json, field, query_flag, query_int, reply
+from manager.httputil import CTX, body_json, field, query_flag, query_int, reply
 from manager.manager import Manager
 from manager.store import Transaction
 
@@ -45,7 +45,7 @@ class ApiContext(Protocol):
 
 
 def _ctx(request: web.Request) -> ApiContext:
-    return request.app["ctx"]
+    return request.app[CTX]
 
 
 def _manager(request: web.Request) -> Manager:

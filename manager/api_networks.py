@@ -10,8 +10,8 @@ from common.ids import new_id
 from common.model import IPAMConfig, Network, NetworkSpec
 from manager.allocator import NAME_RE, ingress_network, ingress_ports, plan_network
 from manager.api import _manager
+from manager.data_objects import validate_labels
 from manager.httputil import body_json, field, reply
-from manager.secrets import validate_labels
 from manager.store import Transaction
 
 DRIVERS = ("overlay",)

@@ -14,9 +14,9 @@ from common.model import Service, ServiceSpec, Task, UpdateStatus
 from common.nodestate import API_PORT
 from manager.allocator import ingress_ports
 from manager.api import _find_node, _identity, _manager
-from manager.httputil import body_json, field, query_int, reply
-from manager.configs import resolve_configs
-from manager.secrets import resolve_secrets
+from manager.configs import CONFIGS
+from manager.httputil import CTX, body_json, field, query_int, reply
+from manager.secrets import SECRETS
 from manager.services import parse_service_spec
 from manager.store import Transaction
 
@@ -51,8 +51,9 @@ async def service_create(request: web.Request) -> web.Response:
     manager = _manager(request)
     data = await body_json(request)
     spec = parse_service_spec(data.get("spec", data))
-    resolve_secrets(manager, spec)
-    resolve_configs(manager, spec)
+    # Secrets first: a config may not take a target one of the secrets has.
+    SECRETS.resolve_refs(manager, spec)
+    CONFIGS.resolve_refs(manager, spec)
     if manager.store.by_name("services", spec.name) is not None:
         raise errors.Conflict(f"service {spec.name!r} already exists: pick another name or update it "
                               f"with 'shoal service update {spec.name}'", field="name")
@@ -92,8 +93,9 @@ async def service_update(request: web.Request) -> web.Response:
                               f"{svc.meta.version}); read it again and retry")
     data = await body_json(request)
     spec = parse_service_spec(data.get("spec", data))
-    resolve_secrets(manager, spec)
-    resolve_configs(manager, spec)
+    # Secrets first: a config may not take a target one of the secrets has.
+    SECRETS.resolve_refs(manager, spec)
+    CONFIGS.resolve_refs(manager, spec)
     if spec.name != svc.spec.name:
         raise errors.InvalidArgument("a service cannot be renamed", field="name")
     manager.require_leader()
@@ -236,7 +238,7 @@ async def service_logs(request: web.Request) -> web.StreamResponse:
         try:
             if node is None or not node.status.addr:
                 raise errors.Unavailable("node is gone")
-            client = request.app["ctx"].peer_client(f"{node.status.addr}:{API_PORT}")
+            client = request.app[CTX].peer_client(f"{node.status.addr}:{API_PORT}")
             params = [("follow", "true" if follow else "false"), ("tail", tail)] + \
                 [("task", t.id) for t in tasks]
             stream = await client.open_stream("GET", "/worker/logs", params=params, connect_timeout=3)

@@ -24,7 +24,7 @@ from common import errors
 from common.keywrap import UnlockKey, key_id_of
 from common.model import Cluster
 from common.nodestate import NodeFiles
-from manager.httputil import query_flag, reply
+from manager.httputil import CTX, query_flag, reply
 
 log = logging.getLogger("shoal.autolock")
 
@@ -101,7 +101,7 @@ def _reconcile(files: NodeFiles, cluster: Optional[Cluster]) -> None:
 # ---- API --------------------------------------------------------------------------------------
 async def unlock_key(request: web.Request) -> web.Response:
     """GET /swarm/unlockkey[?previous=true]: the key a locked manager needs."""
-    manager = request.app["ctx"].manager
+    manager = request.app[CTX].manager
     if manager is None:
         raise errors.NotAManager("this node is not a swarm manager: run `shoal swarm unlock-key` "
                                  "on a manager")

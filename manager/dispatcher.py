@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 
 from common import codec, errors
 from common.model import NODE_STATE_DOWN, NODE_STATE_READY, TASK_STATE_RANK, TASK_STATES
-from manager.configs import configs_for_tasks
+from manager.configs import CONFIGS
 from manager.netstate import digest, node_network_state
-from manager.secrets import secrets_for_tasks
+from manager.secrets import SECRETS
 from manager.store import Event, Transaction
 
 if TYPE_CHECKING:
@@ -144,7 +144,8 @@ class Dispatcher:
         removed = [] if full else [tid for idx, tid in self._tombstones.get(node_id, ()) if idx > since]
         return {"index": index, "full": full, "removed": removed,
                 "tasks": [codec.to_plain(t) for t in tasks],
-                "secrets": secrets_for_tasks(store, tasks), "configs": configs_for_tasks(store, tasks)}
+                "secrets": SECRETS.for_tasks(store, tasks),
+                "configs": CONFIGS.for_tasks(store, tasks)}
 
     async def report_status(self, node_id: str, updates: list[dict]) -> None:
         """Record task states reported by a node's agent; returns once they are committed."""

@@ -11,6 +11,10 @@ from common import codec, errors
 
 log = logging.getLogger("shoal.api")
 
+# The daemon (or a test's stand-in) every handler reaches through its app; aiohttp warns about
+# plain string keys in an application's state.
+CTX: web.AppKey[Any] = web.AppKey("ctx")
+
 
 def to_json_plain(value: Any) -> Any:
     """The codec's plain form, with bytes (certificates) as text so it serialises as JSON."""

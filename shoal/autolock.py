@@ -15,7 +15,7 @@ from aiohttp import web
 from common import errors
 from common.keywrap import NodeLocked, UnlockKey
 from manager.api import local_only
-from manager.httputil import body_json, field, reply
+from manager.httputil import CTX, body_json, field, reply
 
 log = logging.getLogger("shoal.autolock")
 
@@ -34,14 +34,14 @@ def comes_up_locked(daemon) -> bool:
 
 @web.middleware
 async def locked_middleware(request: web.Request, handler):
-    if request.app["daemon"].locked and request.path not in _OPEN_WHILE_LOCKED:
+    if request.app[CTX].locked and request.path not in _OPEN_WHILE_LOCKED:
         raise NodeLocked()
     return await handler(request)
 
 
 @local_only
 async def swarm_unlock(request: web.Request) -> web.Response:
-    daemon = request.app["daemon"]
+    daemon = request.app[CTX]
     data = await body_json(request)
     key = UnlockKey.parse(field(data, "unlock_key", str))
     async with daemon.role_lock:

@@ -27,8 +27,8 @@ from common.model import NODE_ROLE_MANAGER, NODE_ROLE_WORKER
 from common.nodestate import API_PORT, NodeFiles, NodeState
 from manager import api as control_api
 from manager import autolock as manager_autolock
-from manager import api_configs, api_networks, api_secrets, api_services
-from manager.httputil import error_middleware
+from manager import api_data_objects, api_networks, api_services
+from manager.httputil import CTX, error_middleware
 from manager.manager import Manager
 from shoal import autolock
 from worker.agent import Agent
@@ -87,10 +87,9 @@ class Daemon:
         from shoal import localapi, workerapi
         app = web.Application(middlewares=[error_middleware, autolock.locked_middleware,
                                            control_api.forward_middleware])
-        app["ctx"] = self
-        app["daemon"] = self
+        app[CTX] = self
         app.add_routes(localapi.routes() + control_api.routes() + api_services.routes()
-                       + api_secrets.routes() + api_configs.routes() + api_networks.routes()
+                       + api_data_objects.routes() + api_networks.routes()
                        + workerapi.local_routes())
         app.add_routes(autolock.local_routes())
         self._unix_runner = web.AppRunner(app, access_log=None)
@@ -155,10 +154,10 @@ class Daemon:
         app = web.Application(middlewares=[
             error_middleware, control_api.auth_middleware(lambda: self.state.cluster_id),
             control_api.forward_middleware])
-        app["ctx"] = self
+        app[CTX] = self
         from shoal import workerapi
-        app.add_routes(control_api.routes() + api_services.routes() + api_secrets.routes()
-                       + api_configs.routes() + api_networks.routes() + workerapi.cluster_routes())
+        app.add_routes(control_api.routes() + api_services.routes() + api_data_objects.routes()
+                       + api_networks.routes() + workerapi.cluster_routes())
         app.router.add_get("/_ping", lambda _: web.Response(text="OK"))
         self._tcp_runner = web.AppRunner(app, access_log=None)
         await self._tcp_runner.setup()

@@ -5,12 +5,12 @@ from aiohttp import web
 
 from common.model import NODE_ROLE_MANAGER
 from manager.api import local_only
-from manager.httputil import body_json, field, query_flag, reply
+from manager.httputil import CTX, body_json, field, query_flag, reply
 from shoal import API_VERSION, __version__, lifecycle
 
 
 def _daemon(request: web.Request):
-    return request.app["daemon"]
+    return request.app[CTX]
 
 
 async def ping(request: web.Request) -> web.Response:

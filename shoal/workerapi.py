@@ -8,11 +8,11 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from common import errors
-from manager.httputil import body_json, field, query_flag, reply
+from manager.httputil import CTX, body_json, field, query_flag, reply
 
 
 def _daemon(request: web.Request):
-    return request.app["ctx"]
+    return request.app[CTX]
 
 
 def _container_view(c) -> dict:

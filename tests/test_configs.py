@@ -13,12 +13,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from common import codec, errors
 from common.model import (Config, ConfigReference, ConfigSpec, ContainerSpec, SecretReference,
                           Service, ServiceSpec, Task, TaskSpec, TaskStatus)
-from manager.configs import (MAX_CONFIG_SIZE, configs_for_tasks, decode_config_data,
-                             resolve_configs, services_using, validate_config_name)
+from manager.configs import CONFIGS
+from manager.data_objects import MAX_DATA_SIZE
 from manager.dispatcher import Dispatcher
-from manager.httputil import error_middleware
+from manager.httputil import CTX, error_middleware
 from manager.store import Store, Transaction
-from shoal.cli.config import parse_config_option
+from shoal.cli.data_objects import parse_reference_option
 from shoal.cli.service import build_spec
 from worker.taskrunner import with_configs
 
@@ -59,7 +59,7 @@ def test_refs_resolve_names_and_fill_defaults():
     c = add_config(m, "nginx.conf")
     spec = spec_with(ConfigReference(config_name="nginx.conf"),
                      ConfigReference(config_name="nginx.conf", target="etc/app.conf", uid="1000", mode=0o440))
-    resolve_configs(m, spec)
+    CONFIGS.resolve_refs(m, spec)
     a, b = spec.task_template.container.configs
     assert (a.config_id, a.target, a.uid, a.gid, a.mode) == (c.id, "/nginx.conf", "0", "0", 0o444)
     assert (b.target, b.uid, b.mode) == ("/etc/app.conf", "1000", 0o440)
@@ -67,7 +67,7 @@ def test_refs_resolve_names_and_fill_defaults():
 
 def test_missing_config_is_named_with_the_fix():
     with pytest.raises(errors.NotFound) as exc:
-        resolve_configs(FakeManager(), spec_with(ConfigReference(config_name="x")))
+        CONFIGS.resolve_refs(FakeManager(), spec_with(ConfigReference(config_name="x")))
     assert exc.value.message == "config 'x' not found: create it with 'shoal config create x FILE'"
 
 
@@ -82,7 +82,7 @@ def test_bad_refs_name_the_field(ref, field):
     m = FakeManager()
     add_config(m, "a")
     with pytest.raises(errors.InvalidArgument) as exc:
-        resolve_configs(m, spec_with(ref))
+        CONFIGS.resolve_refs(m, spec_with(ref))
     assert exc.value.field.endswith(field)
 
 
@@ -90,32 +90,33 @@ def test_duplicate_targets_refused_also_against_secrets():
     m = FakeManager()
     add_config(m, "a")
     with pytest.raises(errors.InvalidArgument, match="also the target"):
-        resolve_configs(m, spec_with(ConfigReference(config_name="a"),
+        CONFIGS.resolve_refs(m, spec_with(ConfigReference(config_name="a"),
                                      ConfigReference(config_name="a", target="/a")))
     with pytest.raises(errors.InvalidArgument, match="target of a secret"):
-        resolve_configs(m, spec_with(ConfigReference(config_name="a", target="/run/secrets/s"),
+        CONFIGS.resolve_refs(m, spec_with(ConfigReference(config_name="a", target="/run/secrets/s"),
                                      secrets=[SecretReference(secret_name="s", target="/run/secrets/s")]))
 
 
 def test_names_and_size_limit():
-    validate_config_name("app.conf-v1")
+    CONFIGS.validate_name("app.conf-v1")
     for bad in ("", "-x", "a/b", "x" * 64, 3):
         with pytest.raises(errors.InvalidArgument):
-            validate_config_name(bad)
-    assert decode_config_data(base64.b64encode(b"x" * MAX_CONFIG_SIZE).decode()) == b"x" * MAX_CONFIG_SIZE
+            CONFIGS.validate_name(bad)
+    assert CONFIGS.decode_data(base64.b64encode(b"x" * MAX_DATA_SIZE).decode()) == b"x" * MAX_DATA_SIZE
     with pytest.raises(errors.InvalidArgument, match="500 KB"):
-        decode_config_data(base64.b64encode(b"x" * (MAX_CONFIG_SIZE + 1)).decode())
+        CONFIGS.decode_data(base64.b64encode(b"x" * (MAX_DATA_SIZE + 1)).decode())
     with pytest.raises(errors.InvalidArgument, match="base64"):
-        decode_config_data("not base64!")
+        CONFIGS.decode_data("not base64!")
 
 
 def test_cli_config_option_and_build_spec():
-    assert parse_config_option("app") == {"config_name": "app"}
-    assert parse_config_option("source=app,target=/etc/app.conf,uid=10,gid=20,mode=0440") == {
+    assert parse_reference_option("config", "app") == {"config_name": "app"}
+    assert parse_reference_option(
+        "config", "source=app,target=/etc/app.conf,uid=10,gid=20,mode=0440") == {
         "config_name": "app", "target": "/etc/app.conf", "uid": "10", "gid": "20", "mode": 0o440}
     for bad in ("", "target=/x", "source=a,colour=red", "source=a,mode=9z", "source=a,uid=root"):
         with pytest.raises(click.BadParameter) as exc:
-            parse_config_option(bad)
+            parse_reference_option("config", bad)
         assert "secret" not in exc.value.message
     o = {"env": [], "container_label": [], "mount": [], "label": [], "constraint": [],
          "placement_pref": [], "publish": [], "mode": "replicated", "config": ["app"]}
@@ -125,10 +126,10 @@ def test_cli_config_option_and_build_spec():
 
 async def _api(m):
     # Imported here: manager.api imported before tests/test_lb.py is collected breaks its pyroute2 use.
-    from manager import api_configs
+    from manager import api_data_objects
     app = web.Application(middlewares=[error_middleware])
-    app["ctx"] = Ctx(m)
-    app.add_routes(api_configs.routes())
+    app[CTX] = Ctx(m)
+    app.add_routes(api_data_objects.routes())
     client = TestClient(TestServer(app))
     await client.start_server()
     return client
@@ -147,7 +148,7 @@ def test_api_shows_data_and_refuses_removal_in_use():
             r = await client.post("/configs/create", json={"name": "nginx", "data": "eA=="})
             assert r.status == 409
             r = await client.post("/configs/create", json={
-                "name": "big", "data": base64.b64encode(b"x" * (MAX_CONFIG_SIZE + 1)).decode()})
+                "name": "big", "data": base64.b64encode(b"x" * (MAX_DATA_SIZE + 1)).decode()})
             assert r.status == 400 and "500 KB" in (await r.json())["message"]
             assert (await client.post("/configs/create", json={"name": "a/b", "data": "eA=="})).status == 400
             rows = await (await client.get("/configs")).json()
@@ -173,7 +174,7 @@ def test_previous_spec_counts_as_use():
     svc = Service(id="svc1", spec=spec_with(), previous_spec=spec_with(
         ConfigReference(config_id=c.id, config_name="old")))
     m.commit(Transaction().create("services", svc))
-    assert services_using(m.store, c.id) == ["web"]
+    assert CONFIGS.services_using(m.store, c.id) == ["web"]
 
 
 def _task(tid, node, refs, state="running", desired="running"):
@@ -202,7 +203,7 @@ def test_assignments_carry_only_the_configs_of_live_tasks_on_that_node():
     m.commit(Transaction().update("tasks", t))
     assert d._assignment_delta("n1", since)["configs"] == []
     assert [x["name"] for x in d._assignment_delta("n2", since)["configs"]] == ["b"]
-    assert configs_for_tasks(m.store, []) == []
+    assert CONFIGS.for_tasks(m.store, []) == []
 
 
 def test_store_keeps_config_names_unique():

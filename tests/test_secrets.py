@@ -12,13 +12,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from common import codec, errors
 from common.model import (ContainerSpec, Secret, SecretReference, SecretSpec, Service, ServiceSpec,
                           Task, TaskSpec, TaskStatus)
-from manager import api_secrets
+from manager import api_data_objects
+from manager.data_objects import MAX_DATA_SIZE
 from manager.dispatcher import Dispatcher
-from manager.httputil import error_middleware
-from manager.secrets import (MAX_SECRET_SIZE, decode_secret_data, secrets_for_tasks,
-                             validate_secret_name, validate_secret_refs)
+from manager.httputil import CTX, error_middleware
+from manager.secrets import SECRETS
 from manager.store import Store, Transaction
-from shoal.cli.secret import parse_secret_option
+from shoal.cli.data_objects import parse_reference_option
 
 
 class FakeManager:
@@ -58,7 +58,7 @@ def test_refs_resolve_names_and_fill_defaults():
     s = add_secret(m, "db_pass")
     spec = spec_with(SecretReference(secret_name="db_pass"),
                      SecretReference(secret_name="db_pass", target="other", uid="1000", mode=0o400))
-    validate_secret_refs(m, spec)
+    SECRETS.resolve_refs(m, spec)
     a, b = spec.task_template.container.secrets
     assert (a.secret_id, a.target, a.uid, a.gid, a.mode) == (s.id, "/run/secrets/db_pass", "0", "0", 0o444)
     assert (b.target, b.uid, b.mode) == ("/run/secrets/other", "1000", 0o400)
@@ -67,7 +67,7 @@ def test_refs_resolve_names_and_fill_defaults():
 def test_missing_secret_is_named_with_the_fix():
     m = FakeManager()
     with pytest.raises(errors.NotFound) as exc:
-        validate_secret_refs(m, spec_with(SecretReference(secret_name="x")))
+        SECRETS.resolve_refs(m, spec_with(SecretReference(secret_name="x")))
     assert exc.value.message == "secret 'x' not found: create it with 'shoal secret create x FILE'"
 
 
@@ -81,7 +81,7 @@ def test_bad_refs_name_the_field(ref, field):
     m = FakeManager()
     add_secret(m, "a")
     with pytest.raises(errors.InvalidArgument) as exc:
-        validate_secret_refs(m, spec_with(ref))
+        SECRETS.resolve_refs(m, spec_with(ref))
     assert exc.value.field.endswith(field)
 
 
@@ -89,38 +89,39 @@ def test_duplicate_targets_refused():
     m = FakeManager()
     add_secret(m, "a")
     with pytest.raises(errors.InvalidArgument, match="also the target"):
-        validate_secret_refs(m, spec_with(SecretReference(secret_name="a"),
+        SECRETS.resolve_refs(m, spec_with(SecretReference(secret_name="a"),
                                           SecretReference(secret_name="a", target="a")))
 
 
 def test_names_and_size_limit():
-    validate_secret_name("db_pass.v1")
+    SECRETS.validate_name("db_pass.v1")
     for bad in ("", "-x", "a/b", "x" * 64, 3):
         with pytest.raises(errors.InvalidArgument):
-            validate_secret_name(bad)
-    assert decode_secret_data(base64.b64encode(b"x" * MAX_SECRET_SIZE).decode()) == b"x" * MAX_SECRET_SIZE
+            SECRETS.validate_name(bad)
+    assert SECRETS.decode_data(base64.b64encode(b"x" * MAX_DATA_SIZE).decode()) == b"x" * MAX_DATA_SIZE
     with pytest.raises(errors.InvalidArgument) as exc:
-        decode_secret_data(base64.b64encode(b"x" * (MAX_SECRET_SIZE + 1)).decode())
-    assert f"{MAX_SECRET_SIZE + 1} bytes" in exc.value.message and "500 KB" in exc.value.message
+        SECRETS.decode_data(base64.b64encode(b"x" * (MAX_DATA_SIZE + 1)).decode())
+    assert f"{MAX_DATA_SIZE + 1} bytes" in exc.value.message and "500 KB" in exc.value.message
     with pytest.raises(errors.InvalidArgument, match="base64"):
-        decode_secret_data("not base64!")
+        SECRETS.decode_data("not base64!")
 
 
 def test_cli_secret_option():
-    assert parse_secret_option("db") == {"secret_name": "db"}
-    assert parse_secret_option("source=db,target=/etc/db.pw,uid=10,gid=20,mode=0400") == {
+    assert parse_reference_option("secret", "db") == {"secret_name": "db"}
+    assert parse_reference_option(
+        "secret", "source=db,target=/etc/db.pw,uid=10,gid=20,mode=0400") == {
         "secret_name": "db", "target": "/etc/db.pw", "uid": "10", "gid": "20", "mode": 0o400}
     import click
     for bad in ("target=/x", "source=db,colour=red", "source=db,mode=9z", "source=db,uid=root"):
         with pytest.raises(click.BadParameter):
-            parse_secret_option(bad)
+            parse_reference_option("secret", bad)
 
 
 # ---- API ----------------------------------------------------------------------------------------
 async def _api(m):
     app = web.Application(middlewares=[error_middleware])
-    app["ctx"] = Ctx(m)
-    app.add_routes(api_secrets.routes())
+    app[CTX] = Ctx(m)
+    app.add_routes(api_data_objects.routes())
     client = TestClient(TestServer(app))
     await client.start_server()
     return client
@@ -140,7 +141,7 @@ def test_api_never_returns_data_and_refuses_removal_in_use():
                 "name": "pw", "data": base64.b64encode(b"x").decode()})
             assert r.status == 409
             r = await client.post("/secrets/create", json={
-                "name": "big", "data": base64.b64encode(b"x" * (MAX_SECRET_SIZE + 1)).decode()})
+                "name": "big", "data": base64.b64encode(b"x" * (MAX_DATA_SIZE + 1)).decode()})
             assert r.status == 400 and "500 KB" in (await r.json())["message"]
             r = await client.post("/secrets/create", json={"name": "bad/name", "data": "eA=="})
             assert r.status == 400
@@ -195,7 +196,7 @@ def test_assignments_carry_only_the_secrets_of_live_tasks_on_that_node():
     m.commit(Transaction().update("tasks", t))
     assert d._assignment_delta("n1", since)["secrets"] == []
     assert [s["name"] for s in d._assignment_delta("n2", since)["secrets"]] == ["b"]
-    assert secrets_for_tasks(m.store, []) == []
+    assert SECRETS.for_tasks(m.store, []) == []
 
 
 # ---- worker tmpfs (root) ----------------------------------------------------------------------
@@ -234,10 +235,9 @@ def test_worker_tmpfs_files_and_cleanup(tmp_path):
 
 
 def test_previous_spec_counts_as_use():
-    from manager.secrets import services_using
     m = FakeManager()
     s = add_secret(m, "old")
     svc = Service(id="svc1", spec=spec_with(), previous_spec=spec_with(
         SecretReference(secret_id=s.id, secret_name="old")))
     m.commit(Transaction().create("services", svc))
-    assert services_using(m.store, s.id) == ["web"]
+    assert SECRETS.services_using(m.store, s.id) == ["web"]

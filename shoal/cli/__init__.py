@@ -77,8 +77,9 @@ main.add_command(_node.node)
 main.add_command(_service.service)
 main.add_command(_container.container)
 main.add_command(_container.image)
-from shoal.cli.secret import secret as _secret; main.add_command(_secret)  # noqa: E402,E702
-from shoal.cli.config import config as _config; main.add_command(_config)  # noqa: E402,E702
+from shoal.cli.data_objects import config as _config, secret as _secret  # noqa: E402
+main.add_command(_secret)
+main.add_command(_config)
 from shoal.cli.network import network as _network; main.add_command(_network)  # noqa: E402,E702
 _service.node_ps_command(_node.node)
 try:

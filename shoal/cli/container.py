@@ -9,7 +9,7 @@ import click
 
 from common.units import format_size
 from shoal.cli.client import Cli, pass_cli
-from shoal.cli.output import print_json, print_table
+from shoal.cli.output import print_listing
 
 
 @click.group()
@@ -25,14 +25,9 @@ def container() -> None:
 def container_ls(cli: Cli, show_all, quiet, fmt) -> None:
     """List containers on this node, like `docker ps`."""
     items = cli.call("GET", "/containers", params={"all": "true" if show_all else "false"})
-    if quiet:
-        for c in items:
-            click.echo(c["id"])
-    elif fmt == "json":
-        print_json(items)
-    else:
-        print_table(["CONTAINER ID", "IMAGE", "STATE", "PID", "NAME"],
-                    [[c["id"][:12], c["image"], c["state"], c["pid"] or "", c["name"]] for c in items])
+    print_listing(items, quiet=quiet, fmt=fmt, headers=["CONTAINER ID", "IMAGE", "STATE", "PID", "NAME"],
+                  rows=lambda items: [[c["id"][:12], c["image"], c["state"], c["pid"] or "", c["name"]]
+                                      for c in items])
 
 
 @container.command("exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -95,13 +90,8 @@ def image_pull(cli: Cli, insecure_registry, ref) -> None:
 def image_ls(cli: Cli, quiet, fmt) -> None:
     """List images on this node."""
     items = cli.call("GET", "/images")
-    if quiet:
-        for i in items:
-            click.echo(i["id"])
-    elif fmt == "json":
-        print_json(items)
-    else:
-        print_table(["IMAGE", "ID", "SIZE"], [[i["ref"], i["id"][7:19], format_size(i["size"])] for i in items])
+    print_listing(items, quiet=quiet, fmt=fmt, headers=["IMAGE", "ID", "SIZE"],
+                  rows=lambda items: [[i["ref"], i["id"][7:19], format_size(i["size"])] for i in items])
 
 
 @image.command("rm")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import click
 
 from shoal.cli.client import Cli, pass_cli
-from shoal.cli.output import format_option, print_json, print_table
-from shoal.cli.secret import _labels
+from shoal.cli.output import format_option, print_json, print_listing
+from shoal.cli.data_objects import parse_labels
 
 
 @click.group()
@@ -28,7 +28,7 @@ def create(cli: Cli, driver, subnet, gateway, attachable, ingress, label, name) 
     ipam = [{"subnet": subnet, "gateway": gateway}] if subnet or gateway else []
     created = cli.call("POST", "/networks/create", {
         "name": name, "driver": driver, "ipam": ipam, "attachable": attachable,
-        "ingress": ingress, "labels": _labels(label)})
+        "ingress": ingress, "labels": parse_labels(label)})
     click.echo(created["id"])
 
 
@@ -38,17 +38,10 @@ def create(cli: Cli, driver, subnet, gateway, attachable, ingress, label, name) 
 @pass_cli
 def ls(cli: Cli, quiet, fmt) -> None:
     """List networks."""
-    rows = cli.call("GET", "/networks")
-    if quiet:
-        for r in rows:
-            click.echo(r["id"])
-        return
-    if fmt == "json":
-        print_json(rows)
-        return
-    print_table(["NETWORK ID", "NAME", "DRIVER", "SCOPE", "SUBNET", "SERVICES"],
-                [[r["id"][:12], r["spec"]["name"], r["spec"]["driver"], "swarm", r["subnet"],
-                  len(r["services"])] for r in rows])
+    print_listing(cli.call("GET", "/networks"), quiet=quiet, fmt=fmt,
+                  headers=["NETWORK ID", "NAME", "DRIVER", "SCOPE", "SUBNET", "SERVICES"],
+                  rows=lambda items: [[r["id"][:12], r["spec"]["name"], r["spec"]["driver"], "swarm",
+                                       r["subnet"], len(r["services"])] for r in items])
 
 
 @network.command()

@@ -5,7 +5,7 @@ import click
 
 from common import errors
 from shoal.cli.client import Cli, pass_cli
-from shoal.cli.output import format_option, print_json, print_table
+from shoal.cli.output import format_option, print_json, print_listing
 
 _MANAGER_STATUS = {"leader": "Leader", "reachable": "Reachable", "unreachable": "Unreachable"}
 
@@ -45,16 +45,12 @@ def ls(cli: Cli, quiet, fmt) -> None:
     nodes = cli.call("GET", "/nodes")
     me = _self_id(cli)
     rows = [summarize(n, me) for n in nodes]
-    if quiet:
-        for r in rows:
-            click.echo(r["id"])
-    elif fmt == "json":
-        print_json(rows)
-    else:
-        print_table(["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ENGINE VERSION"],
-                    [[r["id"] + (" *" if r["self"] else ""), r["hostname"], r["status"].capitalize(),
-                      r["availability"].capitalize(), _MANAGER_STATUS.get(r["manager_status"], ""),
-                      r["engine_version"]] for r in rows])
+    print_listing(rows, quiet=quiet, fmt=fmt,
+                  headers=["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ENGINE VERSION"],
+                  rows=lambda items: [[r["id"] + (" *" if r["self"] else ""), r["hostname"],
+                                       r["status"].capitalize(), r["availability"].capitalize(),
+                                       _MANAGER_STATUS.get(r["manager_status"], ""),
+                                       r["engine_version"]] for r in items])
 
 
 @node.command()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import click
 
@@ -21,6 +21,19 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     click.echo(line(list(headers)))
     for r in rows:
         click.echo(line(r))
+
+
+def print_listing(items: list[dict], *, quiet: bool, fmt: str, headers: Sequence[str],
+                  rows: Callable[[list[dict]], Iterable[Sequence[Any]]]) -> None:
+    """What every `ls` prints: the IDs alone with -q, the objects as JSON with --format json,
+    else a table of `rows(items)`."""
+    if quiet:
+        for item in items:
+            click.echo(item["id"])
+    elif fmt == "json":
+        print_json(items)
+    else:
+        print_table(headers, rows(items))
 
 
 def format_option(default: str = "table"):

@@ -10,10 +10,9 @@ from common import errors
 from common.durations import format_duration
 from common.units import parse_cpus, parse_size
 from shoal.cli.client import Cli, pass_cli
-from shoal.cli.output import print_json, print_table
-from shoal.cli.config import parse_config_option
+from shoal.cli.data_objects import parse_reference_option
+from shoal.cli.output import print_json, print_listing
 from shoal.cli.network_flags import apply_network_create, network_create_options
-from shoal.cli.secret import parse_secret_option
 from shoal.cli.swarm import DURATION
 from shoal.cli.service_flags import (apply_health, apply_policies, describe_health, health_options,
                                      update_policy_options)
@@ -140,8 +139,8 @@ def build_spec(name, image, args, o: dict) -> dict:
     container = {"image": image, "args": list(args), "env": list(o["env"]),
                  "labels": _labels(o["container_label"], "--container-label"),
                  "mounts": [parse_mount(m) for m in o["mount"]]}
-    container["secrets"] = [parse_secret_option(s) for s in o.get("secret") or ()]
-    container["configs"] = [parse_config_option(s) for s in o.get("config") or ()]
+    container["secrets"] = [parse_reference_option("secret", s) for s in o.get("secret") or ()]
+    container["configs"] = [parse_reference_option("config", s) for s in o.get("config") or ()]
     for key, flag in (("workdir", "dir"), ("user", "user"), ("hostname", "hostname"),
                       ("stop_signal", "stop_signal"), ("stop_grace_period", "stop_grace_period")):
         if o.get(key) is not None:
@@ -256,14 +255,11 @@ def wait_converged(cli: Cli, service_id: str, quiet: bool, timeout: float = 300.
 @pass_cli
 def ls(cli: Cli, quiet, fmt) -> None:
     """List services."""
-    services = cli.call("GET", "/services")
-    if quiet:
-        for s in services:
-            click.echo(s["id"])
-        return
-    if fmt == "json":
-        print_json(services)
-        return
+    print_listing(cli.call("GET", "/services"), quiet=quiet, fmt=fmt,
+                  headers=["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], rows=_service_rows)
+
+
+def _service_rows(services: list[dict]) -> list[list]:
     rows = []
     for s in services:
         rs, mode = s["replicas_status"], s["spec"]["mode"]["mode"]
@@ -273,17 +269,16 @@ def ls(cli: Cli, quiet, fmt) -> None:
         replicas = f"{rs['completed'] if mode.endswith('-job') else rs['running']}/{rs['desired']}"
         rows.append([s["id"][:12], s["spec"]["name"], mode, replicas,
                      s["spec"]["task_template"]["container"]["image"], ports])
-    print_table(["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], rows)
+    return rows
 
 
 def print_tasks(tasks: list[dict], no_trunc: bool, quiet: bool, fmt: str) -> None:
-    if quiet:
-        for t in tasks:
-            click.echo(t["id"])
-        return
-    if fmt == "json":
-        print_json(tasks)
-        return
+    print_listing(tasks, quiet=quiet, fmt=fmt,
+                  headers=["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR"],
+                  rows=lambda items: _task_rows(items, no_trunc))
+
+
+def _task_rows(tasks: list[dict], no_trunc: bool) -> list[list]:
     rows = []
     previous = None
     for t in tasks:
@@ -296,7 +291,7 @@ def print_tasks(tasks: list[dict], no_trunc: bool, quiet: bool, fmt: str) -> Non
         rows.append([t["id"] if no_trunc else t["id"][:12], name,
                      t["spec"]["container"]["image"], t["node_hostname"],
                      t["desired_state"].capitalize(), _state_cell(t), f'"{err}"' if err else ""])
-    print_table(["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR"], rows)
+    return rows
 
 
 def _filters(values) -> dict:

@@ -7,9 +7,8 @@ import click
 
 from common import errors
 from shoal.cli.client import Cli, pass_cli
-from shoal.cli.config import parse_config_option
+from shoal.cli.data_objects import parse_reference_option
 from shoal.cli.network_flags import apply_network_update, network_update_options
-from shoal.cli.secret import parse_secret_option
 from shoal.cli.service import CPUS, SIZE, parse_mount, service, wait_converged
 from shoal.cli.service_flags import apply_health, apply_policies, health_options, update_policy_options
 from shoal.cli.swarm import DURATION
@@ -17,7 +16,7 @@ from shoal.cli.swarm import DURATION
 _DONE = {"completed", "paused", "rollback_completed", "rollback_paused"}
 
 
-def _edit_refs(refs: list[dict], add: tuple, rm: tuple, kind: str, parse) -> list[dict]:
+def _edit_refs(refs: list[dict], add: tuple, rm: tuple, kind: str) -> list[dict]:
     """--secret-add/--secret-rm (or --config-*): rm by name or id, then add; an added reference
     replaces one with the same name and target."""
     name_key, id_key = f"{kind}_name", f"{kind}_id"
@@ -30,7 +29,7 @@ def _edit_refs(refs: list[dict], add: tuple, rm: tuple, kind: str, parse) -> lis
         out = kept
     base = "/run/secrets/" if kind == "secret" else "/"  # where the manager puts a relative target
     for text in add:
-        new = parse(text)
+        new = parse_reference_option(kind, text)
         target = new.get("target") or new[name_key]
         target = target if target.startswith("/") else base + target
         out = [r for r in out if not (r.get(name_key) == new[name_key] and r.get("target") == target)]
@@ -104,10 +103,8 @@ def update(cli: Cli, ref, detach, quiet, **o) -> None:
             c["stop_grace_period"] = o["stop_grace_period"]
         if o["force"]:
             tt["force_update"] = tt.get("force_update", 0) + 1
-        c["secrets"] = _edit_refs(c.get("secrets") or [], o["secret_add"], o["secret_rm"], "secret",
-                                  parse_secret_option)
-        c["configs"] = _edit_refs(c.get("configs") or [], o["config_add"], o["config_rm"], "config",
-                                  parse_config_option)
+        c["secrets"] = _edit_refs(c.get("secrets") or [], o["secret_add"], o["secret_rm"], "secret")
+        c["configs"] = _edit_refs(c.get("configs") or [], o["config_add"], o["config_rm"], "config")
         apply_health(c, o)
         apply_policies(spec, o)
         apply_network_update(spec, svc, o, lambda ref: cli.call("GET", f"/networks/{ref}")["id"])
