@@ -1,4 +1,5 @@
-"""Fixtures shared by the test modules that run real runc containers."""
+"""Fixtures shared by the test modules: an executor root for those that run real runc
+containers, and `run` for those that prove the managers' decisions on a real raft manager."""
 from __future__ import annotations
 
 import asyncio
@@ -25,3 +26,10 @@ def ex_root(tmp_path, images_root) -> Path:
             await ex.remove(c.id)
         await ex.close()
     asyncio.run(cleanup())
+
+
+@pytest.fixture
+def run(tmp_path):
+    """`run(scenario)`: `await scenario(harness)` on a one-member raft manager (tests.raft_harness)."""
+    from tests.raft_harness import run_scenario
+    return lambda scenario: run_scenario(tmp_path, scenario)

@@ -379,7 +379,8 @@ def test_ready_task_is_prepared_but_started_only_once_promoted(images_root, tmp_
 
 
 # ---- the updater on a real (one-member) raft manager: batches wait for health ---------------
-from test_orchestration import run, service, update_image, wait  # noqa: E402,F401 (run: fixture)
+from tests.raft_harness import wait  # noqa: E402
+from tests.test_orchestration import service, update_image  # noqa: E402
 
 
 async def agents_with_health(h, stop: asyncio.Event, healthy_after: float, samples: list) -> None:
