@@ -412,11 +412,19 @@ class Task:
     networks: list[NetworkAttachment] = field(default_factory=list)
     desired_state: str = "running"
     status: TaskStatus = field(default_factory=TaskStatus)
+    # A standalone container (`shoal container run`) has a name and no service.
+    container_name: str = ""
 
     @property
     def name(self) -> str:
         """Like docker's container names: web.3.<id> (global: web.<node id>.<id>)."""
+        if self.container_name:
+            return self.container_name
         return f"{self.service_name}.{self.slot or self.node_id}.{self.id}"
+
+    @property
+    def standalone(self) -> bool:
+        return not self.service_id and bool(self.container_name)
 
     @property
     def terminal(self) -> bool:

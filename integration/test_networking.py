@@ -227,6 +227,66 @@ def test_udp_publishing_and_host_mode_binds_only_where_tasks_run(lab):
         assert r["failures"] == 3 and not r["answers"], (host, r)
 
 
+# ---- attachable networks: standalone containers ---------------------------------------------
+
+def test_standalone_containers_join_attachable_networks_only(lab):
+    res = lab.cli("worker3", "container", "run", "--network", "appnet", IMAGE, "sleep", "1000",
+                  check=False)
+    assert res.returncode != 0 and "'appnet' is not attachable" in res.stderr, res.stderr
+    assert "shoal network create --attachable" in res.stderr
+    lab.cli("manager1", "network", "create", "--attachable", "shared")
+    create(lab, "echo", "--network", "shared", "--constraint", "node.hostname==worker1",
+           IMAGE, *HTTPD)
+    echo = wait_running(lab, "echo", 1)[0]
+
+    lab.cli("worker3", "container", "run", "--name", "probe", "--network", "shared",
+            IMAGE, "sleep", "100000")
+    probe = {"node_hostname": "worker3", "id": "probe"}
+    # the service by name, across hosts, from the standalone container
+    wait_until(lambda: http_via_nc(lab, probe, "echo") == echo["id"][:12], timeout=30,
+               what="the standalone container reaching the service by name")
+    net = json.loads(lab.cli("manager1", "network", "inspect", "shared").stdout)[0]
+    assert [(c["name"], c["node"]) for c in net["containers"]] == [("probe", "worker3")]
+    # ... and the service's task reaches the container by its name (as on Docker's attachable
+    # networks) and its address
+    addr = net["containers"][0]["address"].split("/")[0]
+    look = wait_until(lambda: (lambda r: r.stdout if r.returncode == 0 else None)(
+        in_task(lab, echo, "nslookup", "probe")), timeout=20, what="the container's name resolving")
+    assert addr in look, look
+    assert in_task(lab, echo, "ping", "-c", "1", "-W", "3", addr).returncode == 0
+    # a manager's own daemon runs one too (its agent asks the leader, wherever it is)
+    lab.cli("manager2", "container", "run", "--name", "probe", "--network", "shared",
+            IMAGE, "sleep", "100000")
+    wait_until(lambda: http_via_nc(lab, {"node_hostname": "manager2", "id": "probe"}, "echo")
+               == echo["id"][:12], timeout=30, what="the manager's container reaching the service")
+
+    # clear refusals: a name taken on this node, a running container without -f, a missing image
+    res = lab.cli("worker3", "container", "run", "--name", "probe", IMAGE, "true", check=False)
+    assert res.returncode != 0 and "'probe' is in use on this node" in res.stderr, res.stderr
+    res = lab.cli("worker3", "container", "rm", "probe", check=False)
+    assert res.returncode != 0 and "rm -f" in res.stderr and "container stop" in res.stderr
+    res = lab.cli("worker3", "container", "run", "--network", "shared", "nosuch:1", "true",
+                  check=False)
+    assert res.returncode != 0 and "could not be created" in res.stderr and "nosuch" in res.stderr
+    res = lab.cli("worker3", "container", "rm", "echo", check=False)
+    assert res.returncode != 0 and "a service's containers go with their service" in res.stderr
+    lab.cli("manager1", "service", "rm", "echo")
+    res = lab.cli("manager1", "network", "rm", "shared", check=False)
+    assert res.returncode != 0 and "probe (on manager2), probe (on worker3)" in res.stderr, res.stderr
+
+    # stop keeps the container (stopped), rm removes it; rm -f stops and removes
+    lab.cli("worker3", "container", "stop", "probe")
+    stopped = [c for c in lab.cli_json("worker3", "container", "ls", "--all") if c["name"] == "probe"]
+    assert len(stopped) == 1 and stopped[0]["state"] == "stopped", stopped
+    lab.cli("worker3", "container", "rm", "probe")
+    lab.cli("manager2", "container", "rm", "-f", "probe")
+    for host in ("worker3", "manager2"):
+        assert not [c for c in lab.cli_json(host, "container", "ls", "--all") if c["name"] == "probe"]
+    # nothing holds the network any more; test 5 checks that nothing is left on any host
+    wait_until(lambda: lab.cli("manager1", "network", "rm", "shared", check=False).returncode == 0,
+               timeout=30, what="the attachable network removable")
+
+
 # ---- 5. removal leaves nothing behind ----------------------------------------------------------
 
 def _leftovers(lab, host: str) -> list[str]:

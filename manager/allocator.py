@@ -340,11 +340,15 @@ class Allocator:
 
     # -- tasks ----------------------------------------------------------------------------------
     def allocate_task(self, task: Task, svc: Service) -> None:
+        self.allocate_attachments(task, service_network_ids(svc))
+
+    def allocate_attachments(self, task: Task, network_ids: list[str]) -> None:
+        """An address on each network, in order (eth0, eth1, ...), owned by the task."""
         if task.networks:
             return
         attachments: list[NetworkAttachment] = []
         try:
-            for nid in service_network_ids(svc):
+            for nid in network_ids:
                 addr = self._take(nid, task.id)
                 attachments.append(NetworkAttachment(nid, addr, mac_for(addr)))
         except BaseException:

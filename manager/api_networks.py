@@ -7,7 +7,7 @@ from aiohttp import web
 
 from common import codec, errors
 from common.ids import new_id
-from common.model import IPAMConfig, Network, NetworkSpec
+from common.model import IPAMConfig, Network, NetworkSpec, Task
 from manager.allocator import NAME_RE, ingress_network, ingress_ports, plan_network
 from manager.api import _manager
 from manager.data_objects import validate_labels
@@ -53,7 +53,22 @@ def parse_network_spec(data: dict) -> NetworkSpec:
 def network_view(manager, net: Network) -> dict:
     plain = codec.to_plain(net)
     plain["services"] = sorted(s.spec.name for s in _services_using(manager, net))
+    plain["containers"] = _containers_on(manager, net)
     return plain
+
+
+def _containers_on(manager, net: Network) -> list[dict]:
+    """Standalone containers with an address on the network (stopped ones hold none)."""
+    views = [_container_view(manager, t, net) for t in manager.store.list("tasks")
+             if t.standalone and not t.terminal and any(a.network_id == net.id for a in t.networks)]
+    return sorted(views, key=lambda c: (c["name"], c["node"]))
+
+
+def _container_view(manager, task: Task, net: Network) -> dict:
+    node = manager.store.get("nodes", task.node_id)
+    return {"id": task.id, "name": task.container_name,
+            "node": node.description.hostname if node else task.node_id,
+            "address": next((a.address for a in task.networks if a.network_id == net.id), "")}
 
 
 def _services_using(manager, net: Network) -> list:
@@ -104,6 +119,12 @@ async def network_remove(request: web.Request) -> web.Response:
         raise errors.FailedPrecondition(
             f"network {net.spec.name!r} is in use by service(s) {names}: remove them or update "
             f"them without it first", field="network")
+    containers = _containers_on(manager, net)
+    if containers:
+        names = ", ".join(f"{c['name']} (on {c['node']})" for c in containers)
+        raise errors.FailedPrecondition(
+            f"network {net.spec.name!r} is in use by container(s) {names}: remove them first with "
+            "'shoal container rm -f NAME' on their node", field="network")
     active = [t for t in manager.store.list("tasks")
               if not t.terminal and any(a.network_id == net.id for a in t.networks)]
     if active:

@@ -1,7 +1,7 @@
 """The network part of a node's assignments: for every overlay network the node takes part in,
 its identity (VNI, subnet), the endpoints on it anywhere in the cluster (the peer table that
-replaces flooding and gossip), and the services on it with their VIPs and live backends (for the
-node's DNS responders and load balancers).
+replaces flooding and gossip), the services on it with their VIPs and live backends, and its
+running standalone containers by name (for the node's DNS responders and load balancers).
 
 A task is a backend only while it is running, still wanted (desired state running) and not
 reported unhealthy: a task being shut down leaves every load balancer before its container is
@@ -58,6 +58,7 @@ def node_network_state(store: Store, node_id: str) -> dict:
 def _network_view(store: Store, net: Network, nodes: dict, services: list[Service]) -> dict:
     endpoints = []
     backends: dict[str, list[str]] = {}
+    containers: dict[str, list[str]] = {}
     for task in store.list("tasks"):
         for att in task.networks:
             if att.network_id != net.id:
@@ -66,7 +67,10 @@ def _network_view(store: Store, net: Network, nodes: dict, services: list[Servic
             if holds_address(task) and node is not None and node.status.addr:
                 endpoints.append({"ip": _ip(att.address), "mac": att.mac,
                                   "node_addr": node.status.addr})
-            if is_backend(task):
+            if task.standalone:
+                if task.status.state == "running" and task.desired_up:
+                    containers.setdefault(task.container_name, []).append(_ip(att.address))
+            elif is_backend(task):
                 backends.setdefault(task.service_id, []).append(_ip(att.address))
     if net.spec.ingress:
         for node in nodes.values():
@@ -93,7 +97,9 @@ def _network_view(store: Store, net: Network, nodes: dict, services: list[Servic
     service_views.sort(key=lambda s: s["name"])
     return {"id": net.id, "name": net.spec.name, "vni": net.vni, "subnet": net.subnet,
             "gateway": net.gateway, "ingress": net.spec.ingress, "endpoints": endpoints,
-            "services": service_views}
+            "services": service_views,
+            # standalone containers by name (as Docker resolves them on attachable networks)
+            "containers": {name: sorted(ips) for name, ips in sorted(containers.items())}}
 
 
 def digest(state: dict) -> str:

@@ -27,7 +27,7 @@ from common.model import NODE_ROLE_MANAGER, NODE_ROLE_WORKER
 from common.nodestate import API_PORT, NodeFiles, NodeState
 from manager import api as control_api
 from manager import autolock as manager_autolock
-from manager import api_data_objects, api_networks, api_services
+from manager import api_data_objects, api_networks, api_services, standalone
 from manager.httputil import CTX, error_middleware
 from manager.manager import Manager
 from shoal import autolock
@@ -84,13 +84,13 @@ class Daemon:
             os.unlink(self.socket_path)
 
     async def _serve_unix(self) -> None:
-        from shoal import localapi, workerapi
+        from shoal import localapi, standaloneapi, workerapi
         app = web.Application(middlewares=[error_middleware, autolock.locked_middleware,
                                            control_api.forward_middleware])
         app[CTX] = self
         app.add_routes(localapi.routes() + control_api.routes() + api_services.routes()
                        + api_data_objects.routes() + api_networks.routes()
-                       + workerapi.local_routes())
+                       + workerapi.local_routes() + standaloneapi.routes())
         app.add_routes(autolock.local_routes())
         self._unix_runner = web.AppRunner(app, access_log=None)
         await self._unix_runner.setup()
@@ -157,7 +157,7 @@ class Daemon:
         app[CTX] = self
         from shoal import workerapi
         app.add_routes(control_api.routes() + api_services.routes() + api_data_objects.routes()
-                       + api_networks.routes() + workerapi.cluster_routes())
+                       + api_networks.routes() + standalone.routes() + workerapi.cluster_routes())
         app.router.add_get("/_ping", lambda _: web.Response(text="OK"))
         self._tcp_runner = web.AppRunner(app, access_log=None)
         await self._tcp_runner.setup()

@@ -107,6 +107,10 @@ class Agent:
     async def send_reports(self, updates: list[dict]) -> None:
         await self._request_leader("POST", "/dispatcher/status", {"updates": updates})
 
+    async def request_managers(self, method: str, path: str, body: Optional[dict] = None) -> dict:
+        """One dispatcher call as this node (its certificate), to the leader or any manager."""
+        return await self._request_leader(method, path, body)
+
     def _candidates(self) -> list[str]:
         known = list(self.host.state.managers)
         if self.leader and self.leader in known:
@@ -175,7 +179,7 @@ class Agent:
         await self.host.install_certificate(answer["cert"].encode(), key)
         log.info("node certificate renewed (role %s)", answer.get("role"))
 
-    async def _request_leader(self, method: str, path: str, body: dict) -> dict:
+    async def _request_leader(self, method: str, path: str, body: Optional[dict]) -> dict:
         last: Exception | None = None
         for addr in self._candidates() or [self.host.state.api_addr]:
             try:

@@ -62,6 +62,7 @@ class TaskController:
         self.task = task
         self.adopted = adopted
         self.state = task.status.state
+        self.message = task.status.err or task.status.message
         self.unhealthy = False  # failed by its health check: that report stands, not the exit
         self._changed = asyncio.Event()
         self._promoted = asyncio.Event()  # desired "ready" became "running"
@@ -76,7 +77,7 @@ class TaskController:
     def report(self, state: str, message: str = "", **extra) -> None:
         if TASK_STATE_RANK[state] < TASK_STATE_RANK.get(self.state, 0):
             return
-        self.state = state
+        self.state, self.message = state, message
         self.runner.report({"task_id": self.task.id, "state": state, "message": message,
                             "timestamp": time.time(), **extra})
 

@@ -30,6 +30,51 @@ def container_ls(cli: Cli, show_all, quiet, fmt) -> None:
                                       for c in items])
 
 
+@container.command("run", context_settings={"allow_interspersed_args": False})
+@click.option("--name", default="", help="Container name (default: the start of its id)")
+@click.option("--network", "networks", multiple=True,
+              help="Attach to this attachable overlay network (repeatable)")
+@click.option("-e", "--env", multiple=True, help="Environment variable KEY=VALUE (repeatable)")
+@click.argument("image")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@pass_cli
+def container_run(cli: Cli, name, networks, env, image, args) -> None:
+    """Run a standalone container on this node, in the background (as `docker run -d`).
+
+    It may join attachable overlay networks (`network create --attachable`), where it reaches
+    services by name. Nothing restarts it; `container rm` removes it.
+    """
+    for entry in env:
+        if "=" not in entry or entry.startswith("="):
+            raise click.BadParameter(f"{entry!r}: expected KEY=VALUE", param_hint="--env")
+    created = cli.call("POST", "/containers/run", {
+        "name": name, "image": image, "args": list(args), "env": list(env),
+        "networks": list(networks)}, timeout=330)
+    click.echo(created["id"])
+
+
+@container.command("stop")
+@click.argument("refs", nargs=-1, required=True, metavar="CONTAINER...")
+@pass_cli
+def container_stop(cli: Cli, refs) -> None:
+    """Stop standalone containers (stop signal, then SIGKILL after the grace period)."""
+    for ref in refs:
+        cli.call("POST", f"/containers/{ref}/stop", timeout=90)
+        click.echo(ref)
+
+
+@container.command("rm")
+@click.option("-f", "--force", is_flag=True, help="Stop a running container first")
+@click.argument("refs", nargs=-1, required=True, metavar="CONTAINER...")
+@pass_cli
+def container_rm(cli: Cli, force, refs) -> None:
+    """Remove standalone containers (a service's containers go with their service)."""
+    for ref in refs:
+        cli.call("DELETE", f"/containers/{ref}", params={"force": "true"} if force else None,
+                 timeout=90)
+        click.echo(ref)
+
+
 @container.command("exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("ref")
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)

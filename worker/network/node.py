@@ -235,14 +235,17 @@ class NodeNetworks:
         return netns, [(str(tn.resolv_conf), "/etc/resolv.conf", True)]
 
     async def _sync_task(self, tn: TaskNetworking) -> None:
-        """The task's resolver answers for the services of its networks (not the ingress: it
-        is for published ports, not discovery); their VIPs are balanced in its namespace."""
+        """The task's resolver answers for the services and standalone containers of its
+        networks (not the ingress: it is for published ports, not discovery); the services'
+        VIPs are balanced in its namespace."""
         table = ServiceTable()
         vips: dict[Frontend, list[Backend]] = {}
         for net_id in reversed(tn.network_ids):      # the first network wins a shared name
             view = self.views.get(net_id)
             if view is None or view["ingress"]:
                 continue
+            for name, ips in view.get("containers", {}).items():
+                table.set_service(name, task_ips=ips, mode="dnsrr")  # a service's name wins
             for svc in view["services"]:
                 for name in [svc["name"], *svc.get("aliases", [])]:
                     if svc["vip"] and svc["mode"] == "vip":

@@ -1,0 +1,196 @@
+"""Standalone containers (`shoal container run`): what a node runs for itself, outside any service,
+optionally on attachable overlay networks.
+
+As in Swarm, the managers hold one task per such container, so that its addresses are allocated
+like a service task's and every node of its networks learns it as a peer; its node runs it like
+any task. No orchestrator restarts or moves it: it stops when its process ends or when it is
+stopped, and it goes with `shoal container rm` (or with its node). Only the node that runs it may
+create, stop or remove it (its certificate says which node it is).
+"""
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from aiohttp import web
+
+from common import codec, errors
+from common.ids import new_id
+from common.model import ContainerSpec, NetworkAttachmentConfig, Task, TaskSpec, TaskStatus
+from manager.api import _identity, _manager
+from manager.httputil import body_json, field, reply
+from manager.store import Transaction
+
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+
+
+def _bad(name: str, message: str) -> errors.InvalidArgument:
+    return errors.InvalidArgument(f"{name}: {message}", field=name)
+
+
+def _strings(data: dict, name: str) -> list[str]:
+    value = data.get(name) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _bad(name, "must be a list of strings")
+    return list(value)
+
+
+def standalone_tasks(store, node_id: str) -> list[Task]:
+    return [t for t in store.by_index("tasks", "node_id", node_id) if t.standalone]
+
+
+def find_container(store, node_id: str, ref: str) -> Task:
+    """This node's standalone container by name, id or unique id prefix."""
+    mine = standalone_tasks(store, node_id)
+    exact = [t for t in mine if ref in (t.id, t.container_name)]
+    matches = exact or [t for t in mine if ref and t.id.startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise errors.NotFound(f"no such container on this node: {ref} (see 'shoal container ls "
+                              "--all'; a service's containers go with their service)")
+    raise errors.InvalidArgument(f"{ref!r} matches {len(matches)} containers: give more of the id")
+
+
+def _resolve_networks(store, refs: list[str]) -> list[str]:
+    ids: list[str] = []
+    for i, ref in enumerate(refs):
+        net = store.find("networks", ref)
+        if net is None:
+            raise errors.NotFound(f"networks[{i}]: network {ref!r} not found (see 'shoal network "
+                                  "ls')", field=f"networks[{i}]")
+        if net.spec.ingress:
+            raise errors.FailedPrecondition(
+                f"networks[{i}]: {net.spec.name!r} is the routing mesh's network; containers "
+                "cannot attach to it", field=f"networks[{i}]")
+        if not net.spec.attachable:
+            raise errors.FailedPrecondition(
+                f"networks[{i}]: network {net.spec.name!r} is not attachable: only services may "
+                f"use it. Create an attachable one with 'shoal network create --attachable NAME'",
+                field=f"networks[{i}]")
+        if net.id in ids:
+            raise _bad(f"networks[{i}]", f"network {net.spec.name!r} is given twice")
+        ids.append(net.id)
+    return ids
+
+
+def build_task(store, node_id: str, data: dict[str, Any]) -> tuple[Task, list[str]]:
+    """The task of a `container run` request, and the networks it attaches to (not allocated)."""
+    image = field(data, "image", str)
+    if not image.strip():
+        raise _bad("image", "names no image")
+    args, env = _strings(data, "args"), _strings(data, "env")
+    for i, entry in enumerate(env):
+        if "=" not in entry or entry.startswith("="):
+            raise _bad(f"env[{i}]", f"{entry!r} must be KEY=VALUE")
+    task_id = new_id()
+    name = field(data, "name", str, required=False, default="") or task_id[:12]
+    if not _NAME.match(name):
+        raise _bad("name", f"invalid container name {name!r}: use 1-63 letters, digits, '_', '.' "
+                   "or '-', starting with a letter or digit")
+    taken = next((t for t in standalone_tasks(store, node_id) if t.container_name == name), None)
+    if taken is not None:
+        raise errors.Conflict(f"the container name {name!r} is in use on this node by container "
+                              f"{taken.id[:12]}: remove it ('shoal container rm {name}') or pick "
+                              "another name", field="name")
+    network_ids = _resolve_networks(store, _strings(data, "networks"))
+    now = time.time()
+    task = Task(id=task_id, container_name=name, node_id=node_id,
+                spec=TaskSpec(container=ContainerSpec(image=image, args=args, env=env),
+                              networks=[NetworkAttachmentConfig(target=n) for n in network_ids]),
+                desired_state="running",
+                status=TaskStatus(state="assigned", timestamp=now, message="assigned to its node"))
+    task.meta.created_at = task.meta.updated_at = now
+    return task, network_ids
+
+
+async def create_container(manager, node_id: str, data: dict[str, Any]) -> Task:
+    if manager.store.get("nodes", node_id) is None:
+        raise errors.NotFound(f"node {node_id} is not part of this swarm (it was removed)")
+    task, network_ids = build_task(manager.store, node_id, data)
+    manager.require_leader()
+    manager.allocator.allocate_attachments(task, network_ids)
+    try:
+        await manager.propose(Transaction().create("tasks", task))
+    except BaseException:
+        manager.allocator.release_task(task)
+        raise
+    return task
+
+
+async def stop_container(manager, node_id: str, ref: str) -> Task:
+    """Desired state shutdown: its node stops it; the task stays (as `docker stop`)."""
+    return await _set_desired(manager, node_id, ref, "shutdown")
+
+
+async def remove_container(manager, node_id: str, ref: str, force: bool) -> tuple[Task, bool]:
+    """A stopped container's task goes at once (True). A running one only with force: desired
+    state remove, so that its node stops it first and its addresses are free only once it has
+    stopped (the orchestrator deletes the task then)."""
+    task = find_container(manager.store, node_id, ref)
+    if task.terminal or task.status.state in ("new", "pending", "assigned"):
+        await manager.propose(Transaction().delete("tasks", task.id,
+                                                   expect_version=task.meta.version))
+        return task, True
+    if not force:
+        raise errors.FailedPrecondition(
+            f"container {task.container_name!r} is {task.status.state}: stop it first ('shoal "
+            f"container stop {task.container_name}') or stop and remove it at once ('shoal "
+            f"container rm -f {task.container_name}')")
+    return await _set_desired(manager, node_id, ref, "remove"), False
+
+
+async def _set_desired(manager, node_id: str, ref: str, desired: str) -> Task:
+    conflicts = 0
+    while True:
+        task = find_container(manager.store, node_id, ref)
+        if task.desired_state == desired or (desired == "shutdown" and task.desired_state == "remove"):
+            return task
+        changed = codec.clone(task)
+        changed.desired_state = desired
+        changed.meta.updated_at = time.time()
+        try:
+            await manager.propose(Transaction().update("tasks", changed))
+            return changed
+        except errors.Conflict:
+            conflicts += 1  # its node reported a state meanwhile: read it again
+            if conflicts == 5:
+                raise
+
+
+# ---- the dispatcher's endpoints (a node, by its certificate) -----------------------------------
+
+def _caller(request: web.Request) -> str:
+    ident = _identity(request)
+    if ident is None:
+        raise errors.Unauthorized("standalone containers need the node's certificate")
+    return ident.node_id
+
+
+def _answer(task: Task, removed: bool = False, status: int = 200) -> web.Response:
+    return reply({"id": task.id, "name": task.container_name, "removed": removed,
+                  "addresses": [a.address for a in task.networks]}, status=status)
+
+
+async def container_create(request: web.Request) -> web.Response:
+    task = await create_container(_manager(request), _caller(request), await body_json(request))
+    return _answer(task, status=201)
+
+
+async def container_stop(request: web.Request) -> web.Response:
+    return _answer(await stop_container(_manager(request), _caller(request),
+                                        request.match_info["ref"]))
+
+
+async def container_remove(request: web.Request) -> web.Response:
+    task, removed = await remove_container(_manager(request), _caller(request),
+                                           request.match_info["ref"],
+                                           request.query.get("force") == "true")
+    return _answer(task, removed)
+
+
+def routes() -> list[web.RouteDef]:
+    return [web.post("/dispatcher/containers", container_create),
+            web.post("/dispatcher/containers/{ref}/stop", container_stop),
+            web.delete("/dispatcher/containers/{ref}", container_remove)]

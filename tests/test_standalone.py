@@ -1,0 +1,136 @@
+"""Standalone containers on the managers (manager.standalone): what a `container run` request may
+ask for, and the life of its task on a real one-member raft manager: allocated, never restarted
+or shut down by the orchestrators, removed with its addresses freed only once its node stopped
+it. The agents are simulated by their status reports; the lab test in
+integration/test_networking.py runs the real containers."""
+import asyncio
+
+import pytest
+
+from common import errors
+from common.model import Network, NetworkAttachment, NetworkSpec, Node, NodeStatus
+from manager import standalone
+from manager.netstate import node_network_state
+from manager.store import Store, Transaction
+from tests.raft_harness import wait
+
+
+def _networks() -> list[Network]:
+    return [Network(id="net-shared", spec=NetworkSpec(name="shared", attachable=True), vni=4100,
+                    subnet="10.20.0.0/24", gateway="10.20.0.1"),
+            Network(id="net-private", spec=NetworkSpec(name="private"), vni=4101,
+                    subnet="10.21.0.0/24", gateway="10.21.0.1"),
+            Network(id="net-ingress", spec=NetworkSpec(name="ingress", ingress=True), vni=4096,
+                    subnet="10.0.0.0/24", gateway="10.0.0.1")]
+
+
+def _store() -> Store:
+    store = Store()
+    txn = Transaction()
+    for net in _networks():
+        txn.create("networks", net)
+    store.apply(txn.encode())
+    return store
+
+
+def test_run_requests_are_checked_field_by_field():
+    store = _store()
+    task, nets = standalone.build_task(store, "n1", {
+        "name": "probe", "image": "busybox:1", "args": ["sleep", "9"], "env": ["A=1"],
+        "networks": ["shared"]})
+    assert task.standalone and task.name == "probe" and task.node_id == "n1"
+    assert nets == ["net-shared"] and task.status.state == "assigned"
+    unnamed, _ = standalone.build_task(store, "n1", {"image": "busybox:1"})
+    assert unnamed.container_name == unnamed.id[:12]
+
+    def refused(exc_type, data, *words):
+        with pytest.raises(exc_type) as exc:
+            standalone.build_task(store, "n1", {"image": "busybox:1", **data})
+        for word in words:
+            assert word in exc.value.message, exc.value.message
+    refused(errors.FailedPrecondition, {"networks": ["private"]}, "networks[0]",
+            "'private' is not attachable", "shoal network create --attachable")
+    refused(errors.FailedPrecondition, {"networks": ["ingress"]}, "routing mesh")
+    refused(errors.NotFound, {"networks": ["shared", "nowhere"]}, "networks[1]", "'nowhere'")
+    refused(errors.InvalidArgument, {"networks": ["shared", "net-shared"]}, "given twice")
+    refused(errors.InvalidArgument, {"name": "-x"}, "invalid container name")
+    refused(errors.InvalidArgument, {"env": ["NOVALUE"]}, "env[0]", "KEY=VALUE")
+    refused(errors.InvalidArgument, {"args": "sleep 9"}, "args", "list of strings")
+    with pytest.raises(errors.InvalidArgument, match="image"):
+        standalone.build_task(store, "n1", {"image": " "})
+
+
+def test_names_are_unique_per_node_and_found_by_name_or_id():
+    store = _store()
+    task, _ = standalone.build_task(store, "n1", {"name": "probe", "image": "busybox:1"})
+    store.apply(Transaction().create("tasks", task).encode())
+    with pytest.raises(errors.Conflict, match="'probe' is in use on this node"):
+        standalone.build_task(store, "n1", {"name": "probe", "image": "busybox:1"})
+    standalone.build_task(store, "n2", {"name": "probe", "image": "busybox:1"})  # another node
+    assert standalone.find_container(store, "n1", "probe").id == task.id
+    assert standalone.find_container(store, "n1", task.id[:8]).id == task.id
+    with pytest.raises(errors.NotFound, match="no such container on this node"):
+        standalone.find_container(store, "n2", "probe")
+
+
+def test_the_task_lives_and_goes_as_its_node_and_the_user_say(run):
+    async def scenario(h):
+        m = h.m
+        txn = Transaction()
+        for net in _networks():
+            txn.create("networks", net)
+        await m.propose(txn)
+        probe = await standalone.create_container(
+            m, "n1", {"name": "probe", "image": "busybox:1", "networks": ["shared"]})
+        address = probe.networks[0].address
+        assert address.startswith("10.20.0.") and address != "10.20.0.1/24"
+        await h.report(probe, "running")
+        # the node's peers learn it as an endpoint, and its name; it backs no service
+        view = node_network_state(m.store, "n1")["networks"][0]
+        assert view["name"] == "shared" and view["endpoints"][0]["ip"] == address.split("/")[0]
+        assert view["services"] == [] and view["containers"] == {"probe": [address.split("/")[0]]}
+        # no orchestrator touches it, not even when it ends by itself
+        await asyncio.sleep(0.3)
+        assert m.store.get("tasks", probe.id).desired_state == "running"
+
+        with pytest.raises(errors.FailedPrecondition, match="container rm -f probe"):
+            await standalone.remove_container(m, "n1", "probe", force=False)
+        task, removed = await standalone.remove_container(m, "n1", "probe", force=True)
+        assert not removed and task.desired_state == "remove"
+        await asyncio.sleep(0.3)
+        assert m.store.get("tasks", probe.id) is not None, "deleted before its node stopped it"
+        other = await standalone.create_container(m, "n2", {"image": "busybox:1",
+                                                            "networks": ["shared"]})
+        assert other.networks[0].address != address, "an address reused while still in use"
+        await h.report(probe, "shutdown")
+        await wait(lambda: m.store.get("tasks", probe.id) is None)
+
+        # stop keeps the task; rm of a stopped container deletes it at once
+        await h.report(other, "running")
+        stopped = await standalone.stop_container(m, "n2", other.container_name)
+        assert stopped.desired_state == "shutdown"
+        await h.report(other, "shutdown")
+        await asyncio.sleep(0.3)
+        assert m.store.get("tasks", other.id) is not None
+        _, removed = await standalone.remove_container(m, "n2", other.container_name, force=False)
+        assert removed and m.store.get("tasks", other.id) is None
+
+        # a removed node takes its containers' tasks with it
+        last = await standalone.create_container(m, "n3", {"image": "busybox:1"})
+        await h.report(last, "running")
+        await m.propose(Transaction().delete("nodes", "n3"))
+        await wait(lambda: m.store.get("tasks", last.id) is None)
+        with pytest.raises(errors.NotFound, match="not part of this swarm"):
+            await standalone.create_container(m, "n3", {"image": "busybox:1"})
+    run(scenario)
+
+
+def test_network_state_holds_attachable_networks_only_while_a_container_is_on_them():
+    store = _store()
+    node = Node(id="n1", status=NodeStatus(state="ready", addr="10.9.0.1"))
+    store.apply(Transaction().create("nodes", node).encode())
+    assert node_network_state(store, "n1")["networks"] == []
+    task, _ = standalone.build_task(store, "n1", {"image": "busybox:1", "networks": ["shared"]})
+    task.networks = [NetworkAttachment("net-shared", "10.20.0.7/24", "02:42:0a:14:00:07")]
+    store.apply(Transaction().create("tasks", task).encode())
+    assert [n["name"] for n in node_network_state(store, "n1")["networks"]] == ["shared"]
