@@ -245,6 +245,8 @@ def test_standalone_containers_join_attachable_networks_only(lab):
     # the service by name, across hosts, from the standalone container
     wait_until(lambda: http_via_nc(lab, probe, "echo") == echo["id"][:12], timeout=30,
                what="the standalone container reaching the service by name")
+    rows = lab.cli("manager1", "node", "ps", "worker3").stdout.splitlines()
+    assert [r for r in rows if r.split()[1:3] == ["probe", IMAGE]], rows
     net = json.loads(lab.cli("manager1", "network", "inspect", "shared").stdout)[0]
     assert [(c["name"], c["node"]) for c in net["containers"]] == [("probe", "worker3")]
     # ... and the service's task reaches the container by its name (as on Docker's attachable

@@ -282,7 +282,8 @@ def _task_rows(tasks: list[dict], no_trunc: bool) -> list[list]:
     rows = []
     previous = None
     for t in tasks:
-        base = f"{t['service_name']}.{t['slot'] or t['node_id']}"
+        # a standalone container (`container run`) shows its own name
+        base = t.get("container_name") or f"{t['service_name']}.{t['slot'] or t['node_id']}"
         name = base if base != previous else r" \_ " + base
         previous = base
         err = t["status"]["err"] or (t["status"]["message"] if t["status"]["state"] == "pending" else "")
