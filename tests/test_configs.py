@@ -7,8 +7,6 @@ import stat
 
 import click
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 
 from common import codec, errors
 from common.model import (Config, ConfigReference, ConfigSpec, ContainerSpec, SecretReference,
@@ -16,31 +14,11 @@ from common.model import (Config, ConfigReference, ConfigSpec, ContainerSpec, Se
 from manager.configs import CONFIGS
 from manager.data_objects import MAX_DATA_SIZE
 from manager.dispatcher import Dispatcher
-from manager.httputil import CTX, error_middleware
-from manager.store import Store, Transaction
+from manager.store import Transaction
 from shoal.cli.data_objects import parse_reference_option
 from shoal.cli.service import build_spec
+from tests.store_manager import StoreManager, api_client
 from worker.taskrunner import with_configs
-
-
-class FakeManager:
-    def __init__(self):
-        self.store = Store()
-        self.is_leader = True
-
-    async def propose(self, txn, timeout=None):
-        result = self.store.apply(txn.encode())
-        if not result["ok"]:
-            raise errors.Conflict(result["message"])
-        return result
-
-    def commit(self, txn):
-        assert self.store.apply(txn.encode())["ok"]
-
-
-class Ctx:
-    def __init__(self, manager):
-        self.manager = manager
 
 
 def add_config(m, name, data=b"key=value\n", cid=None):
@@ -55,7 +33,7 @@ def spec_with(*refs, secrets=(), name="web"):
 
 
 def test_refs_resolve_names_and_fill_defaults():
-    m = FakeManager()
+    m = StoreManager()
     c = add_config(m, "nginx.conf")
     spec = spec_with(ConfigReference(config_name="nginx.conf"),
                      ConfigReference(config_name="nginx.conf", target="etc/app.conf", uid="1000", mode=0o440))
@@ -67,7 +45,7 @@ def test_refs_resolve_names_and_fill_defaults():
 
 def test_missing_config_is_named_with_the_fix():
     with pytest.raises(errors.NotFound) as exc:
-        CONFIGS.resolve_refs(FakeManager(), spec_with(ConfigReference(config_name="x")))
+        CONFIGS.resolve_refs(StoreManager(), spec_with(ConfigReference(config_name="x")))
     assert exc.value.message == "config 'x' not found: create it with 'shoal config create x FILE'"
 
 
@@ -79,7 +57,7 @@ def test_missing_config_is_named_with_the_fix():
     (ConfigReference(), "config_name"),
 ])
 def test_bad_refs_name_the_field(ref, field):
-    m = FakeManager()
+    m = StoreManager()
     add_config(m, "a")
     with pytest.raises(errors.InvalidArgument) as exc:
         CONFIGS.resolve_refs(m, spec_with(ref))
@@ -87,7 +65,7 @@ def test_bad_refs_name_the_field(ref, field):
 
 
 def test_duplicate_targets_refused_also_against_secrets():
-    m = FakeManager()
+    m = StoreManager()
     add_config(m, "a")
     with pytest.raises(errors.InvalidArgument, match="also the target"):
         CONFIGS.resolve_refs(m, spec_with(ConfigReference(config_name="a"),
@@ -124,21 +102,14 @@ def test_cli_config_option_and_build_spec():
         {"config_name": "app"}]
 
 
-async def _api(m):
-    # Imported here: manager.api imported before tests/test_lb.py is collected breaks its pyroute2 use.
-    from manager import api_data_objects
-    app = web.Application(middlewares=[error_middleware])
-    app[CTX] = Ctx(m)
-    app.add_routes(api_data_objects.routes())
-    client = TestClient(TestServer(app))
-    await client.start_server()
-    return client
-
-
 def test_api_shows_data_and_refuses_removal_in_use():
+    # Imported here: manager.api imported before tests/test_lb.py is collected breaks its
+    # pyroute2 use.
+    from manager import api_data_objects
+
     async def go():
-        m = FakeManager()
-        client = await _api(m)
+        m = StoreManager()
+        client = await api_client(m, api_data_objects.routes())
         try:
             value = b"listen 80;\n"
             r = await client.post("/configs/create", json={
@@ -169,7 +140,7 @@ def test_api_shows_data_and_refuses_removal_in_use():
 
 
 def test_previous_spec_counts_as_use():
-    m = FakeManager()
+    m = StoreManager()
     c = add_config(m, "old")
     svc = Service(id="svc1", spec=spec_with(), previous_spec=spec_with(
         ConfigReference(config_id=c.id, config_name="old")))
@@ -184,7 +155,7 @@ def _task(tid, node, refs, state="running", desired="running"):
 
 
 def test_assignments_carry_only_the_configs_of_live_tasks_on_that_node():
-    m = FakeManager()
+    m = StoreManager()
     a, b, c = add_config(m, "a", b"AAA"), add_config(m, "b", b"BBB"), add_config(m, "c", b"CCC")
     ref = lambda x: [ConfigReference(config_id=x.id, config_name=x.spec.name, target=f"/{x.spec.name}")]
     m.commit(Transaction()
@@ -207,7 +178,7 @@ def test_assignments_carry_only_the_configs_of_live_tasks_on_that_node():
 
 
 def test_store_keeps_config_names_unique():
-    m = FakeManager()
+    m = StoreManager()
     add_config(m, "a")
     assert not m.store.apply(Transaction().create("configs", Config(
         id="other", spec=ConfigSpec(name="a", data=b"x"))).encode())["ok"]

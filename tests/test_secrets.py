@@ -6,8 +6,6 @@ import os
 import stat
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 
 from common import codec, errors
 from common.model import (ContainerSpec, Secret, SecretReference, SecretSpec, Service, ServiceSpec,
@@ -15,30 +13,10 @@ from common.model import (ContainerSpec, Secret, SecretReference, SecretSpec, Se
 from manager import api_data_objects
 from manager.data_objects import MAX_DATA_SIZE
 from manager.dispatcher import Dispatcher
-from manager.httputil import CTX, error_middleware
 from manager.secrets import SECRETS
-from manager.store import Store, Transaction
+from manager.store import Transaction
 from shoal.cli.data_objects import parse_reference_option
-
-
-class FakeManager:
-    def __init__(self):
-        self.store = Store()
-        self.is_leader = True
-
-    async def propose(self, txn, timeout=None):
-        result = self.store.apply(txn.encode())
-        if not result["ok"]:
-            raise errors.Conflict(result["message"])
-        return result
-
-    def commit(self, txn):
-        assert self.store.apply(txn.encode())["ok"]
-
-
-class Ctx:
-    def __init__(self, manager):
-        self.manager = manager
+from tests.store_manager import StoreManager, api_client
 
 
 def add_secret(m, name, data=b"s3cr3t", sid=None):
@@ -54,7 +32,7 @@ def spec_with(*refs, name="web"):
 
 # ---- validation -------------------------------------------------------------------------------
 def test_refs_resolve_names_and_fill_defaults():
-    m = FakeManager()
+    m = StoreManager()
     s = add_secret(m, "db_pass")
     spec = spec_with(SecretReference(secret_name="db_pass"),
                      SecretReference(secret_name="db_pass", target="other", uid="1000", mode=0o400))
@@ -65,7 +43,7 @@ def test_refs_resolve_names_and_fill_defaults():
 
 
 def test_missing_secret_is_named_with_the_fix():
-    m = FakeManager()
+    m = StoreManager()
     with pytest.raises(errors.NotFound) as exc:
         SECRETS.resolve_refs(m, spec_with(SecretReference(secret_name="x")))
     assert exc.value.message == "secret 'x' not found: create it with 'shoal secret create x FILE'"
@@ -78,7 +56,7 @@ def test_missing_secret_is_named_with_the_fix():
     (SecretReference(), "secret_name"),
 ])
 def test_bad_refs_name_the_field(ref, field):
-    m = FakeManager()
+    m = StoreManager()
     add_secret(m, "a")
     with pytest.raises(errors.InvalidArgument) as exc:
         SECRETS.resolve_refs(m, spec_with(ref))
@@ -86,7 +64,7 @@ def test_bad_refs_name_the_field(ref, field):
 
 
 def test_duplicate_targets_refused():
-    m = FakeManager()
+    m = StoreManager()
     add_secret(m, "a")
     with pytest.raises(errors.InvalidArgument, match="also the target"):
         SECRETS.resolve_refs(m, spec_with(SecretReference(secret_name="a"),
@@ -118,19 +96,10 @@ def test_cli_secret_option():
 
 
 # ---- API ----------------------------------------------------------------------------------------
-async def _api(m):
-    app = web.Application(middlewares=[error_middleware])
-    app[CTX] = Ctx(m)
-    app.add_routes(api_data_objects.routes())
-    client = TestClient(TestServer(app))
-    await client.start_server()
-    return client
-
-
 def test_api_never_returns_data_and_refuses_removal_in_use():
     async def go():
-        m = FakeManager()
-        client = await _api(m)
+        m = StoreManager()
+        client = await api_client(m, api_data_objects.routes())
         try:
             value = b"TOPSECRET-VALUE-123"
             r = await client.post("/secrets/create", json={
@@ -172,7 +141,7 @@ def _task(tid, node, refs, state="running", desired="running"):
 
 
 def test_assignments_carry_only_the_secrets_of_live_tasks_on_that_node():
-    m = FakeManager()
+    m = StoreManager()
     a = add_secret(m, "a", b"AAA")
     b = add_secret(m, "b", b"BBB")
     c = add_secret(m, "c", b"CCC")
@@ -235,7 +204,7 @@ def test_worker_tmpfs_files_and_cleanup(tmp_path):
 
 
 def test_previous_spec_counts_as_use():
-    m = FakeManager()
+    m = StoreManager()
     s = add_secret(m, "old")
     svc = Service(id="svc1", spec=spec_with(), previous_spec=spec_with(
         SecretReference(secret_id=s.id, secret_name="old")))
