@@ -48,9 +48,14 @@ def _convert(tp: Any, value: Any) -> Any:
                 return _convert(arg, value)
         return value
     if origin is list:
+        # A str or a dict would iterate into characters or keys: a malformed spec must fail.
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"expected a list, got {type(value).__name__}")
         (item,) = typing.get_args(tp) or (Any,)
         return [_convert(item, v) for v in value]
     if origin is dict:
+        if not isinstance(value, dict):
+            raise TypeError(f"expected an object, got {type(value).__name__}")
         _, item = typing.get_args(tp) or (Any, Any)
         return {k: _convert(item, v) for k, v in value.items()}
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
@@ -67,7 +72,13 @@ def from_plain(cls: type[T], data: dict) -> T:
         raise TypeError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
     hints = _hints(cls)
     names = _field_names(cls)
-    kwargs = {k: _convert(hints[k], v) for k, v in data.items() if k in names}
+    kwargs = {}
+    for k, v in data.items():
+        if k in names:
+            try:
+                kwargs[k] = _convert(hints[k], v)
+            except (TypeError, ValueError, AttributeError) as exc:
+                raise TypeError(f"{k}: {exc}") from None  # the path to the field, outermost first
     return cls(**kwargs)
 
 

@@ -240,8 +240,10 @@ def test_standalone_containers_join_attachable_networks_only(lab):
     echo = wait_running(lab, "echo", 1)[0]
 
     lab.cli("worker3", "container", "run", "--name", "probe", "--network", "shared",
-            IMAGE, "sleep", "100000")
+            "--mount", "type=tmpfs,target=/scratch", "-w", "/scratch", IMAGE, "sleep", "100000")
     probe = {"node_hostname": "worker3", "id": "probe"}
+    assert in_task(lab, probe, "sh", "-c", "pwd; grep ' /scratch tmpfs ' /proc/mounts",
+                   check=True).stdout.startswith("/scratch\ntmpfs /scratch tmpfs"), "mount or workdir"
     # the service by name, across hosts, from the standalone container
     wait_until(lambda: http_via_nc(lab, probe, "echo") == echo["id"][:12], timeout=30,
                what="the standalone container reaching the service by name")

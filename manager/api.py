@@ -378,8 +378,11 @@ async def join(request: web.Request) -> web.Response:
         csr, node_id, pki.ROLE_MANAGER if role == NODE_ROLE_MANAGER else pki.ROLE_WORKER,
         cluster.id, [addr], cluster.spec.ca_config.node_cert_expiry)
     now = time.time()
-    description = codec.from_plain(NodeDescription, field(data, "description", dict, required=False,
-                                                          default={}))
+    try:
+        description = codec.from_plain(NodeDescription, field(data, "description", dict,
+                                                              required=False, default={}))
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise errors.InvalidArgument(f"description: {exc}", field="description") from None
     node = Node(id=node_id, spec=NodeSpec(desired_role=role), description=description,
                 status=NodeStatus(addr=addr), role=role)
     node.meta.created_at = node.meta.updated_at = now

@@ -67,7 +67,10 @@ class Dispatcher:
             changed = True
         if description:
             from common.model import NodeDescription
-            desc = codec.from_plain(NodeDescription, description)
+            try:
+                desc = codec.from_plain(NodeDescription, description)
+            except (TypeError, ValueError, AttributeError) as exc:
+                raise errors.InvalidArgument(f"description: {exc}", field="description") from None
             if desc != node.description:
                 node.description = desc
                 changed = True

@@ -6,8 +6,8 @@ import re
 import signal
 
 from common import codec, errors
-from common.model import (SERVICE_MODES, UPDATE_FAILURE_ACTIONS, UPDATE_ORDERS, HealthConfig,
-                          ServiceSpec)
+from common.model import (SERVICE_MODES, UPDATE_FAILURE_ACTIONS, UPDATE_ORDERS, ContainerSpec,
+                          HealthConfig, ServiceSpec)
 from manager.constraints import parse_constraint, parse_preference
 
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
@@ -34,34 +34,7 @@ def validate_service_spec(spec: ServiceSpec) -> None:
     if not isinstance(spec.name, str) or not _NAME.match(spec.name or ""):
         raise _bad("name", f"invalid service name {spec.name!r}: use 1-63 letters, digits, '_', "
                    "'.' or '-', starting with a letter or digit")
-    c = spec.task_template.container
-    if not isinstance(c.image, str) or not c.image.strip():
-        raise _bad("task_template.container.image", "an image is required (e.g. busybox:1)")
-    for name in ("command", "args", "env"):
-        value = getattr(c, name)
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise _bad(f"task_template.container.{name}", "must be a list of strings")
-    for i, e in enumerate(c.env):
-        if "=" not in e or e.startswith("="):
-            raise _bad(f"task_template.container.env[{i}]", f"{e!r} is not NAME=VALUE")
-    try:
-        signal.Signals[c.stop_signal if c.stop_signal.startswith("SIG") else "SIG" + c.stop_signal]
-    except KeyError:
-        raise _bad("task_template.container.stop_signal", f"unknown signal {c.stop_signal!r}") from None
-    if not isinstance(c.stop_grace_period, (int, float)) or c.stop_grace_period < 0:
-        raise _bad("task_template.container.stop_grace_period", "must be a duration >= 0")
-    if c.healthcheck is not None:
-        _validate_healthcheck(c.healthcheck)
-    for i, m in enumerate(c.mounts):
-        where = f"task_template.container.mounts[{i}]"
-        if m.type not in _MOUNT_TYPES:
-            raise _bad(f"{where}.type", f"unknown mount type {m.type!r}: one of {', '.join(_MOUNT_TYPES)}")
-        if not m.target.startswith("/"):
-            raise _bad(f"{where}.target", f"{m.target!r} must be an absolute path in the container")
-        if m.type == "bind" and not m.source.startswith("/"):
-            raise _bad(f"{where}.source", "a bind mount needs an absolute host path as source")
-        if m.type == "volume" and m.source and not _NAME.match(m.source):
-            raise _bad(f"{where}.source", f"invalid volume name {m.source!r}")
+    validate_container_spec(spec.task_template.container, "task_template.container")
     res = spec.task_template.resources
     for name, value in (("limits.memory_bytes", res.limits.memory_bytes),
                         ("limits.nano_cpus", res.limits.nano_cpus),
@@ -133,8 +106,39 @@ def validate_service_spec(spec: ServiceSpec) -> None:
             raise _bad(f"task_template.networks[{i}].aliases", "must be a list of names")
 
 
-def _validate_healthcheck(hc: HealthConfig) -> None:
-    where = "task_template.container.healthcheck"
+def validate_container_spec(c: ContainerSpec, where: str) -> None:
+    """What a container needs to run, a service's or a standalone one; errors name the field
+    under `where`."""
+    if not isinstance(c.image, str) or not c.image.strip():
+        raise _bad(f"{where}.image", "an image is required (e.g. busybox:1)")
+    for name in ("command", "args", "env"):
+        value = getattr(c, name)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise _bad(f"{where}.{name}", "must be a list of strings")
+    for i, e in enumerate(c.env):
+        if "=" not in e or e.startswith("="):
+            raise _bad(f"{where}.env[{i}]", f"{e!r} is not NAME=VALUE")
+    try:
+        signal.Signals[c.stop_signal if c.stop_signal.startswith("SIG") else "SIG" + c.stop_signal]
+    except KeyError:
+        raise _bad(f"{where}.stop_signal", f"unknown signal {c.stop_signal!r}") from None
+    if not isinstance(c.stop_grace_period, (int, float)) or c.stop_grace_period < 0:
+        raise _bad(f"{where}.stop_grace_period", "must be a duration >= 0")
+    if c.healthcheck is not None:
+        _validate_healthcheck(c.healthcheck, f"{where}.healthcheck")
+    for i, m in enumerate(c.mounts):
+        at = f"{where}.mounts[{i}]"
+        if m.type not in _MOUNT_TYPES:
+            raise _bad(f"{at}.type", f"unknown mount type {m.type!r}: one of {', '.join(_MOUNT_TYPES)}")
+        if not m.target.startswith("/"):
+            raise _bad(f"{at}.target", f"{m.target!r} must be an absolute path in the container")
+        if m.type == "bind" and not m.source.startswith("/"):
+            raise _bad(f"{at}.source", "a bind mount needs an absolute host path as source")
+        if m.type == "volume" and m.source and not _NAME.match(m.source):
+            raise _bad(f"{at}.source", f"invalid volume name {m.source!r}")
+
+
+def _validate_healthcheck(hc: HealthConfig, where: str) -> None:
     test = hc.test
     if not isinstance(test, list) or not all(isinstance(t, str) for t in test):
         raise _bad(f"{where}.test", "must be a list of strings, like [\"CMD-SHELL\", \"curl -f "

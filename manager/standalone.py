@@ -20,6 +20,7 @@ from common.ids import new_id
 from common.model import ContainerSpec, NetworkAttachmentConfig, Task, TaskSpec, TaskStatus
 from manager.api import _identity, _manager
 from manager.httputil import body_json, field, reply
+from manager.services import validate_container_spec
 from manager.store import Transaction
 
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
@@ -75,15 +76,30 @@ def _resolve_networks(store, refs: list[str]) -> list[str]:
     return ids
 
 
+def _container_spec(data: Any) -> ContainerSpec:
+    if not isinstance(data, dict):
+        raise _bad("container", "must be an object: {image, args, env, mounts, ...}")
+    try:
+        c = codec.from_plain(ContainerSpec, data)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise _bad("container", f"malformed container spec: {exc}") from None
+    validate_container_spec(c, "container")
+    if not isinstance(c.labels, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in c.labels.items()):
+        raise _bad("container.labels", "must be an object of string keys and string values")
+    # The dispatcher hands a node the secrets and configs of its tasks: a node asking for them
+    # here could read any of them. Services carry them.
+    for kind in ("secrets", "configs"):
+        if getattr(c, kind):
+            raise _bad(f"container.{kind}", f"a standalone container takes no {kind}: run it as "
+                       f"a service ('shoal service create --{kind[:-1]} ...')")
+    return c
+
+
 def build_task(store, node_id: str, data: dict[str, Any]) -> tuple[Task, list[str]]:
-    """The task of a `container run` request, and the networks it attaches to (not allocated)."""
-    image = field(data, "image", str)
-    if not image.strip():
-        raise _bad("image", "names no image")
-    args, env = _strings(data, "args"), _strings(data, "env")
-    for i, entry in enumerate(env):
-        if "=" not in entry or entry.startswith("="):
-            raise _bad(f"env[{i}]", f"{entry!r} must be KEY=VALUE")
+    """The task of a `container run` request ({name, container, networks}), and the networks it
+    attaches to (not allocated yet)."""
+    container = _container_spec(data.get("container"))
     task_id = new_id()
     name = field(data, "name", str, required=False, default="") or task_id[:12]
     if not _NAME.match(name):
@@ -97,7 +113,7 @@ def build_task(store, node_id: str, data: dict[str, Any]) -> tuple[Task, list[st
     network_ids = _resolve_networks(store, _strings(data, "networks"))
     now = time.time()
     task = Task(id=task_id, container_name=name, node_id=node_id,
-                spec=TaskSpec(container=ContainerSpec(image=image, args=args, env=env),
+                spec=TaskSpec(container=container,
                               networks=[NetworkAttachmentConfig(target=n) for n in network_ids]),
                 desired_state="running",
                 status=TaskStatus(state="assigned", timestamp=now, message="assigned to its node"))

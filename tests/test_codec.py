@@ -20,6 +20,17 @@ def test_unknown_fields_are_ignored_and_missing_take_defaults():
     assert n.id == "x" and n.status.state == "unknown"
 
 
+def test_a_list_or_object_field_refuses_other_shapes_and_names_the_path():
+    # A str would iterate into characters ("sleep 9" -> ["s", "l", ...]) and a dict into keys.
+    plain = {"id": "s", "spec": {"name": "web", "task_template": {"container": {
+        "image": "busybox:1", "args": "sleep 9"}}}}
+    with pytest.raises(TypeError, match="^spec: task_template: container: args: expected a "
+                                        "list, got str$"):
+        codec.from_plain(Service, plain)
+    with pytest.raises(TypeError, match="^spec: labels: expected an object, got list$"):
+        codec.from_plain(Node, {"id": "x", "spec": {"labels": ["a=b"]}})
+
+
 def test_newer_format_version_still_reads():
     data = msgpack.packb({"v": 99, "d": {"id": "x"}, "extra": 1})
     assert codec.from_plain(Node, codec.unpack(data)).id == "x"

@@ -14,6 +14,8 @@ from manager.netstate import node_network_state
 from manager.store import Store, Transaction
 from tests.raft_harness import wait
 
+BUSYBOX = {"image": "busybox:1"}
+
 
 def _networks() -> list[Network]:
     return [Network(id="net-shared", spec=NetworkSpec(name="shared", attachable=True), vni=4100,
@@ -36,16 +38,19 @@ def _store() -> Store:
 def test_run_requests_are_checked_field_by_field():
     store = _store()
     task, nets = standalone.build_task(store, "n1", {
-        "name": "probe", "image": "busybox:1", "args": ["sleep", "9"], "env": ["A=1"],
-        "networks": ["shared"]})
+        "name": "probe", "networks": ["shared"],
+        "container": {"image": "busybox:1", "args": ["sleep", "9"], "env": ["A=1"],
+                      "mounts": [{"type": "tmpfs", "target": "/scratch"}], "dir": "/tmp"}})
     assert task.standalone and task.name == "probe" and task.node_id == "n1"
+    c = task.spec.container
+    assert (c.args, c.env, c.mounts[0].target, c.dir) == (["sleep", "9"], ["A=1"], "/scratch", "/tmp")
     assert nets == ["net-shared"] and task.status.state == "assigned"
-    unnamed, _ = standalone.build_task(store, "n1", {"image": "busybox:1"})
+    unnamed, _ = standalone.build_task(store, "n1", {"container": BUSYBOX})
     assert unnamed.container_name == unnamed.id[:12]
 
     def refused(exc_type, data, *words):
         with pytest.raises(exc_type) as exc:
-            standalone.build_task(store, "n1", {"image": "busybox:1", **data})
+            standalone.build_task(store, "n1", {"container": BUSYBOX, **data})
         for word in words:
             assert word in exc.value.message, exc.value.message
     refused(errors.FailedPrecondition, {"networks": ["private"]}, "networks[0]",
@@ -54,19 +59,30 @@ def test_run_requests_are_checked_field_by_field():
     refused(errors.NotFound, {"networks": ["shared", "nowhere"]}, "networks[1]", "'nowhere'")
     refused(errors.InvalidArgument, {"networks": ["shared", "net-shared"]}, "given twice")
     refused(errors.InvalidArgument, {"name": "-x"}, "invalid container name")
-    refused(errors.InvalidArgument, {"env": ["NOVALUE"]}, "env[0]", "KEY=VALUE")
-    refused(errors.InvalidArgument, {"args": "sleep 9"}, "args", "list of strings")
-    with pytest.raises(errors.InvalidArgument, match="image"):
-        standalone.build_task(store, "n1", {"image": " "})
+    # the container part is checked as a service's is, under "container."
+    refused(errors.InvalidArgument, {"container": {"image": "busybox:1", "env": ["NOVALUE"]}},
+            "container.env[0]", "NAME=VALUE")
+    refused(errors.InvalidArgument, {"container": {"image": "busybox:1", "args": "sleep 9"}},
+            "malformed container spec", "args: expected a list, got str")
+    refused(errors.InvalidArgument, {"container": {"image": " "}}, "container.image")
+    refused(errors.InvalidArgument, {"container": "busybox:1"}, "container", "must be an object")
+    refused(errors.InvalidArgument, {"container": {"image": "busybox:1",
+                                                   "mounts": [{"type": "bind", "source": "rel",
+                                                               "target": "/x"}]}},
+            "container.mounts[0].source", "absolute host path")
+    # a node may not ask for secrets or configs this way: it could read any of them
+    refused(errors.InvalidArgument, {"container": {"image": "busybox:1",
+                                                   "secrets": [{"secret_name": "db"}]}},
+            "container.secrets", "shoal service create --secret")
 
 
 def test_names_are_unique_per_node_and_found_by_name_or_id():
     store = _store()
-    task, _ = standalone.build_task(store, "n1", {"name": "probe", "image": "busybox:1"})
+    task, _ = standalone.build_task(store, "n1", {"name": "probe", "container": BUSYBOX})
     store.apply(Transaction().create("tasks", task).encode())
     with pytest.raises(errors.Conflict, match="'probe' is in use on this node"):
-        standalone.build_task(store, "n1", {"name": "probe", "image": "busybox:1"})
-    standalone.build_task(store, "n2", {"name": "probe", "image": "busybox:1"})  # another node
+        standalone.build_task(store, "n1", {"name": "probe", "container": BUSYBOX})
+    standalone.build_task(store, "n2", {"name": "probe", "container": BUSYBOX})  # another node
     assert standalone.find_container(store, "n1", "probe").id == task.id
     assert standalone.find_container(store, "n1", task.id[:8]).id == task.id
     with pytest.raises(errors.NotFound, match="no such container on this node"):
@@ -81,7 +97,7 @@ def test_the_task_lives_and_goes_as_its_node_and_the_user_say(run):
             txn.create("networks", net)
         await m.propose(txn)
         probe = await standalone.create_container(
-            m, "n1", {"name": "probe", "image": "busybox:1", "networks": ["shared"]})
+            m, "n1", {"name": "probe", "container": BUSYBOX, "networks": ["shared"]})
         address = probe.networks[0].address
         assert address.startswith("10.20.0.") and address != "10.20.0.1/24"
         await h.report(probe, "running")
@@ -99,7 +115,7 @@ def test_the_task_lives_and_goes_as_its_node_and_the_user_say(run):
         assert not removed and task.desired_state == "remove"
         await asyncio.sleep(0.3)
         assert m.store.get("tasks", probe.id) is not None, "deleted before its node stopped it"
-        other = await standalone.create_container(m, "n2", {"image": "busybox:1",
+        other = await standalone.create_container(m, "n2", {"container": BUSYBOX,
                                                             "networks": ["shared"]})
         assert other.networks[0].address != address, "an address reused while still in use"
         await h.report(probe, "shutdown")
@@ -116,12 +132,12 @@ def test_the_task_lives_and_goes_as_its_node_and_the_user_say(run):
         assert removed and m.store.get("tasks", other.id) is None
 
         # a removed node takes its containers' tasks with it
-        last = await standalone.create_container(m, "n3", {"image": "busybox:1"})
+        last = await standalone.create_container(m, "n3", {"container": BUSYBOX})
         await h.report(last, "running")
         await m.propose(Transaction().delete("nodes", "n3"))
         await wait(lambda: m.store.get("tasks", last.id) is None)
         with pytest.raises(errors.NotFound, match="not part of this swarm"):
-            await standalone.create_container(m, "n3", {"image": "busybox:1"})
+            await standalone.create_container(m, "n3", {"container": BUSYBOX})
     run(scenario)
 
 
@@ -130,7 +146,7 @@ def test_network_state_holds_attachable_networks_only_while_a_container_is_on_th
     node = Node(id="n1", status=NodeStatus(state="ready", addr="10.9.0.1"))
     store.apply(Transaction().create("nodes", node).encode())
     assert node_network_state(store, "n1")["networks"] == []
-    task, _ = standalone.build_task(store, "n1", {"image": "busybox:1", "networks": ["shared"]})
+    task, _ = standalone.build_task(store, "n1", {"container": BUSYBOX, "networks": ["shared"]})
     task.networks = [NetworkAttachment("net-shared", "10.20.0.7/24", "02:42:0a:14:00:07")]
     store.apply(Transaction().create("tasks", task).encode())
     assert [n["name"] for n in node_network_state(store, "n1")["networks"]] == ["shared"]

@@ -10,6 +10,7 @@ import click
 from common.units import format_size
 from shoal.cli.client import Cli, pass_cli
 from shoal.cli.output import print_listing
+from shoal.cli.service import parse_mount
 
 
 @click.group()
@@ -35,21 +36,33 @@ def container_ls(cli: Cli, show_all, quiet, fmt) -> None:
 @click.option("--network", "networks", multiple=True,
               help="Attach to this attachable overlay network (repeatable)")
 @click.option("-e", "--env", multiple=True, help="Environment variable KEY=VALUE (repeatable)")
+@click.option("--mount", "mounts", multiple=True,
+              help="type=bind|volume|tmpfs,source=...,target=...[,readonly] (repeatable)")
+@click.option("-w", "--workdir", default="", help="Working directory inside the container")
+@click.option("-u", "--user", default="", help="Username or UID[:GID]")
+@click.option("--hostname", default="", help="Container hostname")
+@click.option("--entrypoint", default="", help="Overwrite the image's entrypoint (space separated)")
 @click.argument("image")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @pass_cli
-def container_run(cli: Cli, name, networks, env, image, args) -> None:
+def container_run(cli: Cli, name, networks, env, mounts, workdir, user, hostname, entrypoint,
+                  image, args) -> None:
     """Run a standalone container on this node, in the background (as `docker run -d`).
 
     It may join attachable overlay networks (`network create --attachable`), where it reaches
-    services by name. Nothing restarts it; `container rm` removes it.
+    services by name and their tasks reach it by its name. Nothing restarts it; `container rm`
+    removes it.
     """
     for entry in env:
         if "=" not in entry or entry.startswith("="):
             raise click.BadParameter(f"{entry!r}: expected KEY=VALUE", param_hint="--env")
+    container = {"image": image, "args": list(args), "env": list(env),
+                 "mounts": [parse_mount(m) for m in mounts], "dir": workdir, "user": user,
+                 "hostname": hostname}
+    if entrypoint:
+        container["command"] = entrypoint.split()
     created = cli.call("POST", "/containers/run", {
-        "name": name, "image": image, "args": list(args), "env": list(env),
-        "networks": list(networks)}, timeout=330)
+        "name": name, "container": container, "networks": list(networks)}, timeout=330)
     click.echo(created["id"])
 
 
