@@ -54,7 +54,7 @@ async def container_run(request: web.Request) -> web.Response:
         # `docker run` of an image it cannot find.
         await agent.request_managers("DELETE", f"/dispatcher/containers/{task_id}")
         raise errors.FailedPrecondition(f"container {created['name']} could not be created: "
-                                        f"{ctl.message}", field="image")
+                                        f"{ctl.message}", field="container")
     # A process that ended at once keeps its container (exit code, logs) until `rm`.
     return reply({**created, "state": ctl.state}, status=201)
 
