@@ -167,6 +167,81 @@ def test_services_find_each_other_by_name_across_hosts_and_networks_isolate(lab)
     assert http_via_nc(lab, outsider, vip["addr"].split("/")[0]) == ""
 
 
+# ---- attachable networks: standalone containers ---------------------------------------------
+
+def test_standalone_containers_join_attachable_networks_only(lab):
+    res = lab.cli("worker3", "container", "run", "--network", "appnet", IMAGE, "sleep", "1000",
+                  check=False)
+    assert res.returncode != 0 and "'appnet' is not attachable" in res.stderr, res.stderr
+    assert "shoal network create --attachable" in res.stderr
+    lab.cli("manager1", "network", "create", "--attachable", "shared")
+    create(lab, "echo", "--network", "shared", "--constraint", "node.hostname==worker1",
+           IMAGE, *HTTPD)
+    echo = wait_running(lab, "echo", 1)[0]
+
+    lab.cli("worker3", "container", "run", "--name", "probe", "--network", "shared",
+            "--mount", "type=tmpfs,target=/scratch", "-w", "/scratch", IMAGE, "sleep", "100000")
+    probe = {"node_hostname": "worker3", "id": "probe"}
+    assert in_task(lab, probe, "sh", "-c", "pwd; grep ' /scratch tmpfs ' /proc/mounts",
+                   check=True).stdout.startswith("/scratch\ntmpfs /scratch tmpfs"), "mount or workdir"
+    # the service by name, across hosts, from the standalone container
+    wait_until(lambda: http_via_nc(lab, probe, "echo") == echo["id"][:12], timeout=30,
+               what="the standalone container reaching the service by name")
+    rows = lab.cli("manager1", "node", "ps", "worker3").stdout.splitlines()
+    assert [r for r in rows if r.split()[1:3] == ["probe", IMAGE]], rows
+    net = json.loads(lab.cli("manager1", "network", "inspect", "shared").stdout)[0]
+    assert [(c["name"], c["node"]) for c in net["containers"]] == [("probe", "worker3")]
+    # ... and the service's task reaches the container by its name (as on Docker's attachable
+    # networks) and its address
+    addr = net["containers"][0]["address"].split("/")[0]
+    look = wait_until(lambda: (lambda r: r.stdout if r.returncode == 0 else None)(
+        in_task(lab, echo, "nslookup", "probe")), timeout=20, what="the container's name resolving")
+    assert addr in look, look
+    assert in_task(lab, echo, "ping", "-c", "1", "-W", "3", addr).returncode == 0
+    # a manager's own daemon runs one too (its agent asks the leader, wherever it is)
+    lab.cli("manager2", "container", "run", "--name", "probe", "--network", "shared",
+            IMAGE, "sleep", "100000")
+    wait_until(lambda: http_via_nc(lab, {"node_hostname": "manager2", "id": "probe"}, "echo")
+               == echo["id"][:12], timeout=30, what="the manager's container reaching the service")
+
+    # -p binds a port of its own node only (no network needed), as `docker run -p`. This runs
+    # before any service publishes a port in ingress mode, which would turn forwarding on.
+    lab.cli("worker2", "container", "run", "--name", "web", "-p", "9200:80", IMAGE, *HTTPD)
+    r = wait_until(lambda: (lambda r: r if r["answers"] else None)(
+        hit(lab, "manager1", ADDR["worker2"], 9200, 3)), timeout=20, what="worker2:9200")
+    assert r["failures"] == 0, r
+    assert hit(lab, "manager1", ADDR["worker1"], 9200, 2)["failures"] == 2
+    res = lab.cli("worker2", "container", "run", "-p", "9200:81", IMAGE, *HTTPD, check=False)
+    assert res.returncode != 0 and "9200/tcp is already bound on this node by web" in res.stderr
+    lab.cli("worker2", "container", "rm", "-f", "web")
+
+    # clear refusals: a name taken on this node, a running container without -f, a missing image
+    res = lab.cli("worker3", "container", "run", "--name", "probe", IMAGE, "true", check=False)
+    assert res.returncode != 0 and "'probe' is in use on this node" in res.stderr, res.stderr
+    res = lab.cli("worker3", "container", "rm", "probe", check=False)
+    assert res.returncode != 0 and "rm -f" in res.stderr and "container stop" in res.stderr
+    res = lab.cli("worker3", "container", "run", "--network", "shared", "nosuch:1", "true",
+                  check=False)
+    assert res.returncode != 0 and "could not be created" in res.stderr and "nosuch" in res.stderr
+    res = lab.cli("worker3", "container", "rm", "echo", check=False)
+    assert res.returncode != 0 and "a service's containers go with their service" in res.stderr
+    lab.cli("manager1", "service", "rm", "echo")
+    res = lab.cli("manager1", "network", "rm", "shared", check=False)
+    assert res.returncode != 0 and "probe (on manager2), probe (on worker3)" in res.stderr, res.stderr
+
+    # stop keeps the container (stopped), rm removes it; rm -f stops and removes
+    lab.cli("worker3", "container", "stop", "probe")
+    stopped = [c for c in lab.cli_json("worker3", "container", "ls", "--all") if c["name"] == "probe"]
+    assert len(stopped) == 1 and stopped[0]["state"] == "stopped", stopped
+    lab.cli("worker3", "container", "rm", "probe")
+    lab.cli("manager2", "container", "rm", "-f", "probe")
+    for host in ("worker3", "manager2"):
+        assert not [c for c in lab.cli_json(host, "container", "ls", "--all") if c["name"] == "probe"]
+    # nothing holds the network any more; test 5 checks that nothing is left on any host
+    wait_until(lambda: lab.cli("manager1", "network", "rm", "shared", check=False).returncode == 0,
+               timeout=30, what="the attachable network removable")
+
+
 # ---- 2 and 3. the routing mesh ---------------------------------------------------------------
 
 def test_published_port_answers_on_every_node_and_follows_tasks(lab):
@@ -225,70 +300,6 @@ def test_udp_publishing_and_host_mode_binds_only_where_tasks_run(lab):
     for host in ("worker2", "manager2"):
         r = hit(lab, "manager1", ADDR[host], 9100, 3)
         assert r["failures"] == 3 and not r["answers"], (host, r)
-
-
-# ---- attachable networks: standalone containers ---------------------------------------------
-
-def test_standalone_containers_join_attachable_networks_only(lab):
-    res = lab.cli("worker3", "container", "run", "--network", "appnet", IMAGE, "sleep", "1000",
-                  check=False)
-    assert res.returncode != 0 and "'appnet' is not attachable" in res.stderr, res.stderr
-    assert "shoal network create --attachable" in res.stderr
-    lab.cli("manager1", "network", "create", "--attachable", "shared")
-    create(lab, "echo", "--network", "shared", "--constraint", "node.hostname==worker1",
-           IMAGE, *HTTPD)
-    echo = wait_running(lab, "echo", 1)[0]
-
-    lab.cli("worker3", "container", "run", "--name", "probe", "--network", "shared",
-            "--mount", "type=tmpfs,target=/scratch", "-w", "/scratch", IMAGE, "sleep", "100000")
-    probe = {"node_hostname": "worker3", "id": "probe"}
-    assert in_task(lab, probe, "sh", "-c", "pwd; grep ' /scratch tmpfs ' /proc/mounts",
-                   check=True).stdout.startswith("/scratch\ntmpfs /scratch tmpfs"), "mount or workdir"
-    # the service by name, across hosts, from the standalone container
-    wait_until(lambda: http_via_nc(lab, probe, "echo") == echo["id"][:12], timeout=30,
-               what="the standalone container reaching the service by name")
-    rows = lab.cli("manager1", "node", "ps", "worker3").stdout.splitlines()
-    assert [r for r in rows if r.split()[1:3] == ["probe", IMAGE]], rows
-    net = json.loads(lab.cli("manager1", "network", "inspect", "shared").stdout)[0]
-    assert [(c["name"], c["node"]) for c in net["containers"]] == [("probe", "worker3")]
-    # ... and the service's task reaches the container by its name (as on Docker's attachable
-    # networks) and its address
-    addr = net["containers"][0]["address"].split("/")[0]
-    look = wait_until(lambda: (lambda r: r.stdout if r.returncode == 0 else None)(
-        in_task(lab, echo, "nslookup", "probe")), timeout=20, what="the container's name resolving")
-    assert addr in look, look
-    assert in_task(lab, echo, "ping", "-c", "1", "-W", "3", addr).returncode == 0
-    # a manager's own daemon runs one too (its agent asks the leader, wherever it is)
-    lab.cli("manager2", "container", "run", "--name", "probe", "--network", "shared",
-            IMAGE, "sleep", "100000")
-    wait_until(lambda: http_via_nc(lab, {"node_hostname": "manager2", "id": "probe"}, "echo")
-               == echo["id"][:12], timeout=30, what="the manager's container reaching the service")
-
-    # clear refusals: a name taken on this node, a running container without -f, a missing image
-    res = lab.cli("worker3", "container", "run", "--name", "probe", IMAGE, "true", check=False)
-    assert res.returncode != 0 and "'probe' is in use on this node" in res.stderr, res.stderr
-    res = lab.cli("worker3", "container", "rm", "probe", check=False)
-    assert res.returncode != 0 and "rm -f" in res.stderr and "container stop" in res.stderr
-    res = lab.cli("worker3", "container", "run", "--network", "shared", "nosuch:1", "true",
-                  check=False)
-    assert res.returncode != 0 and "could not be created" in res.stderr and "nosuch" in res.stderr
-    res = lab.cli("worker3", "container", "rm", "echo", check=False)
-    assert res.returncode != 0 and "a service's containers go with their service" in res.stderr
-    lab.cli("manager1", "service", "rm", "echo")
-    res = lab.cli("manager1", "network", "rm", "shared", check=False)
-    assert res.returncode != 0 and "probe (on manager2), probe (on worker3)" in res.stderr, res.stderr
-
-    # stop keeps the container (stopped), rm removes it; rm -f stops and removes
-    lab.cli("worker3", "container", "stop", "probe")
-    stopped = [c for c in lab.cli_json("worker3", "container", "ls", "--all") if c["name"] == "probe"]
-    assert len(stopped) == 1 and stopped[0]["state"] == "stopped", stopped
-    lab.cli("worker3", "container", "rm", "probe")
-    lab.cli("manager2", "container", "rm", "-f", "probe")
-    for host in ("worker3", "manager2"):
-        assert not [c for c in lab.cli_json(host, "container", "ls", "--all") if c["name"] == "probe"]
-    # nothing holds the network any more; test 5 checks that nothing is left on any host
-    wait_until(lambda: lab.cli("manager1", "network", "rm", "shared", check=False).returncode == 0,
-               timeout=30, what="the attachable network removable")
 
 
 # ---- 5. removal leaves nothing behind ----------------------------------------------------------

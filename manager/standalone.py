@@ -17,7 +17,9 @@ from aiohttp import web
 
 from common import codec, errors
 from common.ids import new_id
-from common.model import ContainerSpec, NetworkAttachmentConfig, Task, TaskSpec, TaskStatus
+from common.model import (ContainerSpec, NetworkAttachmentConfig, PortConfig, Task, TaskSpec,
+                          TaskStatus)
+from manager.allocator import CLUSTER_PORTS, ingress_ports
 from manager.api import _identity, _manager
 from manager.httputil import body_json, field, reply
 from manager.services import validate_container_spec
@@ -96,10 +98,51 @@ def _container_spec(data: Any) -> ContainerSpec:
     return c
 
 
+def _host_ports(store, node_id: str, data: Any) -> list[PortConfig]:
+    """`-p PUBLISHED:TARGET[/udp]`: bound on this node only (host mode), as `docker run -p`."""
+    if data is None:
+        return []
+    if not isinstance(data, list) or not all(isinstance(p, dict) for p in data):
+        raise _bad("ports", "must be a list of {protocol, published_port, target_port}")
+    in_use = {(p.protocol, p.published_port): t for t in store.by_index("tasks", "node_id", node_id)
+              if t.desired_up and not t.terminal
+              for p in t.ports if p.publish_mode == "host" and p.published_port}
+    ingress = {(p.protocol, p.published_port): svc for svc in store.list("services")
+               for p in ingress_ports(svc.endpoint.ports)}
+    ports: list[PortConfig] = []
+    for i, plain in enumerate(data):
+        where = f"ports[{i}]"
+        protocol = plain.get("protocol", "tcp")
+        published, target = plain.get("published_port"), plain.get("target_port")
+        if protocol not in ("tcp", "udp"):
+            raise _bad(f"{where}.protocol", f"{protocol!r} is not tcp or udp")
+        for name, port in (("published_port", published), ("target_port", target)):
+            if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+                raise _bad(f"{where}.{name}", "must be a port between 1 and 65535 (e.g. -p 8080:80)")
+        key = (protocol, published)
+        if key in CLUSTER_PORTS:
+            raise _bad(f"{where}.published_port", f"port {published}/{protocol} carries "
+                       f"{CLUSTER_PORTS[key]} between the nodes: pick another published port")
+        if key in ingress:
+            raise errors.Conflict(f"{where}: port {published}/{protocol} is published on every "
+                                  f"node by service {ingress[key].spec.name!r} (routing mesh): "
+                                  "pick another published port", field=f"{where}.published_port")
+        if key in in_use:
+            raise errors.Conflict(f"{where}: port {published}/{protocol} is already bound on this "
+                                  f"node by {in_use[key].name}: pick another published port",
+                                  field=f"{where}.published_port")
+        if any((p.protocol, p.published_port) == key for p in ports):
+            raise _bad(f"{where}.published_port", f"port {published}/{protocol} is given twice")
+        ports.append(PortConfig(protocol=protocol, target_port=target, published_port=published,
+                                publish_mode="host"))
+    return ports
+
+
 def build_task(store, node_id: str, data: dict[str, Any]) -> tuple[Task, list[str]]:
-    """The task of a `container run` request ({name, container, networks}), and the networks it
-    attaches to (not allocated yet)."""
+    """The task of a `container run` request ({name, container, networks, ports}), and the
+    networks it attaches to (not allocated yet)."""
     container = _container_spec(data.get("container"))
+    ports = _host_ports(store, node_id, data.get("ports"))
     task_id = new_id()
     name = field(data, "name", str, required=False, default="") or task_id[:12]
     if not _NAME.match(name):
@@ -112,7 +155,7 @@ def build_task(store, node_id: str, data: dict[str, Any]) -> tuple[Task, list[st
                               "another name", field="name")
     network_ids = _resolve_networks(store, _strings(data, "networks"))
     now = time.time()
-    task = Task(id=task_id, container_name=name, node_id=node_id,
+    task = Task(id=task_id, container_name=name, node_id=node_id, ports=ports,
                 spec=TaskSpec(container=container,
                               networks=[NetworkAttachmentConfig(target=n) for n in network_ids]),
                 desired_state="running",
@@ -124,14 +167,16 @@ def build_task(store, node_id: str, data: dict[str, Any]) -> tuple[Task, list[st
 async def create_container(manager, node_id: str, data: dict[str, Any]) -> Task:
     if manager.store.get("nodes", node_id) is None:
         raise errors.NotFound(f"node {node_id} is not part of this swarm (it was removed)")
-    task, network_ids = build_task(manager.store, node_id, data)
     manager.require_leader()
-    manager.allocator.allocate_attachments(task, network_ids)
-    try:
-        await manager.propose(Transaction().create("tasks", task))
-    except BaseException:
-        manager.allocator.release_task(task)
-        raise
+    # One at a time: the name and host-port checks must see the container created before.
+    async with manager.allocator.lock:
+        task, network_ids = build_task(manager.store, node_id, data)
+        manager.allocator.allocate_attachments(task, network_ids)
+        try:
+            await manager.propose(Transaction().create("tasks", task))
+        except BaseException:
+            manager.allocator.release_task(task)
+            raise
     return task
 
 

@@ -8,7 +8,8 @@ import asyncio
 import pytest
 
 from common import errors
-from common.model import Network, NetworkAttachment, NetworkSpec, Node, NodeStatus
+from common.model import (Network, NetworkAttachment, NetworkSpec, Node, NodeStatus, PortConfig,
+                          Service, ServiceSpec)
 from manager import standalone
 from manager.netstate import node_network_state
 from manager.store import Store, Transaction
@@ -74,6 +75,39 @@ def test_run_requests_are_checked_field_by_field():
     refused(errors.InvalidArgument, {"container": {"image": "busybox:1",
                                                    "secrets": [{"secret_name": "db"}]}},
             "container.secrets", "shoal service create --secret")
+
+
+def test_host_ports_bind_on_this_node_only_and_never_twice():
+    store = _store()
+    task, _ = standalone.build_task(store, "n1", {"container": BUSYBOX, "ports": [
+        {"published_port": 8080, "target_port": 80}, {"protocol": "udp", "published_port": 8080,
+                                                      "target_port": 53}]})
+    assert [(p.protocol, p.published_port, p.target_port, p.publish_mode) for p in task.ports] == [
+        ("tcp", 8080, 80, "host"), ("udp", 8080, 53, "host")]
+    store.apply(Transaction().create("tasks", task).encode())
+
+    def refused(exc_type, ports, *words, node="n1"):
+        with pytest.raises(exc_type) as exc:
+            standalone.build_task(store, node, {"container": BUSYBOX, "ports": ports})
+        for word in words:
+            assert word in exc.value.message, exc.value.message
+    refused(errors.Conflict, [{"published_port": 8080, "target_port": 81}],
+            "8080/tcp is already bound on this node", task.name)
+    standalone.build_task(store, "n2", {"container": BUSYBOX,   # another node: free there
+                                        "ports": [{"published_port": 8080, "target_port": 80}]})
+    refused(errors.InvalidArgument, [{"published_port": 2377, "target_port": 80}],
+            "ports[0].published_port", "the cluster API")
+    refused(errors.InvalidArgument, [{"published_port": 0, "target_port": 80}], "-p 8080:80")
+    refused(errors.InvalidArgument, [{"published_port": 9000, "target_port": 80, "protocol": "sctp"}],
+            "ports[0].protocol")
+    refused(errors.InvalidArgument, [{"published_port": 9000, "target_port": 80},
+                                     {"published_port": 9000, "target_port": 81}], "given twice")
+    refused(errors.InvalidArgument, "8080:80", "must be a list")
+    svc = Service(id="svc-web", spec=ServiceSpec(name="web"))
+    svc.endpoint.ports = [PortConfig(protocol="tcp", target_port=80, published_port=9090)]
+    store.apply(Transaction().create("services", svc).encode())
+    refused(errors.Conflict, [{"published_port": 9090, "target_port": 80}],
+            "published on every node by service 'web'", node="n3")
 
 
 def test_names_are_unique_per_node_and_found_by_name_or_id():

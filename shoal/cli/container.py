@@ -10,7 +10,7 @@ import click
 from common.units import format_size
 from shoal.cli.client import Cli, pass_cli
 from shoal.cli.output import print_listing
-from shoal.cli.service import parse_mount
+from shoal.cli.service import parse_mount, parse_publish
 
 
 @click.group()
@@ -38,6 +38,8 @@ def container_ls(cli: Cli, show_all, quiet, fmt) -> None:
 @click.option("-e", "--env", multiple=True, help="Environment variable KEY=VALUE (repeatable)")
 @click.option("--mount", "mounts", multiple=True,
               help="type=bind|volume|tmpfs,source=...,target=...[,readonly] (repeatable)")
+@click.option("-p", "--publish", "publish", multiple=True,
+              help="Bind a port of this node to the container: PUBLISHED:TARGET[/udp] (repeatable)")
 @click.option("-w", "--workdir", default="", help="Working directory inside the container")
 @click.option("-u", "--user", default="", help="Username or UID[:GID]")
 @click.option("--hostname", default="", help="Container hostname")
@@ -45,8 +47,8 @@ def container_ls(cli: Cli, show_all, quiet, fmt) -> None:
 @click.argument("image")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @pass_cli
-def container_run(cli: Cli, name, networks, env, mounts, workdir, user, hostname, entrypoint,
-                  image, args) -> None:
+def container_run(cli: Cli, name, networks, env, mounts, publish, workdir, user, hostname,
+                  entrypoint, image, args) -> None:
     """Run a standalone container on this node, in the background (as `docker run -d`).
 
     It may join attachable overlay networks (`network create --attachable`), where it reaches
@@ -61,8 +63,16 @@ def container_run(cli: Cli, name, networks, env, mounts, workdir, user, hostname
                  "hostname": hostname}
     if entrypoint:
         container["command"] = entrypoint.split()
+    ports = []
+    for text in publish:
+        port = parse_publish(text)
+        if not port["published_port"] or port["publish_mode"] not in ("ingress", "host"):
+            raise click.BadParameter(f"{text!r}: give the port to bind on this node, e.g. 8080:80",
+                                     param_hint="--publish")
+        ports.append({k: port[k] for k in ("protocol", "published_port", "target_port")})
     created = cli.call("POST", "/containers/run", {
-        "name": name, "container": container, "networks": list(networks)}, timeout=330)
+        "name": name, "container": container, "networks": list(networks), "ports": ports},
+        timeout=330)
     click.echo(created["id"])
 
 

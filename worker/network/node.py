@@ -165,11 +165,17 @@ class NodeNetworks:
                 for p in svc.get("ports", []):
                     fe = Frontend(p["protocol"], None, p["published_port"])
                     wanted[fe] = [Backend(ip, p["target_port"]) for ip in svc["backends"]]
+        host_mode = False
         for tn in self.tasks.values():
             for proto, published, target in tn.host_ports:
                 if tn.gw_ip:
                     wanted.setdefault(Frontend(proto, None, published), []).append(
                         Backend(tn.gw_ip, target))
+                    host_mode = True
+        if host_mode:
+            # DNAT to the gateway bridge forwards: with no ingress network on this node (nothing
+            # published in ingress mode anywhere) nothing else has turned forwarding on.
+            await self._call(_enable_forwarding)
         if not wanted and not self._published:
             return
         if self._ingress_lb is None:
