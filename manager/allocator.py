@@ -262,6 +262,7 @@ class Allocator:
                      for p in (old.endpoint.ports if old else []) if p.publish_mode == "ingress"}
         resolved: list[PortConfig] = []
         claimed: dict[tuple[str, int], str] = {}
+        host_bound = self._host_bound(svc.id)
         for spec_port in svc.spec.endpoint_spec.ports:
             p = PortConfig(**vars(spec_port))
             used_for = CLUSTER_PORTS.get((p.protocol, p.published_port))
@@ -269,10 +270,23 @@ class Allocator:
                 raise errors.InvalidArgument(
                     f"port {p.published_port}/{p.protocol} carries {used_for} between the "
                     "nodes and cannot be published: pick another published port", field="publish")
+            # One port, one owner: a node's balancer would spread it over both otherwise.
+            holder = ports.get((p.protocol, p.published_port))
+            if p.publish_mode == "host" and holder and holder != svc.id:
+                other = self.store.get("services", holder)
+                raise errors.Conflict(
+                    f"port {p.published_port}/{p.protocol} is published on every node by service "
+                    f"{other.spec.name if other else holder!r}: pick another published port",
+                    field="publish")
+            if p.publish_mode == "ingress" and (p.protocol, p.published_port) in host_bound:
+                raise errors.Conflict(
+                    f"port {p.published_port}/{p.protocol} is bound in host mode by "
+                    f"{host_bound[(p.protocol, p.published_port)]}: pick another published port",
+                    field="publish")
             if p.publish_mode == "ingress":
                 if not p.published_port:
                     p.published_port = old_ports.get((p.protocol, p.target_port)) or \
-                        self._free_port(p.protocol, ports, claimed, svc.id)
+                        self._free_port(p.protocol, ports, {**claimed, **host_bound}, svc.id)
                 key = (p.protocol, p.published_port)
                 holder = ports.get(key)
                 if (holder and holder != svc.id) or key in claimed:
@@ -322,6 +336,19 @@ class Allocator:
                 self._release(nid, addr, svc.id)
         svc.endpoint.ports = resolved
         svc.endpoint.virtual_ips = vips
+
+    def _host_bound(self, owner: str) -> dict[tuple[str, int], str]:
+        """Host-mode ports live tasks of others bind, and where: (protocol, port) -> text."""
+        bound: dict[tuple[str, int], str] = {}
+        for t in self.store.list("tasks"):
+            if t.service_id == owner or t.terminal or not t.desired_up:
+                continue
+            for p in t.ports:
+                if p.publish_mode == "host" and p.published_port:
+                    node = self.store.get("nodes", t.node_id)
+                    where = node.description.hostname if node else t.node_id
+                    bound[(p.protocol, p.published_port)] = f"{t.name} on {where}"
+        return bound
 
     def _free_port(self, proto: str, ports: dict, claimed: dict, owner: str) -> int:
         lo, hi = PUBLISHED_PORTS

@@ -8,7 +8,8 @@ import pytest
 
 from common import errors
 from common.model import (IPAMConfig, NetworkAttachmentConfig, NetworkingConfig, NetworkSpec,
-                          PortConfig, Service, ServiceSpec, Task, TaskStatus)
+                          Node, NodeDescription, PortConfig, Service, ServiceSpec, Task,
+                          TaskStatus)
 from manager.allocator import Allocator, mac_for, plan_network
 from manager.store import Event, Store, Transaction
 
@@ -102,6 +103,35 @@ def test_vips_ports_and_task_addresses():
     alloc.observe(Event("delete", "services", web))
     alloc.allocate_service(clash)
     assert clash.endpoint.ports[0].published_port == 8080
+
+
+def test_a_port_is_either_on_every_node_or_bound_on_nodes_never_both():
+    """One frontend per port on a node: an ingress port and a host-mode one would be balanced
+    together, each side receiving the other's connections."""
+    store = _store_with_networks(NetworkSpec(name="ingress", ingress=True))
+    store.apply(Transaction().create("nodes", Node(id="n1", description=NodeDescription(
+        hostname="worker1"))).encode())
+    alloc = Allocator(store)
+    mesh = _service("mesh", [], [{"target_port": 80, "published_port": 8080}])
+    alloc.allocate_service(mesh)
+    store.apply(Transaction().create("services", mesh).encode())
+    with pytest.raises(errors.Conflict, match="8080/tcp is published on every node by service "
+                                              "'mesh'"):
+        alloc.allocate_service(_service("pinned", [], [{"target_port": 80, "published_port": 8080,
+                                                        "publish_mode": "host"}]))
+    bound = Task(id="t9", container_name="probe", node_id="n1", status=TaskStatus(state="running"),
+                 ports=[PortConfig(target_port=80, published_port=9000, publish_mode="host"),
+                        PortConfig(target_port=81, published_port=30001, publish_mode="host")])
+    store.apply(Transaction().create("tasks", bound).encode())
+    with pytest.raises(errors.Conflict, match="9000/tcp is bound in host mode by probe on worker1"):
+        alloc.allocate_service(_service("late", [], [{"target_port": 80, "published_port": 9000}]))
+    # automatic ports step over the host-mode one
+    picked = []
+    for name in ("auto1", "auto2"):
+        svc = _service(name, [], [{"target_port": 80}])
+        alloc.allocate_service(svc)
+        picked.append(svc.endpoint.ports[0].published_port)
+    assert picked == [30000, 30002]
 
 
 def test_pysyncobj_import_leaves_inet_ntop_working():
