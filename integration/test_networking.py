@@ -198,6 +198,12 @@ def test_standalone_containers_join_attachable_networks_only(lab):
         in_task(lab, echo, "nslookup", "probe")), timeout=20, what="the container's name resolving")
     assert addr in look, look
     assert in_task(lab, echo, "ping", "-c", "1", "-W", "3", addr).returncode == 0
+    # its daemon restarts: the container keeps running and is adopted, addressed as before
+    lab.kill("worker3")
+    lab.start("worker3")
+    wait_until(lambda: http_via_nc(lab, probe, "echo") == echo["id"][:12], timeout=30,
+               what="the adopted container reaching the service by name again")
+    assert in_task(lab, echo, "ping", "-c", "1", "-W", "3", addr).returncode == 0
     # a manager's own daemon runs one too (its agent asks the leader, wherever it is)
     lab.cli("manager2", "container", "run", "--name", "probe", "--network", "shared",
             IMAGE, "sleep", "100000")
