@@ -56,6 +56,22 @@ def ingress_ports(spec_ports: Iterable[PortConfig]) -> list[PortConfig]:
     return [p for p in spec_ports if p.publish_mode == "ingress"]
 
 
+def host_bound_ports(store: Store, *, owner: str = "",
+                     node_id: str = "") -> dict[tuple[str, int], Task]:
+    """(protocol, port) -> the live task that binds it in host mode: on `node_id` only if given,
+    never `owner`'s (a service id). A port is either this or an ingress port, never both."""
+    tasks = store.by_index("tasks", "node_id", node_id) if node_id else store.list("tasks")
+    return {(p.protocol, p.published_port): t for t in tasks
+            if (not owner or t.service_id != owner) and t.desired_up and not t.terminal
+            for p in t.ports if p.publish_mode == "host" and p.published_port}
+
+
+def ingress_port_holders(store: Store) -> dict[tuple[str, int], Service]:
+    """(protocol, port) -> the service that publishes it on every node."""
+    return {(p.protocol, p.published_port): svc for svc in store.list("services")
+            for p in ingress_ports(svc.endpoint.ports)}
+
+
 def service_network_ids(svc: Service) -> list[str]:
     """The networks the service's tasks attach to, in order; ingress first when it publishes
     ingress ports (as docker does: the mesh reaches the task on its first interface)."""
@@ -229,10 +245,7 @@ class Allocator:
     # -- ports --------------------------------------------------------------------------------
     def _port_table(self) -> dict[tuple[str, int], str]:
         if self._ports is None:
-            self._ports = {}
-            for svc in self.store.list("services"):
-                for p in ingress_ports(svc.endpoint.ports):
-                    self._ports[(p.protocol, p.published_port)] = svc.id
+            self._ports = {key: svc.id for key, svc in ingress_port_holders(self.store).items()}
         return self._ports
 
     # -- services -----------------------------------------------------------------------------
@@ -340,14 +353,9 @@ class Allocator:
     def _host_bound(self, owner: str) -> dict[tuple[str, int], str]:
         """Host-mode ports live tasks of others bind, and where: (protocol, port) -> text."""
         bound: dict[tuple[str, int], str] = {}
-        for t in self.store.list("tasks"):
-            if t.service_id == owner or t.terminal or not t.desired_up:
-                continue
-            for p in t.ports:
-                if p.publish_mode == "host" and p.published_port:
-                    node = self.store.get("nodes", t.node_id)
-                    where = node.description.hostname if node else t.node_id
-                    bound[(p.protocol, p.published_port)] = f"{t.name} on {where}"
+        for key, t in host_bound_ports(self.store, owner=owner).items():
+            node = self.store.get("nodes", t.node_id)
+            bound[key] = f"{t.name} on {node.description.hostname if node else t.node_id}"
         return bound
 
     def _free_port(self, proto: str, ports: dict, claimed: dict, owner: str) -> int:

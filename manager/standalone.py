@@ -19,7 +19,7 @@ from common import codec, errors
 from common.ids import new_id
 from common.model import (ContainerSpec, NetworkAttachmentConfig, PortConfig, Task, TaskSpec,
                           TaskStatus)
-from manager.allocator import CLUSTER_PORTS, ingress_ports
+from manager.allocator import CLUSTER_PORTS, host_bound_ports, ingress_port_holders
 from manager.api import _identity, _manager
 from manager.httputil import body_json, field, reply
 from manager.services import validate_container_spec
@@ -104,11 +104,8 @@ def _host_ports(store, node_id: str, data: Any) -> list[PortConfig]:
         return []
     if not isinstance(data, list) or not all(isinstance(p, dict) for p in data):
         raise _bad("ports", "must be a list of {protocol, published_port, target_port}")
-    in_use = {(p.protocol, p.published_port): t for t in store.by_index("tasks", "node_id", node_id)
-              if t.desired_up and not t.terminal
-              for p in t.ports if p.publish_mode == "host" and p.published_port}
-    ingress = {(p.protocol, p.published_port): svc for svc in store.list("services")
-               for p in ingress_ports(svc.endpoint.ports)}
+    in_use = host_bound_ports(store, node_id=node_id)
+    ingress = ingress_port_holders(store)
     ports: list[PortConfig] = []
     for i, plain in enumerate(data):
         where = f"ports[{i}]"
