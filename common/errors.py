@@ -55,7 +55,7 @@ class FailedPrecondition(ShoalError):
 
 
 class ResourceExhausted(ShoalError):
-    """A pool ran dry: addresses, VNIs, published ports."""
+    """A pool ran dry: addresses, VNIs, published ports, a manager's disk."""
 
     status = 507
     code = "resource_exhausted"

@@ -43,3 +43,9 @@ def read_json(path: str | os.PathLike, default=None):
             return json.loads(f.read())
     except FileNotFoundError:
         return default
+
+
+def free_bytes(path: str | os.PathLike) -> int:
+    """Bytes an unprivileged writer may still use there (what df shows as available)."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize

@@ -101,6 +101,18 @@ def _leader_only(request: web.Request) -> bool:
     return request.method not in ("GET", "HEAD")
 
 
+# The nodes' own reports and renewals: the cluster keeping itself running, never refused for disk.
+_SYSTEM_WRITES = ("/dispatcher/heartbeat", "/dispatcher/status", "/dispatcher/assignments",
+                  "/certificates/")
+
+
+def _asks_for_a_change(request: web.Request) -> bool:
+    """A write a user asked for, other than a removal or a stop (see manager/diskguard.py)."""
+    if request.method in ("GET", "HEAD", "DELETE") or request.path.endswith("/stop"):
+        return False
+    return not request.path.startswith(_SYSTEM_WRITES) and request.path != "/join/ca"
+
+
 @web.middleware
 async def forward_middleware(request: web.Request, handler):
     ctx = _ctx(request)
@@ -108,6 +120,8 @@ async def forward_middleware(request: web.Request, handler):
         return await handler(request)
     manager = _manager(request)
     if manager.is_leader:
+        if _asks_for_a_change(request):
+            manager.disk_guard.check()
         return await handler(request)
     leader = manager.leader_api_addr()
     if leader is None or leader == ctx.state.api_addr:
@@ -458,6 +472,10 @@ async def dispatcher_heartbeat(request: web.Request) -> web.Response:
     data = await body_json(request)
     addr = field(data, "addr", str)
     description = field(data, "description", dict, required=False)
+    raft_disk = field(data, "raft_disk", dict, required=False)
+    if raft_disk is not None:
+        manager.disk_guard.note(ident.node_id, field(raft_disk, "free", int),
+                                field(raft_disk, "path", str))
     return reply(await manager.dispatcher.heartbeat(ident.node_id, addr, description))
 
 

@@ -11,6 +11,7 @@ from common import errors
 from common.model import NODE_ROLE_MANAGER, Cluster, Node
 from common.nodestate import API_PORT, NodeFiles, NodeState
 from manager.allocator import Allocator
+from manager.diskguard import RaftDiskGuard
 from manager.dispatcher import Dispatcher
 from manager.raft import RaftNode, RaftTimings
 from manager.store import Store, Transaction, TxnResult
@@ -31,6 +32,7 @@ class Manager:
         self.hub: Optional[WatchHub] = None
         self.dispatcher = Dispatcher(self)
         self.allocator = Allocator(self.store)
+        self.disk_guard = RaftDiskGuard(self)
         self._bind_addr = bind_addr
         self._timings = timings
         self._tasks: list[asyncio.Task] = []

@@ -16,6 +16,10 @@ addresses). With autolock on, the raft secret itself is on disk only sealed by t
 unlock key (common/keywrap.py), so a restarted manager cannot derive the data key, or even
 start raft, until `shoal swarm unlock`.
 
+A full disk is an error, not a crash (manager/raft_journal.py): an append that finds no room
+fails before it enters the log, and the leader's commit says so. The leader refuses users'
+changes well before that point (manager/diskguard.py).
+
 pysyncobj does not fsync its journal: a power loss on a majority of managers at once can lose
 the last acknowledged writes. That is on the list of things to close.
 """
@@ -41,10 +45,34 @@ from pysyncobj.syncobj import _RAFT_STATE  # noqa: E402
 # (pyroute2's netlink parser, on a node that is manager and worker at once): undo it.
 socket.inet_ntop = _INET_NTOP
 
-from common.errors import FailedPrecondition, Unavailable
-from manager.store import Store, Transaction, TxnResult
+from common.errors import FailedPrecondition, ResourceExhausted, Unavailable  # noqa: E402
+from manager import raft_journal  # noqa: E402
+from manager.store import Store, Transaction, TxnResult  # noqa: E402
 
 log = logging.getLogger("shoal.raft")
+raft_journal.install()
+
+
+class _OncePerMinute(logging.Filter):
+    """pysyncobj logs a failing tick with its traceback and retries the tick every 50 ms: on a
+    full disk that is twenty tracebacks a second into a log that cannot grow either."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info:
+            return True
+        key = f"{record.msg}|{record.exc_info[1]}"
+        now = time.monotonic()
+        if now - self._last.get(key, -60.0) < 60.0:
+            return False
+        self._last[key] = now
+        return True
+
+
+logging.getLogger("pysyncobj.syncobj").addFilter(_OncePerMinute())
 
 _FAILURES = {
     FAIL_REASON.QUEUE_FULL: "the raft queue is full; retry shortly",
@@ -312,13 +340,14 @@ class RaftNode:
     async def commit(self, txn: Transaction, timeout: float = 5.0) -> TxnResult:
         """Propose `txn` and wait until it is applied here. Raises Unavailable without quorum."""
         fut: asyncio.Future = self._loop.create_future()
+        proposed_at = time.monotonic()
         self._queued.append((self._cipher.seal(txn.encode()), fut))
         if len(self._queued) == 1:
             self._loop.call_soon(self._propose_queued)
         try:
             return TxnResult.from_plain(await asyncio.wait_for(asyncio.shield(fut), timeout))
         except asyncio.TimeoutError:
-            raise self._timeout_error(timeout, "commit") from None
+            raise self._timeout_error(timeout, "commit", proposed_at) from None
 
     def _propose_queued(self) -> None:
         """Group commit: whatever queued while earlier proposals were in flight goes as one entry."""
@@ -382,7 +411,14 @@ class RaftNode:
         except asyncio.TimeoutError:
             raise self._timeout_error(timeout, what) from None
 
-    def _timeout_error(self, timeout: float, what: str) -> Unavailable:
+    def _timeout_error(self, timeout: float, what: str,
+                       started: float | None = None) -> Unavailable | ResourceExhausted:
+        # An append that found the disk full dropped the proposal before it entered the log.
+        failure = raft_journal.failure_since(started) if started is not None else None
+        if failure is not None:
+            return ResourceExhausted(
+                f"{what} failed: this manager's disk is full ({failure}); the change was not "
+                f"made. Free space on that filesystem and retry")
         members = self.members()
         up = sum(1 for m in members if m.connected)
         return Unavailable(

@@ -35,6 +35,12 @@ from worker.agent import Agent
 
 log = logging.getLogger("shoal.daemon")
 
+# How long a stopping daemon lets in-flight requests finish. Not aiohttp's 60 s: agents hold
+# /dispatcher/assignments open for up to 25 s waiting for changes, so a manager stopping with
+# any agent attached (its own, at least) sat out that wait before it could exit. An agent
+# whose long poll is cut simply asks again, of another manager if this one is gone.
+SHUTDOWN_GRACE = 2.0
+
 
 class Daemon:
     def __init__(self, data_root: Path, advertise_addr: str, listen_addr: str, socket_path: str,
@@ -92,7 +98,7 @@ class Daemon:
                        + api_data_objects.routes() + api_networks.routes()
                        + workerapi.local_routes() + standaloneapi.routes())
         app.add_routes(autolock.local_routes())
-        self._unix_runner = web.AppRunner(app, access_log=None)
+        self._unix_runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE)
         await self._unix_runner.setup()
         Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
@@ -159,7 +165,7 @@ class Daemon:
         app.add_routes(control_api.routes() + api_services.routes() + api_data_objects.routes()
                        + api_networks.routes() + standalone.routes() + workerapi.cluster_routes())
         app.router.add_get("/_ping", lambda _: web.Response(text="OK"))
-        self._tcp_runner = web.AppRunner(app, access_log=None)
+        self._tcp_runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE)
         await self._tcp_runner.setup()
         host, port = self.state.listen_addr.rsplit(":", 1)
         try:

@@ -13,7 +13,9 @@ import platform
 from typing import TYPE_CHECKING, Optional, Protocol
 
 from common import errors, pki
+from common.fsutil import free_bytes
 from common.httpclient import ApiClient
+from common.model import NODE_ROLE_MANAGER
 from common.nodestate import NodeFiles, NodeState
 
 if TYPE_CHECKING:
@@ -143,7 +145,11 @@ class Agent:
             await asyncio.sleep(self.period)
 
     async def _heartbeat(self, addr: str) -> dict:
-        body = {"addr": self.host.state.advertise_addr}
+        body: dict = {"addr": self.host.state.advertise_addr}
+        raft_dir = self.host.files.raft_dir
+        if self.host.state.role == NODE_ROLE_MANAGER and raft_dir.is_dir():
+            # The leader refuses changes while a manager's raft log is short of disk.
+            body["raft_disk"] = {"free": free_bytes(raft_dir), "path": str(raft_dir)}
         if not self._sent_description:
             body["description"] = self._description
         # A short timeout: a dead manager must not delay the move to another one.

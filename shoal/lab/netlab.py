@@ -902,19 +902,22 @@ class Lab:
         with self._txn() as data:
             data["hosts"][host]["daemon"] = "killed"
 
-    def stop(self, host: str, timeout: float = STOP_TIMEOUT) -> None:
-        """SIGTERM the host's shoald, wait up to `timeout` s, then SIGKILL."""
+    def stop(self, host: str, timeout: float = STOP_TIMEOUT) -> bool:
+        """SIGTERM the host's shoald, wait up to `timeout` s, then SIGKILL. True if SIGTERM was
+        enough."""
         require_root()
         h, pid = self._running_record(host, "stop")
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        if self._wait_dead([pid], timeout):
+        graceful = not self._wait_dead([pid], timeout)
+        if not graceful:
             self._say(f"{host}: shoald ignored SIGTERM for {timeout:.0f} s; sending SIGKILL")
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             self._wait_dead([pid], 5.0)
         with self._txn() as data:
             data["hosts"][host]["daemon"] = "stopped"
+        return graceful
 
     def start(self, host: str, timeout: float | None = None) -> None:
         """Start the host's shoald again (same data root) and wait for /_ping."""

@@ -1,0 +1,129 @@
+"""A manager's disk filling up: real pysyncobj replicas whose raft directories sit on small
+tmpfs mounts made for the test. Before manager/raft_journal.py, the first append that needed a
+new journal page on a full disk killed the process with SIGBUS (these tests would take pytest
+down with it)."""
+import asyncio
+import contextlib
+import errno
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from common.errors import ResourceExhausted
+from common.model import Node, NodeSpec
+from manager import raft_journal
+from manager.raft import RaftNode
+from manager.store import Store, Transaction
+from tests.test_raft import free_ports, wait_for
+
+SECRET = b"d" * 32
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str):
+    path.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+                   check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Take every free byte of `disk`; remove the returned file to give them back."""
+    filler = disk / "filler"
+    chunk = b"\0" * 65536
+    with open(filler, "wb", buffering=0) as f:
+        for size in (65536, 4096, 1):
+            try:
+                while True:
+                    f.write(chunk[:size])
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+    assert os.statvfs(disk).f_bavail == 0
+    return filler
+
+
+def big_node(node_id: str, kib: int) -> Node:
+    # Random data: the journal holds entries sealed (encrypted), so size in is size on disk.
+    return Node(id=node_id, spec=NodeSpec(labels={"blob": os.urandom(kib * 512).hex()}))
+
+
+def test_a_full_disk_refuses_the_change_keeps_running_and_loses_nothing(tmp_path):
+    async def scenario(disk: Path):
+        (port,) = free_ports(1)
+        addr = f"127.0.0.1:{port}"
+        node = RaftNode(Store(), addr, [], disk / "raft", SECRET)
+        try:
+            await wait_for(lambda: node.is_leader)
+            for i in range(5):
+                assert (await node.commit(Transaction().create("nodes", Node(id=f"n{i}")))).ok
+            filler = fill(disk)
+            with pytest.raises(ResourceExhausted, match=r"disk is full .*journal.*No space left "
+                                                        r"on device.*the change was not made"):
+                await node.commit(Transaction().create("nodes", big_node("lost", 1536)), timeout=2.0)
+            assert node.store.get("nodes", "lost") is None
+            # Still the leader, still serving: room again and the next change goes through.
+            filler.unlink()
+            assert (await node.commit(Transaction().create("nodes", big_node("after", 256)))).ok
+        finally:
+            node.close()
+        again = RaftNode(Store(), addr, [], disk / "raft", SECRET)
+        try:
+            await wait_for(lambda: again.store.get("nodes", "after") is not None)
+            assert sorted(n.id for n in again.store.list("nodes")) == \
+                ["after", "n0", "n1", "n2", "n3", "n4"]
+        finally:
+            again.close()
+
+    with small_disk(tmp_path / "disk", "3m") as disk:
+        asyncio.run(scenario(disk))
+
+
+def test_a_follower_with_a_full_disk_survives_and_catches_up(tmp_path):
+    async def scenario(full: Path):
+        addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
+        dirs = [tmp_path / "0", tmp_path / "1", full / "raft"]
+        nodes = [RaftNode(Store(), a, addrs, d, SECRET) for a, d in zip(addrs, dirs)]
+        try:
+            await wait_for(lambda: any(n.is_leader for n in nodes))
+            if nodes[2].is_leader:  # the full disk is to be a follower's
+                await nodes[2].transfer_leadership()
+                await wait_for(lambda: any(n.is_leader for n in nodes[:2]))
+            leader = next(n for n in nodes if n.is_leader)
+            follower = nodes[2]
+            filler = fill(full)
+            # The other two are a majority: changes go on while the full one cannot append.
+            for i in range(6):
+                assert (await leader.commit(Transaction().create("nodes", big_node(f"b{i}", 256)),
+                                            timeout=5.0)).ok
+            await asyncio.sleep(1.0)
+            assert follower.store.get("nodes", "b5") is None
+            assert raft_journal.last_failure.path.startswith(str(full))
+            filler.unlink()
+            await wait_for(lambda: follower.store.get("nodes", "b5") is not None, 15)
+            assert sorted(n.id for n in follower.store.list("nodes")) == [f"b{i}" for i in range(6)]
+        finally:
+            for n in nodes:
+                n.close()
+
+    with small_disk(tmp_path / "full", "3m") as full:
+        asyncio.run(scenario(full))
+
+
+def test_a_journal_grows_on_allocated_blocks_only(tmp_path):
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        journal = raft_journal.PreallocatedFile(str(disk / "journal"), defaultContent=b"head")
+        try:
+            journal.write(4, b"x" * 1000)
+            assert os.stat(disk / "journal").st_blocks * 512 >= os.stat(disk / "journal").st_size
+            with pytest.raises(OSError) as raised:
+                journal.write(2000, b"y" * (2 << 20))
+            assert raised.value.errno == errno.ENOSPC
+            assert "cannot grow the raft journal" in str(raised.value)
+            assert journal.read(0, 8) == b"headxxxx"  # what was there is intact
+        finally:
+            journal._destroy()
