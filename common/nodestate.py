@@ -7,6 +7,7 @@ and reads and writes those two secrets through the bundle, so callers never see 
 """
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Optional
 
 from common import keywrap
 from common.fsutil import read_json, write_json, write_private, write_atomic
+
+log = logging.getLogger("shoal.node")
 
 RAFT_PORT = 2378
 API_PORT = 2377
@@ -53,6 +56,7 @@ class NodeFiles:
         self.bundle_file = self.cert_dir / "keys.sealed"
         # Set once the node is unlocked (or autolock was turned on while it ran); never on disk.
         self._unlock_key: Optional[keywrap.UnlockKey] = None
+        self._save_failing = False
 
     def prepare(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -67,6 +71,22 @@ class NodeFiles:
 
     def save_state(self, state: NodeState) -> None:
         write_json(self.state_file, asdict(state))
+
+    def try_save_state(self, state: NodeState) -> bool:
+        """save_state for the loops that keep it current: a full disk must not end them. False
+        (and one warning per spell of failures) if it could not be written; call again later."""
+        try:
+            self.save_state(state)
+        except OSError as exc:
+            if not self._save_failing:
+                log.warning("cannot save %s (%s): the node keeps its state in memory and saves "
+                            "it once there is room", self.state_file, exc.strerror or exc)
+            self._save_failing = True
+            return False
+        if self._save_failing:
+            log.info("saved %s again", self.state_file)
+        self._save_failing = False
+        return True
 
     # certificates
     def save_certs(self, ca_pem: bytes, cert_pem: bytes, key_pem: Optional[bytes] = None) -> None:

@@ -198,6 +198,12 @@ def test_standalone_containers_join_attachable_networks_only(lab):
         in_task(lab, echo, "nslookup", "probe")), timeout=20, what="the container's name resolving")
     assert addr in look, look
     assert in_task(lab, echo, "ping", "-c", "1", "-W", "3", addr).returncode == 0
+    seen = json.loads(lab.cli("worker3", "container", "inspect", "probe").stdout)[0]
+    assert (seen["name"], seen["state"], seen["exit"]) == ("probe", "running", None), seen
+    assert (seen["config"]["workdir"], seen["config"]["args"]) == ("/scratch", ["sleep", "100000"])
+    assert [(n["network"], n["address"]) for n in seen["networks"]] == \
+        [("shared", net["containers"][0]["address"])], seen["networks"]
+    assert seen["task"]["state"] == "running" and seen["task"]["desired_state"] == "running"
     # its daemon restarts: the container keeps running and is adopted, addressed as before
     lab.kill("worker3")
     lab.start("worker3")
@@ -239,6 +245,8 @@ def test_standalone_containers_join_attachable_networks_only(lab):
     lab.cli("worker3", "container", "stop", "probe")
     stopped = [c for c in lab.cli_json("worker3", "container", "ls", "--all") if c["name"] == "probe"]
     assert len(stopped) == 1 and stopped[0]["state"] == "stopped", stopped
+    seen = json.loads(lab.cli("worker3", "container", "inspect", "probe").stdout)[0]
+    assert seen["state"] == "stopped" and seen["exit"]["message"], seen  # adopted: code unknown
     lab.cli("worker3", "container", "rm", "probe")
     lab.cli("manager2", "container", "rm", "-f", "probe")
     for host in ("worker3", "manager2"):

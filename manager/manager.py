@@ -3,11 +3,11 @@ leader runs (dispatcher, ...). The control API (manager/api.py) works on this ob
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Optional
 
 from common import errors
+from common.aio import cancel_and_wait
 from common.model import NODE_ROLE_MANAGER, Cluster, Node
 from common.nodestate import API_PORT, NodeFiles, NodeState
 from manager.allocator import Allocator
@@ -55,11 +55,7 @@ class Manager:
 
     async def stop(self) -> None:
         await self._stop_leader_loops()
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(self._tasks)
         if self.raft is not None:
             await asyncio.to_thread(self.raft.close)
             self.raft = None
@@ -97,23 +93,20 @@ class Manager:
             await asyncio.sleep(0.05)
 
     async def _stop_leader_loops(self) -> None:
-        for t in self._leader_tasks:
-            t.cancel()
-        for t in self._leader_tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(self._leader_tasks)
         self._leader_tasks = []
 
     async def _persist_members(self) -> None:
         """A restarting manager needs its peers before it can read its own log: keep them on disk."""
+        unsaved = False
         while True:
             await asyncio.sleep(1.0)
             if self.raft is None:
                 continue
             members = sorted(self.raft.member_addrs())
-            if members != sorted(self.state.raft_members):
+            if unsaved or members != sorted(self.state.raft_members):
                 self.state.raft_members = members
-                self.files.save_state(self.state)
+                unsaved = not self.files.try_save_state(self.state)
 
     @property
     def is_leader(self) -> bool:

@@ -22,6 +22,7 @@ from typing import Optional
 from aiohttp import web
 
 from common import errors, pki
+from common.aio import cancel_and_wait
 from common.httpclient import DEFAULT_SOCKET, ApiClient, Endpoint
 from common.model import NODE_ROLE_MANAGER, NODE_ROLE_WORKER
 from common.nodestate import API_PORT, NodeFiles, NodeState
@@ -148,9 +149,7 @@ class Daemon:
 
     async def _stop_manager(self) -> None:
         if self._key_sync is not None:
-            self._key_sync.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._key_sync
+            await cancel_and_wait([self._key_sync])
             self._key_sync = None
         if self.manager is not None:
             manager, self.manager = self.manager, None

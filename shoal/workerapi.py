@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import AsyncIterator
 
 from aiohttp import web
@@ -39,6 +40,26 @@ async def containers_list(request: web.Request) -> web.Response:
     items = [_container_view(c) for c in _daemon(request).executor.list()
              if show_all or c.state == "running"]
     return reply(sorted(items, key=lambda c: c["name"]))
+
+
+async def container_inspect(request: web.Request) -> web.Response:
+    daemon = _daemon(request)
+    c = _find_container(request, request.match_info["ref"])
+    view = _container_view(c)
+    meta = daemon.executor.meta(c.id)
+    view.update(image_id=meta.get("image_id", ""), created=meta.get("created"),
+                exit=asdict(c.exit) if c.exit else None, config=meta.get("config", {}))
+    runner = daemon.agent.runner if daemon.agent is not None else None
+    controller = runner.controllers.get(c.id) if runner is not None else None
+    if controller is not None:
+        task = controller.task
+        views = runner.networks.views if runner.networks is not None else {}
+        view["task"] = {"id": task.id, "desired_state": task.desired_state,
+                        "state": controller.state, "message": controller.message}
+        view["networks"] = [{"network": views.get(a.network_id, {}).get("name", a.network_id),
+                             "network_id": a.network_id, "address": a.address, "mac": a.mac}
+                            for a in task.networks]
+    return reply(view)
 
 
 async def container_exec(request: web.Request) -> web.Response:
@@ -157,12 +178,13 @@ def _local(*handlers):
         h.local_only = True
 
 
-_local(containers_list, container_exec, container_logs, images_list, image_import, image_pull,
+_local(containers_list, container_inspect, container_exec, container_logs, images_list, image_import, image_pull,
        image_remove, task_logs)
 
 
 def local_routes() -> list[web.RouteDef]:
     return [web.get("/containers", containers_list),
+            web.get("/containers/{ref}", container_inspect),
             web.post("/containers/{ref}/exec", container_exec),
             web.get("/containers/{ref}/logs", container_logs),
             web.get("/images", images_list),

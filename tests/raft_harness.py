@@ -3,6 +3,7 @@ decisions of the orchestrators, scheduler, dispatcher and updater are proven on 
 what the nodes' agents would write (status reports). tests/conftest.py offers it as the `run`
 fixture."""
 import asyncio
+import io
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from common.nodestate import NodeFiles, NodeState
 from manager.manager import Manager
 from manager.store import Transaction
 
+SCENARIO_LIMIT = 120.0  # the longest scenario takes under 30 s
 ADDR = "127.0.0.93"  # raft listens on ADDR:2378; a loopback address of its own avoids clashes
 
 
@@ -80,7 +82,22 @@ def run_scenario(tmp_path: Path, scenario) -> None:
                                          description=NodeDescription(hostname=f"node{i}",
                                                                      resources=Resources(4 * 10**9, 8 << 30))))
             await m.propose(txn)
-            await scenario(Harness(m))
+            await _within(SCENARIO_LIMIT, scenario(Harness(m)), "the scenario")
         finally:
-            await m.stop()
+            await _within(30.0, m.stop(), "stopping the manager")
     asyncio.run(main())
+
+
+async def _within(limit: float, coro, what: str):
+    """Await `coro`; a hang past `limit` fails with every task's stack (pytest's faulthandler
+    dump shows only the threads, all idle in the event loop)."""
+    task = asyncio.ensure_future(coro)
+    done, _ = await asyncio.wait({task}, timeout=limit)
+    if done:
+        return task.result()
+    stacks = io.StringIO()
+    for t in asyncio.all_tasks():
+        if t is not asyncio.current_task():
+            t.print_stack(file=stacks)
+    task.cancel()
+    raise AssertionError(f"{what} still running after {limit:g} s; the tasks:\n{stacks.getvalue()}")

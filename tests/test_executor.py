@@ -17,7 +17,7 @@ import pytest
 from common import errors
 from common.model import Mount
 import imagebuild as ib  # tests/ is on sys.path under pytest (rootdir layout)
-from worker.executor import ContainerConfig, Executor, _cgroup_mounts
+from worker.executor import ContainerConfig, Executor, cgroup_mounts
 from worker.images import ImageStore
 
 pytestmark = [
@@ -80,7 +80,7 @@ def assert_clean(ex: Executor, cid: str) -> None:
         mounts = f.read()
     assert str(bundle) not in mounts
     cgroup = f"{ex.cgroup_prefix}{cid}"
-    for mnt, _, _ in _cgroup_mounts():
+    for mnt, _, _ in cgroup_mounts():
         assert not os.path.exists(os.path.join(mnt, cgroup)), mnt
     assert not (ex.state_dir / cid).exists()
     assert not bundle.exists()
@@ -89,7 +89,7 @@ def assert_clean(ex: Executor, cid: str) -> None:
 
 
 def memory_cgroup() -> str:
-    for mnt, fstype, opts in _cgroup_mounts():
+    for mnt, fstype, opts in cgroup_mounts():
         if fstype == "cgroup" and "memory" in opts.split(","):
             return mnt
         if fstype == "cgroup2" and mnt == "/sys/fs/cgroup" and "memory" in \
@@ -389,7 +389,7 @@ def test_adopt_cleans_runc_containers_without_bundle(images_root, ex_root):
         assert not (ex2.state_dir / "orphan").exists()
         from worker.executor import _orphan_zombies
         assert _orphan_zombies() == []  # its killed init was reaped, not left a zombie
-        for mnt, _, _ in _cgroup_mounts():
+        for mnt, _, _ in cgroup_mounts():
             assert not os.path.exists(os.path.join(mnt, f"{ex2.cgroup_prefix}orphan"))
     run(scenario())
 

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network n
 
 from shoal.lab import netlab  # noqa: E402
 from shoal.lab.netlab import Lab, LabError  # noqa: E402
+from worker.executor import cgroup_mounts, cgroup_prefix_for  # noqa: E402
 
 FAKE_DAEMON = textwrap.dedent(r'''
     import argparse, http.server, os, socket, socketserver, sys, threading
@@ -239,6 +240,11 @@ def test_down_after_crash(make_lab):
     # a stray process inside a host namespace, not recorded anywhere
     stray = subprocess.Popen(["ip", "netns", "exec", lab.host("worker1").namespace,
                               "sleep", "300"], start_new_session=True)
+    # a container cgroup whose runc state is gone (its daemon killed mid-create)
+    leftovers = [Path(mnt) / f"{cgroup_prefix_for(lab.state_dir / 'worker1' / 'executor')}gone"
+                 for mnt, _, _ in cgroup_mounts()]
+    for cgroup in leftovers:
+        cgroup.mkdir()
     (lab.state_dir / "lab.json").unlink()
     with pytest.raises(LabError, match="no state.*shoal lab down"):
         Lab.load(lab.name)
@@ -246,6 +252,7 @@ def test_down_after_crash(make_lab):
     Lab(lab.name).down()  # a fresh object: works by scanning namespace names
     stray.wait(timeout=5)
     assert_gone(lab, pids + [stray.pid])
+    assert leftovers and not any(c.exists() for c in leftovers)
     assert lab.name not in netlab.labs()
     Lab(lab.name).down()  # idempotent
 

@@ -13,6 +13,7 @@ import platform
 from typing import TYPE_CHECKING, Optional, Protocol
 
 from common import errors, pki
+from common.aio import cancel_and_wait
 from common.fsutil import free_bytes
 from common.httpclient import ApiClient
 from common.model import NODE_ROLE_MANAGER
@@ -62,6 +63,7 @@ class Agent:
         self.connected = asyncio.Event()
         self._description = describe_node(host.hostname)
         self._sent_description = False
+        self._state_unsaved = False  # the manager list could not be saved (a full disk)
         self._tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
@@ -70,12 +72,7 @@ class Agent:
             self._tasks.append(asyncio.create_task(self._assignments(), name="assignments"))
 
     async def stop(self) -> None:
-        for task in getattr(self, "_tasks", []):
-            task.cancel()
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(getattr(self, "_tasks", []))
         self._tasks = []
         if self.runner is not None:
             await self.runner.stop()
@@ -163,9 +160,9 @@ class Agent:
         self.leader = answer.get("leader") or None
         managers = sorted(answer.get("managers") or [])
         state = self.host.state
-        if managers and managers != sorted(state.managers):
+        if managers and (self._state_unsaved or managers != sorted(state.managers)):
             state.managers = managers
-            self.host.files.save_state(state)
+            self._state_unsaved = not self.host.files.try_save_state(state)
         role = answer.get("role")
         if role and role != state.role:
             log.info("the swarm changed this node's role: %s -> %s", state.role, role)

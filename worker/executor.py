@@ -195,9 +195,7 @@ class Executor:
         for d in (self.containers_dir, self.volumes_dir, self.state_dir):
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(self.containers_dir, 0o700)
-        # Unique per daemon (data root), so lab daemons on one machine never share cgroups.
-        tag = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:10]
-        self.cgroup_prefix = f"shoal-{tag}-"
+        self.cgroup_prefix = cgroup_prefix_for(self.root)
         _become_subreaper()
         self._containers: dict[str, _Container] = {}
         for path in sorted(self.containers_dir.iterdir()):
@@ -217,6 +215,10 @@ class Executor:
 
     def inspect(self, cid: str) -> ContainerInfo:
         return self._info(self._get(cid))
+
+    def meta(self, cid: str) -> dict:
+        """What shoal asked for: the ContainerConfig (as plain data), image id, creation time."""
+        return dict(self._get(cid).meta)
 
     def uses_image(self, image_id: str) -> bool:
         return any(c.meta.get("image_id") == image_id for c in self._containers.values())
@@ -517,7 +519,7 @@ class Executor:
         cg = c.meta.get("cgroup", "")
         if not cg:
             return 0
-        for mnt, fstype, opts in _cgroup_mounts():
+        for mnt, fstype, opts in cgroup_mounts():
             try:
                 if fstype == "cgroup" and "memory" in opts.split(","):
                     text = (Path(mnt + cg) / "memory.oom_control").read_text()
@@ -634,7 +636,7 @@ class Executor:
             log.warning("runc delete %s: %s", c.id[:12], _last_line(err))
         cg = c.meta.get("cgroup", "")
         if cg:  # runc delete removes it; make sure (a crashed create can leave one behind)
-            for mnt, _, _ in _cgroup_mounts():
+            for mnt, _, _ in cgroup_mounts():
                 with _suppress_os():
                     os.rmdir(mnt + cg)
         _unmount(c.dir / "rootfs")
@@ -1084,7 +1086,13 @@ def _orphan_zombies() -> list[int]:
     return out
 
 
-def _cgroup_mounts() -> list[tuple[str, str, str]]:
+def cgroup_prefix_for(executor_root: Path) -> str:
+    """Unique per daemon (data root), so lab daemons on one machine never share cgroups."""
+    tag = hashlib.sha256(str(executor_root.resolve()).encode()).hexdigest()[:10]
+    return f"shoal-{tag}-"
+
+
+def cgroup_mounts() -> list[tuple[str, str, str]]:
     out = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
@@ -1096,7 +1104,7 @@ def _cgroup_mounts() -> list[tuple[str, str, str]]:
 
 
 def _swap_accounting() -> bool:
-    for mnt, fstype, opts in _cgroup_mounts():
+    for mnt, fstype, opts in cgroup_mounts():
         if fstype == "cgroup" and "memory" in opts.split(","):
             return os.path.exists(f"{mnt}/memory.memsw.limit_in_bytes")
         if fstype == "cgroup2" and mnt == "/sys/fs/cgroup":

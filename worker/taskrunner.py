@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Awaitable, Callable, Optional
 
 from common import codec, errors
+from common.aio import cancel_and_wait
 from common.model import TASK_STATE_RANK, HealthConfig, SecretReference, Task
 from worker import health
 from worker.executor import ContainerConfig, Executor
@@ -206,11 +207,7 @@ class TaskController:
             log.exception("health check of task %s", task.id)
 
     async def close(self, remove: bool) -> None:
-        self._job.cancel()
-        try:
-            await self._job
-        except (asyncio.CancelledError, Exception):
-            pass
+        await cancel_and_wait([self._job])
         if remove:
             c = self.task.spec.container
             try:

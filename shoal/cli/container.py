@@ -9,7 +9,7 @@ import click
 
 from common.units import format_size
 from shoal.cli.client import Cli, pass_cli
-from shoal.cli.output import print_listing
+from shoal.cli.output import print_json, print_listing
 from shoal.cli.service import parse_mount, parse_publish
 
 
@@ -29,6 +29,15 @@ def container_ls(cli: Cli, show_all, quiet, fmt) -> None:
     print_listing(items, quiet=quiet, fmt=fmt, headers=["CONTAINER ID", "IMAGE", "STATE", "PID", "NAME"],
                   rows=lambda items: [[c["id"][:12], c["image"], c["state"], c["pid"] or "", c["name"]]
                                       for c in items])
+
+
+@container.command("inspect")
+@click.argument("refs", nargs=-1, required=True, metavar="CONTAINER...")
+@pass_cli
+def container_inspect(cli: Cli, refs) -> None:
+    """Display detailed information on containers of this node: configuration, state, exit,
+    task and network addresses."""
+    print_json([cli.call("GET", f"/containers/{ref}") for ref in refs])
 
 
 @container.command("run", context_settings={"allow_interspersed_args": False})

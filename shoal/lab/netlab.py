@@ -352,6 +352,23 @@ def _remove_runc_containers(state_root: Path) -> list[str]:
     return problems
 
 
+def _remove_leftover_cgroups(executor_root: Path) -> list[str]:
+    """A daemon killed between runc's create and its own bookkeeping leaves the container's
+    cgroups behind with no runc state to find them by: remove them by the executor's prefix."""
+    from worker.executor import cgroup_mounts, cgroup_prefix_for
+    prefix = cgroup_prefix_for(executor_root)
+    problems = []
+    for mnt, _, _ in cgroup_mounts():
+        for cgroup in Path(mnt).glob(f"{prefix}*"):
+            try:
+                cgroup.rmdir()  # an empty cgroup goes with rmdir, its control files with it
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                problems.append(f"cannot remove cgroup {cgroup}: {exc}")
+    return problems
+
+
 def _umount_lazy(path: str) -> None:
     global _libc
     if _libc is None:
@@ -980,6 +997,9 @@ class Lab:
         # runc, whose state each host's executor keeps under its data root, to remove them.
         for state_root in self.state_dir.glob("*/executor/runc-state"):
             problems += _remove_runc_containers(state_root)
+        for data_root in self.state_dir.glob("*"):
+            if data_root.is_dir():
+                problems += _remove_leftover_cgroups(data_root / "executor")
 
         # 2. mounts under the lab's directories, deepest first, lazily; and each host's
         # per-task secret tmpfs, which lives under /run (never on a data root's disk)

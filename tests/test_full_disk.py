@@ -1,7 +1,7 @@
-"""A manager's disk filling up: real pysyncobj replicas whose raft directories sit on small
-tmpfs mounts made for the test. Before manager/raft_journal.py, the first append that needed a
-new journal page on a full disk killed the process with SIGBUS (these tests would take pytest
-down with it)."""
+"""A node's disk filling up, on small tmpfs mounts made for the test: real pysyncobj replicas
+whose raft directories sit there, and the node's own state file. Before
+manager/raft_journal.py, the first raft append that needed a new journal page on a full disk
+killed the process with SIGBUS (these tests would take pytest down with it)."""
 import asyncio
 import contextlib
 import errno
@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from common.errors import ResourceExhausted
+from common.fsutil import write_atomic
 from common.model import Node, NodeSpec
+from common.nodestate import NodeFiles, NodeState
 from manager import raft_journal
 from manager.raft import RaftNode
 from manager.store import Store, Transaction
@@ -127,3 +129,33 @@ def test_a_journal_grows_on_allocated_blocks_only(tmp_path):
             assert journal.read(0, 8) == b"headxxxx"  # what was there is intact
         finally:
             journal._destroy()
+
+
+def test_an_atomic_write_on_a_full_disk_keeps_the_old_file_and_leaves_no_scrap(tmp_path):
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        target = disk / "state.json"
+        write_atomic(target, b"old")
+        filler = fill(disk)
+        os.truncate(filler, os.path.getsize(filler) - 8192)  # room for some, not for all
+        with pytest.raises(OSError) as raised:
+            write_atomic(target, b"n" * 65536)
+        assert raised.value.errno == errno.ENOSPC
+        assert target.read_bytes() == b"old"
+        assert sorted(p.name for p in disk.iterdir()) == ["filler", "state.json"]
+
+
+def test_node_state_saves_wait_for_room_instead_of_failing_their_loop(tmp_path, caplog):
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        files = NodeFiles(disk)
+        state = NodeState(node_id="n1", managers=["10.0.0.1:2377"])
+        files.save_state(state)
+        filler = fill(disk)
+        state.managers = ["10.0.0.1:2377", "10.0.0.2:2377"]
+        assert files.try_save_state(state) is False
+        assert files.try_save_state(state) is False
+        warnings = [r.getMessage() for r in caplog.records if "cannot save" in r.getMessage()]
+        assert len(warnings) == 1 and "No space left on device" in warnings[0], warnings
+        assert files.load_state().managers == ["10.0.0.1:2377"]  # the old one, whole
+        filler.unlink()
+        assert files.try_save_state(state) is True
+        assert files.load_state().managers == state.managers
