@@ -414,6 +414,8 @@ class Task:
     status: TaskStatus = field(default_factory=TaskStatus)
     # A standalone container (`shoal container run`) has a name and no service.
     container_name: str = ""
+    # Standalone, `container run -d --rm`: the task (and so its container) goes once it stopped.
+    auto_remove: bool = False
 
     @property
     def name(self) -> str:

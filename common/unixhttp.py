@@ -98,9 +98,10 @@ class UnixClient:
             raise error_for(method, path, resp.status, data)
         return parse_body(data)
 
-    def stream(self, method: str, path: str, *, params: Optional[dict] = None) -> Iterator[dict]:
+    def stream(self, method: str, path: str, body: Any = None, *,
+               params: Optional[dict] = None) -> Iterator[dict]:
         """An NDJSON response, one parsed object at a time, for as long as the daemon sends."""
-        conn, resp = self._send(method, path, None, params, None)
+        conn, resp = self._send(method, path, body, params, None)
         try:
             if resp.status >= 400:
                 raise error_for(method, path, resp.status, resp.read())

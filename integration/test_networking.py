@@ -170,7 +170,7 @@ def test_services_find_each_other_by_name_across_hosts_and_networks_isolate(lab)
 # ---- attachable networks: standalone containers ---------------------------------------------
 
 def test_standalone_containers_join_attachable_networks_only(lab):
-    res = lab.cli("worker3", "container", "run", "--network", "appnet", IMAGE, "sleep", "1000",
+    res = lab.cli("worker3", "container", "run", "-d", "--network", "appnet", IMAGE, "sleep", "1000",
                   check=False)
     assert res.returncode != 0 and "'appnet' is not attachable" in res.stderr, res.stderr
     assert "shoal network create --attachable" in res.stderr
@@ -179,7 +179,7 @@ def test_standalone_containers_join_attachable_networks_only(lab):
            IMAGE, *HTTPD)
     echo = wait_running(lab, "echo", 1)[0]
 
-    lab.cli("worker3", "container", "run", "--name", "probe", "--network", "shared",
+    lab.cli("worker3", "container", "run", "-d", "--name", "probe", "--network", "shared",
             "--mount", "type=tmpfs,target=/scratch", "-w", "/scratch", IMAGE, "sleep", "100000")
     probe = {"node_hostname": "worker3", "id": "probe"}
     assert in_task(lab, probe, "sh", "-c", "pwd; grep ' /scratch tmpfs ' /proc/mounts",
@@ -204,6 +204,15 @@ def test_standalone_containers_join_attachable_networks_only(lab):
     assert [(n["network"], n["address"]) for n in seen["networks"]] == \
         [("shared", net["containers"][0]["address"])], seen["networks"]
     assert seen["task"]["state"] == "running" and seen["task"]["desired_state"] == "running"
+    # in the foreground (as `docker run`): its output, then its exit code; --rm leaves nothing
+    res = lab.cli("worker3", "container", "run", "--rm", "--name", "once", "--network", "shared",
+                  IMAGE, "sh", "-c", "nslookup echo >/dev/null && echo found echo; echo oops >&2; "
+                  "exit 3", check=False)
+    assert (res.returncode, res.stdout, res.stderr) == (3, "found echo\n", "oops\n"), res
+    assert not [c for c in lab.cli_json("worker3", "container", "ls", "--all") if c["name"] == "once"]
+    res = lab.cli("worker3", "container", "run", "-d", "--rm", "--name", "brief", IMAGE, "true")
+    wait_until(lambda: not [c for c in lab.cli_json("worker3", "container", "ls", "--all")
+                            if c["name"] == "brief"], timeout=20, what="-d --rm removing it")
     # its daemon restarts: the container keeps running and is adopted, addressed as before
     lab.kill("worker3")
     lab.start("worker3")
@@ -211,19 +220,19 @@ def test_standalone_containers_join_attachable_networks_only(lab):
                what="the adopted container reaching the service by name again")
     assert in_task(lab, echo, "ping", "-c", "1", "-W", "3", addr).returncode == 0
     # a manager's own daemon runs one too (its agent asks the leader, wherever it is)
-    lab.cli("manager2", "container", "run", "--name", "probe", "--network", "shared",
+    lab.cli("manager2", "container", "run", "-d", "--name", "probe", "--network", "shared",
             IMAGE, "sleep", "100000")
     wait_until(lambda: http_via_nc(lab, {"node_hostname": "manager2", "id": "probe"}, "echo")
                == echo["id"][:12], timeout=30, what="the manager's container reaching the service")
 
     # -p binds a port of its own node only (no network needed), as `docker run -p`. This runs
     # before any service publishes a port in ingress mode, which would turn forwarding on.
-    lab.cli("worker2", "container", "run", "--name", "web", "-p", "9200:80", IMAGE, *HTTPD)
+    lab.cli("worker2", "container", "run", "-d", "--name", "web", "-p", "9200:80", IMAGE, *HTTPD)
     r = wait_until(lambda: (lambda r: r if r["answers"] else None)(
         hit(lab, "manager1", ADDR["worker2"], 9200, 3)), timeout=20, what="worker2:9200")
     assert r["failures"] == 0, r
     assert hit(lab, "manager1", ADDR["worker1"], 9200, 2)["failures"] == 2
-    res = lab.cli("worker2", "container", "run", "-p", "9200:81", IMAGE, *HTTPD, check=False)
+    res = lab.cli("worker2", "container", "run", "-d", "-p", "9200:81", IMAGE, *HTTPD, check=False)
     assert res.returncode != 0 and "9200/tcp is already bound on this node by web" in res.stderr
     lab.cli("worker2", "container", "rm", "-f", "web")
 

@@ -332,13 +332,15 @@ class Orchestrator:
 
     def _orphans(self, services: dict[str, Service], nodes: dict[str, Node]) -> list:
         """Tasks of removed services: told to shut down, dropped once stopped. A standalone
-        container's task goes once stopped if `container rm -f` asked for it, or with its node."""
+        container's task goes once stopped if `container rm -f` or `--rm` asked for it, or with
+        its node."""
         ops: list = []
         for t in self.m.store.list("tasks"):
             if t.service_id in services:
                 continue
             if t.standalone:
-                if (t.desired_state == "remove" or t.node_id not in nodes) and self._stopped(t, nodes):
+                gone = t.desired_state == "remove" or t.node_id not in nodes
+                if (gone or (t.auto_remove and t.terminal)) and self._stopped(t, nodes):
                     ops.append(("delete", t.id))
                 continue
             if self._stopped(t, nodes):

@@ -4,7 +4,7 @@ optionally on attachable overlay networks.
 As in Swarm, the managers hold one task per such container, so that its addresses are allocated
 like a service task's and every node of its networks learns it as a peer; its node runs it like
 any task. No orchestrator restarts or moves it: it stops when its process ends or when it is
-stopped, and it goes with `shoal container rm` (or with its node). Only the node that runs it may
+stopped, and it goes with `shoal container rm`, with its node, or (`--rm`) once it stopped. Only the node that runs it may
 create, stop or remove it (its certificate says which node it is).
 """
 from __future__ import annotations
@@ -136,8 +136,8 @@ def _host_ports(store, node_id: str, data: Any) -> list[PortConfig]:
 
 
 def build_task(store, node_id: str, data: dict[str, Any]) -> tuple[Task, list[str]]:
-    """The task of a `container run` request ({name, container, networks, ports}), and the
-    networks it attaches to (not allocated yet)."""
+    """The task of a `container run` request ({name, container, networks, ports, auto_remove}),
+    and the networks it attaches to (not allocated yet)."""
     container = _container_spec(data.get("container"))
     ports = _host_ports(store, node_id, data.get("ports"))
     task_id = new_id()
@@ -151,8 +151,10 @@ def build_task(store, node_id: str, data: dict[str, Any]) -> tuple[Task, list[st
                               f"{taken.id[:12]}: remove it ('shoal container rm {name}') or pick "
                               "another name", field="name")
     network_ids = _resolve_networks(store, _strings(data, "networks"))
+    auto_remove = field(data, "auto_remove", bool, required=False, default=False)
     now = time.time()
     task = Task(id=task_id, container_name=name, node_id=node_id, ports=ports,
+                auto_remove=auto_remove,
                 spec=TaskSpec(container=container,
                               networks=[NetworkAttachmentConfig(target=n) for n in network_ids]),
                 desired_state="running",

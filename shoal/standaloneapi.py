@@ -7,13 +7,19 @@ with the outcome (running, or why not) rather than with a request taken.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
+from dataclasses import asdict
 from urllib.parse import quote
 
 from aiohttp import web
 
 from common import errors
+from common.aio import cancel_and_wait
 from manager.httputil import CTX, body_json, reply
+
+log = logging.getLogger("shoal.standalone")
 
 # An image pull may come first.
 RUN_TIMEOUT = 300.0
@@ -38,10 +44,16 @@ async def _until(what: str, timeout: float, check) -> None:
         await asyncio.sleep(0.05)
 
 
-async def container_run(request: web.Request) -> web.Response:
+async def container_run(request: web.Request) -> web.StreamResponse:
     agent = _agent(request)
-    created = await agent.request_managers("POST", "/dispatcher/containers",
-                                           await body_json(request))
+    body = await body_json(request)
+    attach = body.pop("attach", False) is True  # this node's business, not the managers'
+    remove = body.get("auto_remove") is True
+    if attach:
+        # Removed here once its output is all delivered: the managers removing it on exit
+        # could take its last lines and its exit code away from under the stream.
+        body["auto_remove"] = False
+    created = await agent.request_managers("POST", "/dispatcher/containers", body)
     task_id, runner = created["id"], agent.runner
 
     def settled() -> bool:
@@ -55,8 +67,71 @@ async def container_run(request: web.Request) -> web.Response:
         await agent.request_managers("DELETE", f"/dispatcher/containers/{task_id}")
         raise errors.FailedPrecondition(f"container {created['name']} could not be created: "
                                         f"{ctl.message}", field="container")
-    # A process that ended at once keeps its container (exit code, logs) until `rm`.
+    if attach:
+        return await _attached(request, agent, {**created, "state": ctl.state}, remove)
+    # A process that ended at once keeps its container (exit code, logs) until `rm` (or, with
+    # --rm, until the managers see it stopped).
     return reply({**created, "state": ctl.state}, status=201)
+
+
+async def _attached(request: web.Request, agent, created: dict, remove: bool) -> web.StreamResponse:
+    """`container run` without -d, as `docker run`: NDJSON of the container ({id, name,
+    state}), its output lines from the start ({t, s, l}) and, once it has exited, {"exit":
+    {exit_code, oom_killed, message}}. With --rm the container is gone before that last line."""
+    executor, task_id = agent.runner.executor, created["id"]
+    exited = asyncio.ensure_future(executor.wait(task_id))  # holds the exit even once removed
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await resp.prepare(request)
+    finished = False
+
+    async def send(record: dict) -> None:
+        await resp.write(json.dumps(record).encode() + b"\n")
+
+    async def output() -> None:
+        async for line in executor.logs(task_id, follow=True):
+            await send({"t": line.ts, "s": line.stream, "l": line.line})
+    try:
+        await send(created)
+        if not await _unless_client_leaves(request, output()):
+            return resp
+        info = await exited
+        if remove:
+            await _remove(agent, task_id)
+            await _until(f"container {created['name']} being removed", STOP_TIMEOUT,
+                         lambda: all(c.id != task_id for c in executor.list()))
+        finished = True
+        await send({"exit": asdict(info)})
+    except (ConnectionResetError, ConnectionError):
+        pass  # the client went away: the container runs on, detached
+    finally:
+        exited.cancel()
+        if remove and not finished:
+            # Client gone before the end: stop it and remove it (`docker run --rm`, Ctrl-C).
+            await _remove(agent, task_id)
+    return resp
+
+
+async def _unless_client_leaves(request: web.Request, work) -> bool:
+    """Run `work` to its end (True), or until the client has hung up (False): a quiet container
+    gives no write to fail on."""
+    job = asyncio.ensure_future(work)
+    try:
+        while not job.done():
+            await asyncio.wait({job}, timeout=0.5)
+            if request.transport is None or request.transport.is_closing():
+                return False
+        job.result()
+        return True
+    finally:
+        await cancel_and_wait([job])
+
+
+async def _remove(agent, task_id: str) -> None:
+    try:
+        # Forced: the managers may not have seen it stop yet; they delete it once it has.
+        await agent.request_managers("DELETE", f"/dispatcher/containers/{task_id}?force=true")
+    except errors.ShoalError as exc:
+        log.warning("removing container %s after its attached run: %s", task_id[:12], exc.message)
 
 
 async def container_stop(request: web.Request) -> web.Response:

@@ -165,6 +165,18 @@ def test_the_task_lives_and_goes_as_its_node_and_the_user_say(run):
         _, removed = await standalone.remove_container(m, "n2", other.container_name, force=False)
         assert removed and m.store.get("tasks", other.id) is None
 
+        # --rm: the task stays while it runs and goes once it has ended by itself
+        brief = await standalone.create_container(m, "n2", {"name": "brief", "container": BUSYBOX,
+                                                            "auto_remove": True})
+        assert brief.auto_remove
+        await h.report(brief, "running")
+        await asyncio.sleep(0.3)
+        assert m.store.get("tasks", brief.id) is not None, "removed while it ran"
+        await h.report(brief, "complete", exit_code=0)
+        await wait(lambda: m.store.get("tasks", brief.id) is None)
+        with pytest.raises(errors.InvalidArgument, match="auto_remove"):
+            await standalone.create_container(m, "n2", {"container": BUSYBOX, "auto_remove": "yes"})
+
         # a removed node takes its containers' tasks with it
         last = await standalone.create_container(m, "n3", {"container": BUSYBOX})
         await h.report(last, "running")

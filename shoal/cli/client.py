@@ -19,9 +19,10 @@ class Cli:
              timeout: float = 60.0) -> Any:
         return self._client.request(method, path, body, params=params, timeout=timeout)
 
-    def stream(self, method: str, path: str, *, params: dict | None = None) -> Iterator[dict]:
-        """An NDJSON response, one parsed object at a time (for logs -f)."""
-        return self._client.stream(method, path, params=params)
+    def stream(self, method: str, path: str, body: Any = None, *,
+               params: dict | None = None) -> Iterator[dict]:
+        """An NDJSON response, one parsed object at a time (logs -f, an attached run)."""
+        return self._client.stream(method, path, body, params=params)
 
 
 def socket_path_default() -> str:

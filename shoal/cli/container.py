@@ -53,16 +53,21 @@ def container_inspect(cli: Cli, refs) -> None:
 @click.option("-u", "--user", default="", help="Username or UID[:GID]")
 @click.option("--hostname", default="", help="Container hostname")
 @click.option("--entrypoint", default="", help="Overwrite the image's entrypoint (space separated)")
+@click.option("-d", "--detach", is_flag=True,
+              help="Run it in the background and print its id (default: show its output and "
+                   "exit with its exit code)")
+@click.option("--rm", "auto_remove", is_flag=True, help="Remove the container once it has exited")
 @click.argument("image")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @pass_cli
 def container_run(cli: Cli, name, networks, env, mounts, publish, workdir, user, hostname,
-                  entrypoint, image, args) -> None:
-    """Run a standalone container on this node, in the background (as `docker run -d`).
+                  entrypoint, detach, auto_remove, image, args) -> None:
+    """Run a standalone container on this node, as `docker run`: in the foreground, its output
+    shown and its exit code yours; with -d in the background.
 
     It may join attachable overlay networks (`network create --attachable`), where it reaches
     services by name and their tasks reach it by its name. Nothing restarts it; `container rm`
-    removes it.
+    removes it, or --rm once it has exited.
     """
     for entry in env:
         if "=" not in entry or entry.startswith("="):
@@ -79,10 +84,30 @@ def container_run(cli: Cli, name, networks, env, mounts, publish, workdir, user,
             raise click.BadParameter(f"{text!r}: give the port to bind on this node, e.g. 8080:80",
                                      param_hint="--publish")
         ports.append({k: port[k] for k in ("protocol", "published_port", "target_port")})
-    created = cli.call("POST", "/containers/run", {
-        "name": name, "container": container, "networks": list(networks), "ports": ports},
-        timeout=330)
-    click.echo(created["id"])
+    body = {"name": name, "container": container, "networks": list(networks), "ports": ports,
+            "auto_remove": auto_remove}
+    if detach:
+        click.echo(cli.call("POST", "/containers/run", body, timeout=330)["id"])
+        return
+    _run_attached(cli, body)
+
+
+def _run_attached(cli: Cli, body: dict) -> None:
+    """Its output as it comes, then its exit code as ours (125: the run ended without one)."""
+    name = body["name"] or "the container"
+    for record in cli.stream("POST", "/containers/run", {**body, "attach": True}):
+        if "l" in record:
+            click.echo(record["l"], err=record["s"] == "stderr")
+        elif "exit" in record:
+            code = record["exit"]["exit_code"]
+            if code is None or record["exit"]["oom_killed"]:
+                click.echo(f"{record.get('name', name)}: {record['exit']['message']}", err=True)
+            sys.exit(125 if code is None else code)
+        else:
+            name = record.get("name", name)
+    click.echo(f"Error: the daemon stopped sending before {name} exited; see 'shoal container "
+               "ls --all'", err=True)
+    sys.exit(125)
 
 
 @container.command("stop")
