@@ -101,7 +101,7 @@ def _run_attached(cli: Cli, body: dict) -> None:
         elif "exit" in record:
             code = record["exit"]["exit_code"]
             if code is None or record["exit"]["oom_killed"]:
-                click.echo(f"{record.get('name', name)}: {record['exit']['message']}", err=True)
+                click.echo(f"{name}: {record['exit']['message']}", err=True)
             sys.exit(125 if code is None else code)
         else:
             name = record.get("name", name)
