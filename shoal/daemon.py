@@ -16,6 +16,7 @@ import signal
 import socket
 import ssl
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -205,17 +206,19 @@ class Daemon:
                 info = await self.peer_client(self.agent.leader or self.state.managers[0]).request(
                     "POST", "/raft/join", {}, timeout=30)
                 self.files.save_raft_secret(bytes.fromhex(info["secret"]))
+                # Saved first: on a full disk nothing changes here and the next heartbeat retries.
+                self.files.save_state(replace(self.state, raft_members=info["members"],
+                                              role=NODE_ROLE_MANAGER))
                 self.state.raft_members = info["members"]
                 self.state.role = NODE_ROLE_MANAGER
-                self.files.save_state(self.state)
                 await self._start_manager()
                 log.info("promoted: this node is a manager now")
             elif role == NODE_ROLE_WORKER:
-                await self._stop_manager()
-                self.files.wipe_raft()
+                self.files.save_state(replace(self.state, role=NODE_ROLE_WORKER, raft_members=[]))
                 self.state.role = NODE_ROLE_WORKER
                 self.state.raft_members = []
-                self.files.save_state(self.state)
+                await self._stop_manager()
+                self.files.wipe_raft()
                 await self.agent.renew_certificate()
                 log.info("demoted: this node is a worker now")
 

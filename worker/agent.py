@@ -170,6 +170,8 @@ class Agent:
                 await self.host.on_role_change(role)
             except errors.ShoalError as exc:
                 log.warning("role change to %s not done yet: %s", role, exc.message)
+            except OSError as exc:  # e.g. a full disk: the next heartbeat tries again
+                log.warning("role change to %s not done yet: %s", role, exc)
             return
         _, cert, _ = self.host.files.load_certs()
         if pki.needs_renewal(cert):
