@@ -178,8 +178,8 @@ def _local(*handlers):
         h.local_only = True
 
 
-_local(containers_list, container_inspect, container_exec, container_logs, images_list, image_import, image_pull,
-       image_remove, task_logs)
+_local(containers_list, container_inspect, container_exec, container_logs, images_list,
+       image_import, image_pull, image_remove, task_logs)
 
 
 def local_routes() -> list[web.RouteDef]:
