@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from common.fsutil import free_bytes
 from integration.helpers import leader_of, needs_root, node_table, unique_lab_name, wait_until
 from shoal.lab.netlab import Lab
 
@@ -321,8 +322,8 @@ def test_a_manager_short_of_disk_holds_changes_back_until_it_has_room(lab):
     lab.start(short)
     filler = root / "filler"
     try:
-        free = os.statvfs(root).f_bavail * os.statvfs(root).f_frsize
-        subprocess.run(["fallocate", "-l", str(free - (16 << 20)), str(filler)], check=True)
+        subprocess.run(["fallocate", "-l", str(free_bytes(root) - (16 << 20)), str(filler)],
+                       check=True)
 
         def refused(label: str) -> str | None:
             r = lab.cli(short, "node", "update", "--label-add", label, "worker1", check=False)

@@ -49,11 +49,12 @@ class RaftDiskGuard:
         own = manager.files.raft_dir
         found = {manager.node_id: DiskReport(free_bytes(own), str(own), time.monotonic())}
         fresh_since = time.monotonic() - _STALE_AFTER_PERIODS * manager.dispatcher.period
+        names = {}
         for node in manager.manager_nodes():
+            names[node.id] = node.description.hostname or node.id
             report = self._reports.get(node.id)
             if node.id != manager.node_id and report is not None and report.at >= fresh_since:
                 found[node.id] = report
-        names = {n.id: n.description.hostname or n.id for n in manager.manager_nodes()}
         return sorted(((names.get(node_id, node_id), report) for node_id, report in found.items()
                        if report.free < self.reserve), key=lambda item: item[1].free)
 
