@@ -34,7 +34,6 @@ class Dispatcher:
         self.manager = manager
         self._last_seen: dict[str, float] = {}
         self._told: dict[str, float] = {}  # node -> the heartbeat period its agent was last given
-        self._started = time.monotonic()
         # Assignment streams: agents ask for what changed since the index they last saw.
         self._start_index = manager.store.index
         self._changed: dict[str, asyncio.Event] = {}
@@ -223,14 +222,17 @@ class Dispatcher:
             await asyncio.sleep(min(period / 2, 1.0))
             now = time.monotonic()
             deadline = period * GRACE_MULTIPLIER
-            if now - self._started < deadline:
-                continue
-            for node in self.manager.store.list("nodes"):
+            nodes = self.manager.store.list("nodes")
+            # A node's grace starts when this leader first sees it: one that joins long after
+            # the leader started has not missed the heartbeats it never had a chance to send.
+            for node in nodes:
+                self._last_seen.setdefault(node.id, now)
+            for node in nodes:
                 if node.status.state == NODE_STATE_DOWN:
                     continue
                 if node.id == self.manager.node_id:
                     continue  # the leader is alive by definition
-                seen = self._last_seen.get(node.id, self._started)
+                seen = self._last_seen[node.id]
                 # A node heartbeats at the period it was last told: after the period is made
                 # shorter, it learns the new one only with its next heartbeat.
                 allowed = max(deadline, self._told.get(node.id, 0.0) * GRACE_MULTIPLIER)

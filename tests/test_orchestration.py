@@ -314,3 +314,25 @@ def test_a_shorter_heartbeat_period_does_not_mark_nodes_down(run):
         # now it was told 0.2 s: silence past 3 x 0.2 s is a failure
         await wait(lambda: h.m.store.get("nodes", "n1").status.state == "down", timeout=5)
     run(scenario)
+
+
+def test_a_node_that_joins_long_after_the_leader_started_gets_its_full_grace(run):
+    """A node's grace period starts when the leader first sees it, not when the leader started:
+    a node joining a leader that has run for minutes was marked Down a second after it joined
+    (under emulation, where its first heartbeat takes longer than that to come)."""
+    async def scenario(h):
+        cluster = h.m.store.get("clusters", "c1")
+        cluster.spec.dispatcher.heartbeat_period = 0.5
+        await h.m.propose(Transaction().update("clusters", cluster))
+        await asyncio.sleep(2.0)  # the leader is now older than 3 x 0.5 s
+        await h.m.propose(Transaction().create("nodes", Node(
+            id="late", status=NodeStatus(state="ready", addr="10.9.0.9"),
+            description=NodeDescription(hostname="late"))))
+        await asyncio.sleep(1.0)  # within 3 x 0.5 s of being seen
+        assert h.m.store.get("nodes", "late").status.state == "ready"
+        # and it is not exempt: silence past its grace is a failure
+        await wait(lambda: h.m.store.get("nodes", "late").status.state == "down", timeout=5)
+        message = h.m.store.get("nodes", "late").status.message
+        silent_for = float(message.rsplit(" ", 1)[1].rstrip("s"))
+        assert 1.5 <= silent_for < 3.0, message  # counted from when it was seen, not from 2 s before
+    run(scenario)

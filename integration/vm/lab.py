@@ -384,6 +384,27 @@ class VMLab:
                     (dest / f"{g.name}.{what}.log").write_text(f"could not collect: {exc}\n")
         return dest
 
+    def snapshot_network(self, dest: Path) -> Path:
+        """Every guest's network state now, in each of its network namespaces: what a failed
+        routing-mesh check needs, taken while the failure is still there (the logs of the whole
+        module are collected only at its end, after later scenarios have rebuilt everything)."""
+        dest.mkdir(parents=True, exist_ok=True)
+        per_ns = ("ip -d link; ip addr; ip route; ip neigh; bridge fdb show; ipvsadm -Ln --stats; "
+                  "nft list ruleset; ss -tanp")
+        script = ("for ns in /proc/1/ns/net $(findmnt -rn -t nsfs -o TARGET | sort -u); do "
+                  "echo \"=== netns $ns\"; "
+                  f"nsenter --net=\"$ns\" sh -c '{per_ns}' 2>&1; done; "
+                  "echo '=== shoald (last 200 lines)'; journalctl -u shoald --no-pager -n 200")
+        for g in self.guests:
+            if not g.alive():
+                continue
+            try:
+                r = g.sh(script, timeout=120, check=False)
+                (dest / f"{g.name}.network.log").write_text(r.out + r.err)
+            except Exception as exc:
+                (dest / f"{g.name}.network.log").write_text(f"could not collect: {exc}\n")
+        return dest
+
 
 USAGE = """usage: python -m integration.vm.lab up [GUESTS] [MANAGERS]
        python -m integration.vm.lab exec RUN_DIR GUEST -- COMMAND..."""

@@ -251,13 +251,16 @@ def test_published_service_routing_mesh(lab, web_image, backend, request):
     manager.shoal("service", "create", "--detach", "--name", service, "--replicas", "3",
                   "--publish", f"published={port},target=80", web_image, *WEB_CMD, timeout=300)
     try:
-        check_mesh(lab, service, 3, backend, port)
-
-        # must-show 3: scaling changes the real servers, both ways
-        manager.shoal("service", "scale", "--detach", f"{service}=5", timeout=300)
-        check_mesh(lab, service, 5, backend, port)
-        manager.shoal("service", "scale", "--detach", f"{service}=2", timeout=300)
-        check_mesh(lab, service, 2, backend, port)
+        for replicas in (3, 5, 2):  # must-show 3: scaling changes the real servers, both ways
+            if replicas != 3:
+                manager.shoal("service", "scale", "--detach", f"{service}={replicas}", timeout=300)
+            try:
+                check_mesh(lab, service, replicas, backend, port)
+            except AssertionError:
+                dest = lab.snapshot_network(
+                    LOG_ROOT / f"{time.strftime('%Y%m%d-%H%M%S')}-{backend}-{replicas}")
+                say(request, f"network state at the failure in {dest}")
+                raise
 
         manager.shoal("service", "rm", service)
         for g in lab.guests:
