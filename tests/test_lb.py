@@ -300,3 +300,45 @@ def test_rendered_ipvs_marks_are_valid_nftables():
     script = lbmod.render_ipvs_marks("shoalcheck", [INGRESS, Frontend("udp", None, 53)])
     res = subprocess.run(["nft", "-c", "-f", "-"], input=script, text=True, capture_output=True)
     assert res.returncode == 0, res.stderr
+
+
+def test_ipvs_mark_table_is_written_again_after_a_failed_write_fake_ipvs(monkeypatch):
+    """IPVS is not in this kernel: its netlink side is a fake here. A mark table that could not be
+    written (nft refused it) must be written by the retry: before, the frontend was already
+    counted as marked and the retry skipped the table, leaving the port unbalanced for good."""
+    class FakeKernelIPVS:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def service(self, command, service=None):
+            if command == "get":
+                raise LookupError("no such service")
+
+        def dest(self, command, service, dest=None):
+            return []
+
+    written: list[list[Frontend]] = []
+    failures = [lbmod.LBError("nft failed (1)")]
+
+    def apply_marks(self):
+        if failures:
+            raise failures.pop()
+        written.append(sorted(self.frontends, key=Frontend.sort_key))
+
+    monkeypatch.setattr(lbmod.IpvsBackend, "_ipvs", lambda self: FakeKernelIPVS())
+    monkeypatch.setattr(lbmod.IpvsBackend, "_apply_marks", apply_marks)
+    backend = lbmod.IpvsBackend(None)
+    with pytest.raises(lbmod.LBError):
+        backend.ensure_service(INGRESS, [A])
+    assert INGRESS not in backend.frontends
+    backend.ensure_service(INGRESS, [A])          # the agent's retry
+    assert written == [[INGRESS]]
+    failures.append(lbmod.LBError("nft failed (1)"))
+    with pytest.raises(lbmod.LBError):
+        backend.remove_service(INGRESS)
+    assert INGRESS in backend.frontends           # so that the retry rewrites the table
+    backend.remove_service(INGRESS)
+    assert written == [[INGRESS], []] and not backend.frontends

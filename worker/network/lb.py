@@ -18,7 +18,7 @@ import os
 import socket
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 from worker.network import nsutil
 
@@ -346,8 +346,8 @@ class IpvsBackend(LoadBalancer):
             current = {frontend: self._current(ipvs, frontend)} if have else {}
             self.execute(ipvs, plan_ipvs(current, {frontend: {b: 1 for b in backends}}))
         if frontend.ingress and frontend not in self.frontends:
-            self.frontends.add(frontend)
-            self._apply_marks()
+            self._marks_with(lambda: self.frontends.add(frontend),
+                             lambda: self.frontends.discard(frontend))
         self.frontends.add(frontend)
 
     def _service_exists(self, ipvs, frontend: Frontend) -> bool:
@@ -363,14 +363,26 @@ class IpvsBackend(LoadBalancer):
             if self._service_exists(ipvs, frontend):
                 self.execute(ipvs, [Op("del_service", frontend)])
         if frontend in self.frontends:
-            self.frontends.discard(frontend)
             if frontend.ingress:
-                self._apply_marks()
+                self._marks_with(lambda: self.frontends.discard(frontend),
+                                 lambda: self.frontends.add(frontend))
+            else:
+                self.frontends.discard(frontend)
 
     def flush(self) -> None:
         for fe in list(self.frontends):
             self.remove_service(fe)
         _nft(self.netns, nsutil.nft_reset(self.table))
+
+    def _marks_with(self, change: Callable[[], None], undo: Callable[[], None]) -> None:
+        """Make a change to the frontends and rewrite the mark table for it; undone when the
+        table cannot be written, so that the caller's retry writes it again."""
+        change()
+        try:
+            self._apply_marks()
+        except BaseException:
+            undo()
+            raise
 
     def _apply_marks(self) -> None:
         # IPVS skips netfilter's conntrack unless told otherwise, and then the masquerade rule
