@@ -260,6 +260,11 @@ def test_published_service_routing_mesh(lab, web_image, backend, request):
                 dest = lab.snapshot_network(
                     LOG_ROOT / f"{time.strftime('%Y%m%d-%H%M%S')}-{backend}-{replicas}")
                 say(request, f"network state at the failure in {dest}")
+                # which paths fail: the check stops at the first pair that does
+                for client in lab.guests:
+                    for target in lab.guests:
+                        say(request, f"{client.name} -> {target.name}:{port}: "
+                                     f"{get(client, target.ip, port, replicas)}")
                 raise
 
         manager.shoal("service", "rm", service)
