@@ -389,8 +389,8 @@ class VMLab:
         routing-mesh check needs, taken while the failure is still there (the logs of the whole
         module are collected only at its end, after later scenarios have rebuilt everything)."""
         dest.mkdir(parents=True, exist_ok=True)
-        per_ns = ("ip -d link; ip addr; ip route; ip neigh; bridge fdb show; ipvsadm -Ln --stats; ipvsadm -Lnc; "
-                  "nft list ruleset; ss -tanp")
+        per_ns = ("ip -d link; ip addr; ip route; ip neigh; bridge fdb show; "
+                  "ipvsadm -Ln --stats; ipvsadm -Lnc; nft list ruleset; ss -tanp")
         script = ("for ns in /proc/1/ns/net $(findmnt -rn -t nsfs -o TARGET | sort -u); do "
                   "echo \"=== netns $ns\"; "
                   f"nsenter --net=\"$ns\" sh -c '{per_ns}' 2>&1; done; "
