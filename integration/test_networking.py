@@ -210,6 +210,20 @@ def test_standalone_containers_join_attachable_networks_only(lab):
                   "exit 3", check=False)
     assert (res.returncode, res.stdout, res.stderr) == (3, "found echo\n", "oops\n"), res
     assert not [c for c in lab.cli_json("worker3", "container", "ls", "--all") if c["name"] == "once"]
+    # limits reach its cgroup, as `docker run --memory --cpus --pids-limit`
+    res = lab.cli("worker3", "container", "run", "--rm", "--memory", "64m", "--cpus", "0.5",
+                  "--pids-limit", "32", IMAGE, "sh", "-c",
+                  "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max; "
+                  "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || "
+                  "cat /sys/fs/cgroup/memory.max; "
+                  "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || "
+                  "cat /sys/fs/cgroup/cpu.max")
+    assert res.stdout.splitlines()[:2] == ["32", str(64 << 20)], res.stdout
+    assert res.stdout.splitlines()[2] in ("50000", "50000 100000"), res.stdout
+    res = lab.cli("worker3", "container", "run", "--rm", "--memory", "1k", IMAGE, "true",
+                  check=False)
+    assert res.returncode != 0 and "resources.limits.memory_bytes" in res.stderr \
+        and "at least 4m" in res.stderr, res.stderr
     res = lab.cli("worker3", "container", "run", "-d", "--rm", "--name", "brief", IMAGE, "true")
     wait_until(lambda: not [c for c in lab.cli_json("worker3", "container", "ls", "--all")
                             if c["name"] == "brief"], timeout=20, what="-d --rm removing it")

@@ -7,7 +7,7 @@ import signal
 
 from common import codec, errors
 from common.model import (SERVICE_MODES, UPDATE_FAILURE_ACTIONS, UPDATE_ORDERS, ContainerSpec,
-                          HealthConfig, ServiceSpec)
+                          HealthConfig, ResourceRequirements, ServiceSpec)
 from manager.constraints import parse_constraint, parse_preference
 
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
@@ -30,22 +30,27 @@ def parse_service_spec(data: object) -> ServiceSpec:
     return spec
 
 
-def validate_service_spec(spec: ServiceSpec) -> None:
-    if not isinstance(spec.name, str) or not _NAME.match(spec.name or ""):
-        raise _bad("name", f"invalid service name {spec.name!r}: use 1-63 letters, digits, '_', "
-                   "'.' or '-', starting with a letter or digit")
-    validate_container_spec(spec.task_template.container, "task_template.container")
-    res = spec.task_template.resources
+def validate_resources(res: ResourceRequirements, where: str) -> None:
+    """Limits and reservations of a task's container, a service's or a standalone one; errors
+    name the field under ``where``."""
     for name, value in (("limits.memory_bytes", res.limits.memory_bytes),
                         ("limits.nano_cpus", res.limits.nano_cpus),
                         ("reservations.memory_bytes", res.reservations.memory_bytes),
                         ("reservations.nano_cpus", res.reservations.nano_cpus),
                         ("pids_limit", res.pids_limit)):
-        if not isinstance(value, int) or value < 0:
-            raise _bad(f"task_template.resources.{name}", "must be a non-negative integer")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise _bad(f"{where}.{name}", "must be a non-negative integer")
     if res.limits.memory_bytes and res.limits.memory_bytes < 4 * 1024 * 1024:
-        raise _bad("task_template.resources.limits.memory_bytes",
+        raise _bad(f"{where}.limits.memory_bytes",
                    "a memory limit below 4MB leaves no room for a process; use at least 4m")
+
+
+def validate_service_spec(spec: ServiceSpec) -> None:
+    if not isinstance(spec.name, str) or not _NAME.match(spec.name or ""):
+        raise _bad("name", f"invalid service name {spec.name!r}: use 1-63 letters, digits, '_', "
+                   "'.' or '-', starting with a letter or digit")
+    validate_container_spec(spec.task_template.container, "task_template.container")
+    validate_resources(spec.task_template.resources, "task_template.resources")
     rp = spec.task_template.restart_policy
     if rp.condition not in _RESTART_CONDITIONS:
         raise _bad("task_template.restart_policy.condition",

@@ -17,12 +17,12 @@ from aiohttp import web
 
 from common import codec, errors
 from common.ids import new_id
-from common.model import (ContainerSpec, NetworkAttachmentConfig, PortConfig, Task, TaskSpec,
-                          TaskStatus)
+from common.model import (ContainerSpec, NetworkAttachmentConfig, PortConfig,
+                          ResourceRequirements, Task, TaskSpec, TaskStatus)
 from manager.allocator import CLUSTER_PORTS, host_bound_ports, ingress_port_holders
 from manager.api import _identity, _manager
 from manager.httputil import body_json, field, reply
-from manager.services import validate_container_spec
+from manager.services import validate_container_spec, validate_resources
 from manager.store import Transaction
 
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
@@ -98,6 +98,25 @@ def _container_spec(data: Any) -> ContainerSpec:
     return c
 
 
+def _resources(data: Any) -> ResourceRequirements:
+    """`--memory`, `--cpus`, `--pids-limit`: limits, as a service's. Reservations are what the
+    scheduler places tasks by; nothing places a standalone container, so none are taken."""
+    if data is None:
+        return ResourceRequirements()
+    if not isinstance(data, dict):
+        raise _bad("resources", "must be an object: {limits: {memory_bytes, nano_cpus}, "
+                   "pids_limit}")
+    try:
+        res = codec.from_plain(ResourceRequirements, data)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise _bad("resources", f"malformed resources: {exc}") from None
+    validate_resources(res, "resources")
+    if res.reservations.memory_bytes or res.reservations.nano_cpus:
+        raise _bad("resources.reservations", "a standalone container runs where it is started: "
+                   "reservations only place a service's tasks (give limits instead)")
+    return res
+
+
 def _host_ports(store, node_id: str, data: Any) -> list[PortConfig]:
     """`-p PUBLISHED:TARGET[/udp]`: bound on this node only (host mode), as `docker run -p`."""
     if data is None:
@@ -136,9 +155,10 @@ def _host_ports(store, node_id: str, data: Any) -> list[PortConfig]:
 
 
 def build_task(store, node_id: str, data: dict[str, Any]) -> tuple[Task, list[str]]:
-    """The task of a `container run` request ({name, container, networks, ports, auto_remove}),
-    and the networks it attaches to (not allocated yet)."""
+    """The task of a `container run` request ({name, container, resources, networks, ports,
+    auto_remove}), and the networks it attaches to (not allocated yet)."""
     container = _container_spec(data.get("container"))
+    resources = _resources(data.get("resources"))
     ports = _host_ports(store, node_id, data.get("ports"))
     task_id = new_id()
     name = field(data, "name", str, required=False, default="") or task_id[:12]
@@ -155,7 +175,7 @@ def build_task(store, node_id: str, data: dict[str, Any]) -> tuple[Task, list[st
     now = time.time()
     task = Task(id=task_id, container_name=name, node_id=node_id, ports=ports,
                 auto_remove=auto_remove,
-                spec=TaskSpec(container=container,
+                spec=TaskSpec(container=container, resources=resources,
                               networks=[NetworkAttachmentConfig(target=n) for n in network_ids]),
                 desired_state="running",
                 status=TaskStatus(state="assigned", timestamp=now, message="assigned to its node"))

@@ -71,6 +71,20 @@ def test_run_requests_are_checked_field_by_field():
                                                    "mounts": [{"type": "bind", "source": "rel",
                                                                "target": "/x"}]}},
             "container.mounts[0].source", "absolute host path")
+    # limits, as `docker run --memory/--cpus/--pids-limit`, checked as a service's are
+    limited, _ = standalone.build_task(store, "n1", {"container": BUSYBOX, "resources": {
+        "limits": {"memory_bytes": 64 << 20, "nano_cpus": 500_000_000}, "pids_limit": 32}})
+    res = limited.spec.resources
+    assert (res.limits.memory_bytes, res.limits.nano_cpus, res.pids_limit) == \
+        (64 << 20, 500_000_000, 32)
+    refused(errors.InvalidArgument, {"resources": {"limits": {"memory_bytes": 1024}}},
+            "resources.limits.memory_bytes", "at least 4m")
+    refused(errors.InvalidArgument, {"resources": {"pids_limit": -1}}, "resources.pids_limit")
+    refused(errors.InvalidArgument, {"resources": {"limits": {"nano_cpus": "half"}}},
+            "resources.limits.nano_cpus", "non-negative integer")
+    refused(errors.InvalidArgument, {"resources": {"reservations": {"memory_bytes": 64 << 20}}},
+            "resources.reservations", "give limits instead")
+    refused(errors.InvalidArgument, {"resources": "64m"}, "resources", "must be an object")
     # a node may not ask for secrets or configs this way: it could read any of them
     refused(errors.InvalidArgument, {"container": {"image": "busybox:1",
                                                    "secrets": [{"secret_name": "db"}]}},

@@ -10,7 +10,7 @@ import click
 from common.units import format_size
 from shoal.cli.client import Cli, pass_cli
 from shoal.cli.output import print_json, print_listing
-from shoal.cli.service import parse_mount, parse_publish
+from shoal.cli.service import CPUS, SIZE, parse_mount, parse_publish
 
 
 @click.group()
@@ -53,6 +53,10 @@ def container_inspect(cli: Cli, refs) -> None:
 @click.option("-u", "--user", default="", help="Username or UID[:GID]")
 @click.option("--hostname", default="", help="Container hostname")
 @click.option("--entrypoint", default="", help="Overwrite the image's entrypoint (space separated)")
+@click.option("-m", "--memory", type=SIZE, help="Memory limit (e.g. 64m); past it the kernel's "
+              "OOM killer ends the container")
+@click.option("--cpus", type=CPUS, help="CPU limit (e.g. 0.5: half of one CPU)")
+@click.option("--pids-limit", type=click.IntRange(min=1), help="Limit on the number of processes")
 @click.option("-d", "--detach", is_flag=True,
               help="Run it in the background and print its id (default: show its output and "
                    "exit with its exit code)")
@@ -61,7 +65,7 @@ def container_inspect(cli: Cli, refs) -> None:
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @pass_cli
 def container_run(cli: Cli, name, networks, env, mounts, publish, workdir, user, hostname,
-                  entrypoint, detach, auto_remove, image, args) -> None:
+                  entrypoint, memory, cpus, pids_limit, detach, auto_remove, image, args) -> None:
     """Run a standalone container on this node, as `docker run`: in the foreground, its output
     shown and its exit code yours; with -d in the background.
 
@@ -84,8 +88,10 @@ def container_run(cli: Cli, name, networks, env, mounts, publish, workdir, user,
             raise click.BadParameter(f"{text!r}: give the port to bind on this node, e.g. 8080:80",
                                      param_hint="--publish")
         ports.append({k: port[k] for k in ("protocol", "published_port", "target_port")})
-    body = {"name": name, "container": container, "networks": list(networks), "ports": ports,
-            "auto_remove": auto_remove}
+    resources = {"limits": {"memory_bytes": memory or 0, "nano_cpus": cpus or 0},
+                 "pids_limit": pids_limit or 0}
+    body = {"name": name, "container": container, "resources": resources,
+            "networks": list(networks), "ports": ports, "auto_remove": auto_remove}
     if detach:
         click.echo(cli.call("POST", "/containers/run", body, timeout=330)["id"])
         return
