@@ -227,6 +227,9 @@ class Dispatcher:
             # the leader started has not missed the heartbeats it never had a chance to send.
             for node in nodes:
                 self._last_seen.setdefault(node.id, now)
+            for gone in self._last_seen.keys() - {node.id for node in nodes}:
+                del self._last_seen[gone]       # a removed node
+                self._told.pop(gone, None)
             for node in nodes:
                 if node.status.state == NODE_STATE_DOWN:
                     continue
