@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -25,6 +25,7 @@ from manager.httputil import body_json, field, reply
 from manager.services import validate_container_spec, validate_resources
 from manager.store import Transaction
 
+T = TypeVar("T")
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 
 
@@ -78,13 +79,19 @@ def _resolve_networks(store, refs: list[str]) -> list[str]:
     return ids
 
 
-def _container_spec(data: Any) -> ContainerSpec:
+def _object(cls: type[T], data: Any, name: str, shape: str, what: str) -> T:
+    """The request's field ``name`` as a ``cls``; errors name the field and its shape."""
     if not isinstance(data, dict):
-        raise _bad("container", "must be an object: {image, args, env, mounts, ...}")
+        raise _bad(name, f"must be an object: {shape}")
     try:
-        c = codec.from_plain(ContainerSpec, data)
+        return codec.from_plain(cls, data)
     except (TypeError, ValueError, AttributeError) as exc:
-        raise _bad("container", f"malformed container spec: {exc}") from None
+        raise _bad(name, f"malformed {what}: {exc}") from None
+
+
+def _container_spec(data: Any) -> ContainerSpec:
+    c = _object(ContainerSpec, data, "container", "{image, args, env, mounts, ...}",
+                "container spec")
     validate_container_spec(c, "container")
     if not isinstance(c.labels, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                  for k, v in c.labels.items()):
@@ -103,13 +110,8 @@ def _resources(data: Any) -> ResourceRequirements:
     scheduler places tasks by; nothing places a standalone container, so none are taken."""
     if data is None:
         return ResourceRequirements()
-    if not isinstance(data, dict):
-        raise _bad("resources", "must be an object: {limits: {memory_bytes, nano_cpus}, "
-                   "pids_limit}")
-    try:
-        res = codec.from_plain(ResourceRequirements, data)
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise _bad("resources", f"malformed resources: {exc}") from None
+    res = _object(ResourceRequirements, data, "resources",
+                  "{limits: {memory_bytes, nano_cpus}, pids_limit}", "resources")
     validate_resources(res, "resources")
     if res.reservations.memory_bytes or res.reservations.nano_cpus:
         raise _bad("resources.reservations", "a standalone container runs where it is started: "
