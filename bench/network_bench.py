@@ -150,7 +150,7 @@ def iperf3(src_ns: str, dst_ns: str, dst_addr: str, seconds: float) -> float:
 
 
 def bare_vxlan(lab: Lab) -> str:
-    """A plain VXLAN link between worker1's and worker2's own namespaces (no bridge, no task veth):
+    """A plain VXLAN link between worker1's and worker2's own namespaces (no task interface):
     the kernel's VXLAN cost alone, as a reference for the overlay. Returns worker2's address on it.
     The devices go away with the lab's namespaces."""
     for me, peer in ((1, 2), (2, 1)):
