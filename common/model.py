@@ -183,6 +183,14 @@ class RestartPolicy:
 
 
 @dataclass
+class ContainerRestartPolicy:
+    """`container run --restart` (standalone containers only), as Docker's: no, on-failure
+    (at most maximum_retry_count restarts when it is above 0), always, unless-stopped."""
+    name: str = "no"
+    maximum_retry_count: int = 0
+
+
+@dataclass
 class ResourceRequirements:
     limits: Resources = field(default_factory=Resources)
     reservations: Resources = field(default_factory=Resources)
@@ -416,6 +424,8 @@ class Task:
     container_name: str = ""
     # Standalone, `container run -d --rm`: the task (and so its container) goes once it stopped.
     auto_remove: bool = False
+    # Standalone, `container run --restart`: its node runs the container again when it exits.
+    restart: Optional[ContainerRestartPolicy] = None
 
     @property
     def name(self) -> str:

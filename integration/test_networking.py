@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -169,7 +170,7 @@ def test_services_find_each_other_by_name_across_hosts_and_networks_isolate(lab)
 
 # ---- attachable networks: standalone containers ---------------------------------------------
 
-def test_standalone_containers_join_attachable_networks_only(lab):
+def test_standalone_containers_join_attachable_networks_only(lab, tmp_path):
     res = lab.cli("worker3", "container", "run", "-d", "--network", "appnet", IMAGE, "sleep", "1000",
                   check=False)
     assert res.returncode != 0 and "'appnet' is not attachable" in res.stderr, res.stderr
@@ -227,9 +228,63 @@ def test_standalone_containers_join_attachable_networks_only(lab):
     res = lab.cli("worker3", "container", "run", "-d", "--rm", "--name", "brief", IMAGE, "true")
     wait_until(lambda: not [c for c in lab.cli_json("worker3", "container", "ls", "--all")
                             if c["name"] == "brief"], timeout=20, what="-d --rm removing it")
-    # its daemon restarts: the container keeps running and is adopted, addressed as before
+    # --restart, as Docker's: its node runs the same container again (its name, address,
+    # writable layer and log) until the policy says no more
+    lab.cli("worker3", "container", "run", "-d", "--name", "flaky", "--network", "shared",
+            "--restart", "on-failure:2", IMAGE, "sh", "-c",
+            "echo run $(echo x >> /runs; wc -l < /runs) $(ip -o -4 addr show eth0 | "
+            "awk '{print $4}'); exit 3")
+
+    def inspect(name: str) -> dict:
+        return json.loads(lab.cli("worker3", "container", "inspect", name).stdout)[0]
+    flaky = wait_until(lambda: (lambda c: c if c["task"]["state"] == "failed" else None)(
+        inspect("flaky")), timeout=30, what="flaky failing for good after 2 restarts")
+    assert flaky["restart_count"] == 2 and flaky["exit"]["exit_code"] == 3, flaky
+    assert flaky["task"]["restart_policy"] == "on-failure:2", flaky["task"]
+    address = flaky["networks"][0]["address"]
+    runs = lab.cli("worker3", "container", "logs", "flaky").stdout.splitlines()
+    assert runs == [f"run {n} {address}" for n in (1, 2, 3)], (runs, address)
+    lab.cli("worker3", "container", "rm", "flaky")
+    # in the foreground the first exit ends the run, as `docker run --restart`; the node
+    # restarts the container behind it
+    res = lab.cli("worker3", "container", "run", "--name", "twice", "--restart", "on-failure:1",
+                  IMAGE, "sh", "-c", "echo hi; exit 4", check=False)
+    assert (res.returncode, res.stdout) == (4, "hi\n"), res
+    wait_until(lambda: inspect("twice")["restart_count"] == 1
+               and inspect("twice")["task"]["state"] == "failed", timeout=30,
+               what="twice restarted once, then failed")
+    lab.cli("worker3", "container", "rm", "twice")
+    # always: any exit restarts it; `container stop` ends that for good
+    lab.cli("worker3", "container", "run", "-d", "--name", "phoenix", "--restart", "always",
+            IMAGE, "sh", "-c", "sleep 0.5")
+    wait_until(lambda: inspect("phoenix")["restart_count"] >= 2, timeout=30,
+               what="phoenix restarted twice")
+    # between runs `container ls` lists it as restarting (its backoff grows: soon caught)
+    wait_until(lambda: [c["state"] for c in lab.cli_json("worker3", "container", "ls")
+                        if c["name"] == "phoenix"] == ["restarting"], timeout=30,
+               what="phoenix listed as restarting")
+    lab.cli("worker3", "container", "stop", "phoenix")
+    stopped = inspect("phoenix")
+    time.sleep(2)
+    assert inspect("phoenix")["restart_count"] == stopped["restart_count"]
+    assert (stopped["state"], stopped["task"]["state"]) == ("stopped", "shutdown"), stopped
+    lab.cli("worker3", "container", "rm", "phoenix")
+    # its daemon restarts: the container keeps running and is adopted, addressed as before.
+    # One that exits meanwhile is restarted by its policy once the daemon is back.
+    ctl = tmp_path / "ctl"
+    ctl.mkdir()
+    lab.cli("worker3", "container", "run", "-d", "--name", "latecomer", "--restart",
+            "on-failure:1", "--mount", f"type=bind,source={ctl},target=/ctl", IMAGE, "sh", "-c",
+            "echo up; while [ ! -e /ctl/go ]; do sleep 0.1; done; exit 5")
     lab.kill("worker3")
+    (ctl / "go").touch()
+    time.sleep(1)  # it exits while no daemon watches it
     lab.start("worker3")
+    late = wait_until(lambda: (lambda c: c if c["task"]["state"] == "failed" else None)(
+        inspect("latecomer")), timeout=30, what="latecomer restarted once, then failed")
+    assert (late["restart_count"], late["exit"]["exit_code"]) == (1, 5), late
+    assert lab.cli("worker3", "container", "logs", "latecomer").stdout == "up\nup\n"
+    lab.cli("worker3", "container", "rm", "latecomer")
     wait_until(lambda: http_via_nc(lab, probe, "echo") == echo["id"][:12], timeout=30,
                what="the adopted container reaching the service by name again")
     assert in_task(lab, echo, "ping", "-c", "1", "-W", "3", addr).returncode == 0

@@ -3,22 +3,23 @@ optionally on attachable overlay networks.
 
 As in Swarm, the managers hold one task per such container, so that its addresses are allocated
 like a service task's and every node of its networks learns it as a peer; its node runs it like
-any task. No orchestrator restarts or moves it: it stops when its process ends or when it is
-stopped, and it goes with `shoal container rm`, with its node, or (`--rm`) once it stopped. Only the node that runs it may
+any task. No orchestrator restarts or moves it: it stops when its process ends (unless its
+`--restart` policy has its node run it again) or when it is stopped, and it goes with
+`shoal container rm`, with its node, or (`--rm`) once it stopped. Only the node that runs it may
 create, stop or remove it (its certificate says which node it is).
 """
 from __future__ import annotations
 
 import re
 import time
-from typing import Any, TypeVar
+from typing import Any, Optional, TypeVar
 
 from aiohttp import web
 
 from common import codec, errors
 from common.ids import new_id
-from common.model import (ContainerSpec, NetworkAttachmentConfig, PortConfig,
-                          ResourceRequirements, Task, TaskSpec, TaskStatus)
+from common.model import (ContainerRestartPolicy, ContainerSpec, NetworkAttachmentConfig,
+                          PortConfig, ResourceRequirements, Task, TaskSpec, TaskStatus)
 from manager.allocator import CLUSTER_PORTS, host_bound_ports, ingress_port_holders
 from manager.api import _identity, _manager
 from manager.httputil import body_json, field, reply
@@ -119,6 +120,32 @@ def _resources(data: Any) -> ResourceRequirements:
     return res
 
 
+RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
+
+
+def restart_policy(data: Any, auto_remove: bool) -> Optional[ContainerRestartPolicy]:
+    """`--restart`, as Docker's HostConfig.RestartPolicy: {name, maximum_retry_count}."""
+    if data is None:
+        return None
+    policy = _object(ContainerRestartPolicy, data, "restart_policy",
+                     "{name, maximum_retry_count}", "restart policy")
+    if policy.name not in RESTART_POLICIES:
+        raise _bad("restart_policy.name", f"{policy.name!r} is not a restart policy: use "
+                   f"{', '.join(RESTART_POLICIES)} (e.g. --restart on-failure:3)")
+    count = policy.maximum_retry_count
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise _bad("restart_policy.maximum_retry_count", "must be an integer >= 0 (0: no limit)")
+    if count and policy.name != "on-failure":
+        raise _bad("restart_policy.maximum_retry_count", f"a maximum retry count goes with "
+                   f"on-failure only, not with {policy.name!r} (e.g. --restart on-failure:3)")
+    if policy.name == "no":
+        return None
+    if auto_remove:
+        raise _bad("restart_policy", f"--restart {policy.name} runs the container again when it "
+                   "exits, --rm removes it then: give one of them")
+    return policy
+
+
 def _host_ports(store, node_id: str, data: Any) -> list[PortConfig]:
     """`-p PUBLISHED:TARGET[/udp]`: bound on this node only (host mode), as `docker run -p`."""
     if data is None:
@@ -158,7 +185,7 @@ def _host_ports(store, node_id: str, data: Any) -> list[PortConfig]:
 
 def build_task(store, node_id: str, data: dict[str, Any]) -> tuple[Task, list[str]]:
     """The task of a `container run` request ({name, container, resources, networks, ports,
-    auto_remove}), and the networks it attaches to (not allocated yet)."""
+    auto_remove, restart_policy}), and the networks it attaches to (not allocated yet)."""
     container = _container_spec(data.get("container"))
     resources = _resources(data.get("resources"))
     ports = _host_ports(store, node_id, data.get("ports"))
@@ -174,9 +201,10 @@ def build_task(store, node_id: str, data: dict[str, Any]) -> tuple[Task, list[st
                               "another name", field="name")
     network_ids = _resolve_networks(store, _strings(data, "networks"))
     auto_remove = field(data, "auto_remove", bool, required=False, default=False)
+    restart = restart_policy(data.get("restart_policy"), auto_remove)
     now = time.time()
     task = Task(id=task_id, container_name=name, node_id=node_id, ports=ports,
-                auto_remove=auto_remove,
+                auto_remove=auto_remove, restart=restart,
                 spec=TaskSpec(container=container, resources=resources,
                               networks=[NetworkAttachmentConfig(target=n) for n in network_ids]),
                 desired_state="running",

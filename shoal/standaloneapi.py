@@ -18,6 +18,7 @@ from aiohttp import web
 from common import errors
 from common.aio import cancel_and_wait
 from manager.httputil import CTX, body_json, reply
+from manager.standalone import restart_policy
 
 log = logging.getLogger("shoal.standalone")
 
@@ -50,6 +51,7 @@ async def container_run(request: web.Request) -> web.StreamResponse:
     attach = body.pop("attach", False) is True  # this node's business, not the managers'
     remove = body.get("auto_remove") is True
     if attach:
+        restart_policy(body.get("restart_policy"), remove)  # --rm handled here: check it here
         # Removed here once its output is all delivered: the managers removing it on exit
         # could take its last lines and its exit code away from under the stream.
         body["auto_remove"] = False

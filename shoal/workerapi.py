@@ -10,6 +10,7 @@ from aiohttp import web
 
 from common import errors
 from manager.httputil import CTX, body_json, field, query_flag, reply
+from worker.restarts import Restarts
 
 
 def _daemon(request: web.Request):
@@ -35,10 +36,23 @@ def _find_container(request: web.Request, ref: str):
     raise errors.InvalidArgument(f"{ref!r} matches {len(matches)} containers: give more of the id")
 
 
+def _controllers(daemon) -> dict:
+    runner = daemon.agent.runner if daemon.agent is not None else None
+    return runner.controllers if runner is not None else {}
+
+
 async def containers_list(request: web.Request) -> web.Response:
     show_all = query_flag(request, "all")
-    items = [_container_view(c) for c in _daemon(request).executor.list()
-             if show_all or c.state == "running"]
+    daemon = _daemon(request)
+    controllers = _controllers(daemon)
+    items = []
+    for c in daemon.executor.list():
+        view = _container_view(c)
+        controller = controllers.get(c.id)
+        if controller is not None and controller.restarting:
+            view["state"] = "restarting"  # as `docker ps`: listed, it is not done
+        if show_all or view["state"] in ("running", "restarting"):
+            items.append(view)
     return reply(sorted(items, key=lambda c: c["name"]))
 
 
@@ -48,14 +62,17 @@ async def container_inspect(request: web.Request) -> web.Response:
     view = _container_view(c)
     meta = daemon.executor.meta(c.id)
     view.update(image_id=meta.get("image_id", ""), created=meta.get("created"),
-                exit=asdict(c.exit) if c.exit else None, config=meta.get("config", {}))
-    runner = daemon.agent.runner if daemon.agent is not None else None
-    controller = runner.controllers.get(c.id) if runner is not None else None
+                exit=asdict(c.exit) if c.exit else None, config=meta.get("config", {}),
+                restart_count=meta.get("restart_count", 0))
+    controller = _controllers(daemon).get(c.id)
     if controller is not None:
-        task = controller.task
+        task, runner = controller.task, controller.runner
+        if controller.restarting:
+            view["state"] = "restarting"
         views = runner.networks.views if runner.networks is not None else {}
         view["task"] = {"id": task.id, "desired_state": task.desired_state,
-                        "state": controller.state, "message": controller.message}
+                        "state": controller.state, "message": controller.message,
+                        "restart_policy": Restarts(task.restart).describe()}
         view["networks"] = [{"network": views.get(a.network_id, {}).get("name", a.network_id),
                              "network_id": a.network_id, "address": a.address, "mac": a.mac}
                             for a in task.networks]

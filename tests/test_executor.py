@@ -340,6 +340,45 @@ def test_image_in_use_cannot_be_removed(images_root, ex_root):
 
 
 # ---- adoption -------------------------------------------------------------------------------
+def test_restart_in_place_keeps_layer_log_and_id(images_root, ex_root):
+    """`container run --restart`: the same container runs again with a new init. What it wrote
+    to its filesystem and its log stay; whoever waited on the run that ended sees that run end."""
+    async def scenario():
+        ex = Executor(ex_root, ImageStore(images_root))
+        script = "echo run >> /runs; echo run $(wc -l < /runs); exit $(wc -l < /runs)"
+        await ex.create(config("again", "sh", "-c", script))
+        first_pid = await ex.start("again")
+        first_exit = asyncio.ensure_future(ex.wait("again"))
+        assert (await first_exit).exit_code == 1
+        follower = [e.line async for e in ex.logs("again", follow=True)]
+        assert follower == ["run 1"]
+        await ex.create(config("busy", "sleep", "60"))
+        await ex.start("busy")
+        with pytest.raises(errors.FailedPrecondition):  # only an exited container runs again
+            await ex.restart("busy")
+        await ex.remove("busy")
+
+        pid = await ex.restart("again")
+        assert pid != first_pid
+        info = await asyncio.wait_for(ex.wait("again"), 10)
+        assert (info.exit_code, info.message) == (2, "exited with code 2")  # /runs was kept
+        assert ex.meta("again")["restart_count"] == 1
+        await ex.restart("again")
+        assert (await asyncio.wait_for(ex.wait("again"), 10)).exit_code == 3
+        assert [e.line async for e in ex.logs("again")] == ["run 1", "run 2", "run 3"]
+        assert ex.meta("again")["restart_count"] == 2 and ex.inspect("again").state == "stopped"
+
+        # a restarted executor (daemon) finds the count and the last exit
+        await ex.close()
+        ex2 = Executor(ex_root, ImageStore(images_root))
+        await ex2.adopt()
+        assert ex2.meta("again")["restart_count"] == 2
+        assert (await ex2.wait("again")).exit_code == 3
+        await ex2.remove("again")
+        assert_clean(ex2, "again")
+    run(scenario())
+
+
 def test_adopt_after_restart(images_root, ex_root):
     """A second executor on the same root (a restarted daemon) finds the running container,
     watches it, resumes its logs where the first stopped, and removes it cleanly."""

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from common import errors
+from common import codec, errors
 from common.model import (Network, NetworkAttachment, NetworkSpec, Node, NodeStatus, PortConfig,
                           Service, ServiceSpec)
 from manager import standalone
@@ -89,6 +89,40 @@ def test_run_requests_are_checked_field_by_field():
     refused(errors.InvalidArgument, {"container": {"image": "busybox:1",
                                                    "secrets": [{"secret_name": "db"}]}},
             "container.secrets", "shoal service create --secret")
+
+
+def test_restart_policies_are_docker_s_and_exclude_rm():
+    store = _store()
+
+    def policy(data):
+        task, _ = standalone.build_task(store, "n1", {"container": BUSYBOX, **data})
+        return task.restart
+    assert policy({}) is None and policy({"restart_policy": {"name": "no"}}) is None
+    limited = policy({"restart_policy": {"name": "on-failure", "maximum_retry_count": 3}})
+    assert (limited.name, limited.maximum_retry_count) == ("on-failure", 3)
+    for name in ("always", "unless-stopped"):
+        assert policy({"restart_policy": {"name": name}}).name == name
+    # the policy travels with the task through the store's codec
+    task, _ = standalone.build_task(store, "n1", {"container": BUSYBOX,
+                                                  "restart_policy": {"name": "always"}})
+    assert codec.clone(task).restart.name == "always"
+
+    def refused(data, *words):
+        with pytest.raises(errors.InvalidArgument) as exc:
+            standalone.build_task(store, "n1", {"container": BUSYBOX, **data})
+        for word in words:
+            assert word in exc.value.message, exc.value.message
+    refused({"restart_policy": {"name": "sometimes"}}, "restart_policy.name", "'sometimes'",
+            "on-failure")
+    refused({"restart_policy": {"name": "always", "maximum_retry_count": 2}},
+            "restart_policy.maximum_retry_count", "on-failure only")
+    refused({"restart_policy": {"name": "on-failure", "maximum_retry_count": -1}},
+            "restart_policy.maximum_retry_count", ">= 0")
+    refused({"restart_policy": {"name": "on-failure", "maximum_retry_count": "3"}},
+            "restart_policy.maximum_retry_count")
+    refused({"restart_policy": "always"}, "restart_policy", "must be an object")
+    refused({"restart_policy": {"name": "always"}, "auto_remove": True}, "restart_policy",
+            "--rm", "give one of them")
 
 
 def test_host_ports_bind_on_this_node_only_and_never_twice():

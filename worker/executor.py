@@ -313,13 +313,58 @@ class Executor:
             if c.exited.is_set():
                 raise errors.FailedPrecondition(f"container {cid} has already exited: "
                                                 f"{c.exit_info.message if c.exit_info else ''}")
-            rc, _, err = await self._runc("start", cid)
-            if rc != 0:
-                raise errors.FailedPrecondition(f"container {cid} could not be started: "
-                                                f"{_last_line(err)}")
-            c.started = True
-            c.save_state()
-            return c.pid
+            return await self._runc_start(c)
+
+    async def _runc_start(self, c: _Container) -> int:
+        rc, _, err = await self._runc("start", c.id)
+        if rc != 0:
+            raise errors.FailedPrecondition(f"container {c.id} could not be started: "
+                                            f"{_last_line(err)}")
+        c.started = True
+        c.save_state()
+        return c.pid
+
+    async def restart(self, cid: str) -> int:
+        """Run an exited container again in place, as Docker's restart policies do: the same
+        directory, writable layer, log and cgroup path, a new init. Returns its pid."""
+        c = self._get(cid)
+        async with c.lock:
+            if c.removed:
+                raise errors.NotFound(f"container {cid} was removed", field="id")
+            if not c.exited.is_set():
+                raise errors.FailedPrecondition(f"container {cid} is still running")
+            if c.tailer is not None:  # the last run's output first, then the tailer goes
+                try:
+                    await asyncio.wait_for(asyncio.shield(c.tailer), 5)
+                except (asyncio.TimeoutError, Exception):
+                    c.tailer.cancel()
+                c.tailer = None
+            rc, _, err = await self._runc("delete", "--force", cid)
+            if rc != 0 and "not exist" not in err:
+                raise errors.Unavailable(f"container {cid} cannot be restarted: runc delete: "
+                                         f"{_last_line(err)}")
+            with _suppress_os():
+                os.unlink(c.dir / "exit.json")
+            # New events, not cleared ones: whoever waits on the run that ended (an attached
+            # `container run`, a `logs --follow`) sees that run end, not the next one.
+            c.exited, c.tail_done = asyncio.Event(), asyncio.Event()
+            c.exit_info, c.started, c.watched = None, False, False
+            c.meta["restart_count"] = c.meta.get("restart_count", 0) + 1
+            write_json(c.dir / "shoal.json", c.meta)
+            try:
+                await self._runc_create(self._runtime_path(), c)
+                self._arm(c)
+                return await self._runc_start(c)
+            except BaseException as exc:
+                if not c.exited.is_set():
+                    with _suppress_os():
+                        await self._kill(c, signals.SIGKILL)
+                    if c.exit_info is None:
+                        c.exit_info = ExitInfo(exit_code=None, oom_killed=False,
+                                               message=f"restart failed: {exc}")
+                        _write_small(c.dir / "exit.json", asdict(c.exit_info))
+                    c.exited.set()
+                raise
 
     # ---- the runtime spec -------------------------------------------------------------------
     def _spec(self, cfg: ContainerConfig, image: Image, path: Path, cgroup: str) -> dict:
@@ -541,23 +586,25 @@ class Executor:
         """Send the stop signal, then SIGKILL once the grace period is over. A container that
         has already stopped is left as it is."""
         c = self._get(cid)
-        self._arm(c)
-        if c.exited.is_set():
-            return
-        sig = _signal(signal or c.meta.get("stop_signal") or c.config.get("stop_signal")
-                      or "SIGTERM")
-        grace = c.config.get("stop_grace", 10.0) if grace is None else grace
-        if not c.started:
-            sig = signals.SIGKILL  # still in `runc init`: nothing of the service runs yet
-        await self._kill(c, sig)
-        if await self._wait_exit(c, max(grace, 0) if sig != signals.SIGKILL else 10):
-            return
-        if sig != signals.SIGKILL:
-            log.info("container %s ignored %s for %.1fs: killing it", cid[:12], sig.name, grace)
-            await self._kill(c, signals.SIGKILL)
-            if await self._wait_exit(c, 10):
+        async with c.lock:  # a restart under way finishes first: then its new run is stopped
+            self._arm(c)
+            if c.exited.is_set():
                 return
-        raise errors.Unavailable(f"container {cid} did not exit after SIGKILL")
+            sig = _signal(signal or c.meta.get("stop_signal") or c.config.get("stop_signal")
+                          or "SIGTERM")
+            grace = c.config.get("stop_grace", 10.0) if grace is None else grace
+            if not c.started:
+                sig = signals.SIGKILL  # still in `runc init`: nothing of the service runs yet
+            await self._kill(c, sig)
+            if await self._wait_exit(c, max(grace, 0) if sig != signals.SIGKILL else 10):
+                return
+            if sig != signals.SIGKILL:
+                log.info("container %s ignored %s for %.1fs: killing it", cid[:12], sig.name,
+                         grace)
+                await self._kill(c, signals.SIGKILL)
+                if await self._wait_exit(c, 10):
+                    return
+            raise errors.Unavailable(f"container {cid} did not exit after SIGKILL")
 
     async def _wait_exit(self, c: _Container, timeout: float) -> bool:
         """Wait for the init's exit; meanwhile reap container processes orphaned to us (they
@@ -797,6 +844,7 @@ class Executor:
             with _suppress_os():
                 # what the container wrote up to now, not 250 ms ago (all of it once it exited)
                 c.tail.pump(c.exited.is_set())
+        tail_done = c.tail_done  # following ends with this run: a restart makes a new event
         path = c.dir / "container.log"
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -806,7 +854,7 @@ class Executor:
             offset = 0 if tail is None else _tail_offset(fd, tail)
             pending = b""
             while True:
-                done = c.tail_done.is_set()
+                done = tail_done.is_set()
                 chunk = os.pread(fd, 1 << 16, offset)
                 if chunk:
                     offset += len(chunk)

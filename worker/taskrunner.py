@@ -18,8 +18,9 @@ from common import codec, errors
 from common.aio import cancel_and_wait
 from common.model import TASK_STATE_RANK, HealthConfig, SecretReference, Task
 from worker import health
-from worker.executor import ContainerConfig, Executor
+from worker.executor import ContainerConfig, Executor, ExitInfo
 from worker.images import ImageStore
+from worker.restarts import Restarts
 from worker.secrets import SecretCache, SecretMounts
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ class TaskController:
         self.state = task.status.state
         self.message = task.status.err or task.status.message
         self.unhealthy = False  # failed by its health check: that report stands, not the exit
+        self.restarting = False  # exited, and waits to run again (`container run --restart`)
         self._changed = asyncio.Event()
         self._promoted = asyncio.Event()  # desired "ready" became "running"
         self._job = asyncio.create_task(self._drive(), name=f"task-{task.id[:12]}")
@@ -158,15 +160,24 @@ class TaskController:
             else:
                 await self.runner.attach_networks(task, adopted=True)
                 running = "adopted after an agent restart"
-            check = self.runner.health_config(task)
-            self.report("running", running, container_id=task.id,
-                        health=health.STARTING if check else "")
-            watcher = asyncio.create_task(self._watch_health(task, check, running)) if check else None
-            try:
-                info = await ex.wait(task.id)
-            finally:
-                if watcher is not None:
-                    watcher.cancel()
+            restarts = Restarts(task.restart, ex.meta(task.id).get("restart_count", 0))
+            while True:
+                info, ran_for = await self._run_once(task, running)
+                delay = None if self.unhealthy or self.task.desired_state != "running" else \
+                    restarts.after_exit(info.exit_code, ran_for)
+                if delay is None:
+                    break
+                # Its addresses and network namespace stay: the same container runs again.
+                self.restarting = True
+                self.report("running", f"{info.message}; restarting in {delay:.1f} s "
+                            f"(restart {restarts.count}, --restart {restarts.describe()})",
+                            container_id=task.id, exit_code=info.exit_code)
+                try:
+                    await asyncio.sleep(delay)
+                    pid = await ex.restart(task.id)
+                finally:
+                    self.restarting = False
+                running = f"restarted (pid {pid}; restart {restarts.count})"
             await self.runner.release(task.id)  # the container ended: its secrets go
             if self.unhealthy:
                 return
@@ -184,6 +195,21 @@ class TaskController:
             await self.runner.release(task.id)
             message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
             self.report("failed", message, err=message)
+
+    async def _run_once(self, task: Task, running: str) -> tuple[ExitInfo, float]:
+        """Report the container running, watch its health, wait for its exit: (exit, seconds
+        it ran)."""
+        started = time.monotonic()
+        check = self.runner.health_config(task)
+        self.report("running", running, container_id=task.id,
+                    health=health.STARTING if check else "")
+        watcher = asyncio.create_task(self._watch_health(task, check, running)) if check else None
+        try:
+            info = await self.runner.executor.wait(task.id)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+        return info, time.monotonic() - started
 
     async def _watch_health(self, task: Task, check: HealthConfig, running: str) -> None:
         def changed(status: str, _result) -> None:
@@ -241,7 +267,9 @@ class TaskRunner:
 
     async def start(self) -> None:
         await self.executor.adopt()
-        self._adoptable = {c.id for c in self.executor.list() if c.state == "running"}
+        # Stopped ones too: a container that exited while the agent was away still has its
+        # exit to report (or, with a restart policy, a restart due), not a new run to create.
+        self._adoptable = {c.id for c in self.executor.list() if c.state in ("running", "stopped")}
         self._reporter = asyncio.create_task(self._report_loop(), name="status-reports")
 
     async def stop(self) -> None:

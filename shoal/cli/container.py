@@ -61,17 +61,21 @@ def container_inspect(cli: Cli, refs) -> None:
               help="Run it in the background and print its id (default: show its output and "
                    "exit with its exit code)")
 @click.option("--rm", "auto_remove", is_flag=True, help="Remove the container once it has exited")
+@click.option("--restart", "restart", default="no", show_default=True,
+              help="Run it again when it exits: no, on-failure[:MAX_RETRIES], always or "
+                   "unless-stopped (its node restarts it, as Docker's daemon)")
 @click.argument("image")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @pass_cli
 def container_run(cli: Cli, name, networks, env, mounts, publish, workdir, user, hostname,
-                  entrypoint, memory, cpus, pids_limit, detach, auto_remove, image, args) -> None:
+                  entrypoint, memory, cpus, pids_limit, detach, auto_remove, restart, image,
+                  args) -> None:
     """Run a standalone container on this node, as `docker run`: in the foreground, its output
     shown and its exit code yours; with -d in the background.
 
     It may join attachable overlay networks (`network create --attachable`), where it reaches
-    services by name and their tasks reach it by its name. Nothing restarts it; `container rm`
-    removes it, or --rm once it has exited.
+    services by name and their tasks reach it by its name. With --restart its node runs it
+    again when it exits; `container rm` removes it, or --rm once it has exited.
     """
     for entry in env:
         if "=" not in entry or entry.startswith("="):
@@ -90,12 +94,34 @@ def container_run(cli: Cli, name, networks, env, mounts, publish, workdir, user,
         ports.append({k: port[k] for k in ("protocol", "published_port", "target_port")})
     resources = {"limits": {"memory_bytes": memory or 0, "nano_cpus": cpus or 0},
                  "pids_limit": pids_limit or 0}
+    policy = parse_restart(restart)
+    if auto_remove and policy["name"] != "no":
+        raise click.UsageError("--restart and --rm conflict: --restart runs the container "
+                               "again when it exits, --rm removes it then; give one of them")
     body = {"name": name, "container": container, "resources": resources,
-            "networks": list(networks), "ports": ports, "auto_remove": auto_remove}
+            "networks": list(networks), "ports": ports, "auto_remove": auto_remove,
+            "restart_policy": policy}
     if detach:
         click.echo(cli.call("POST", "/containers/run", body, timeout=330)["id"])
         return
     _run_attached(cli, body)
+
+
+def parse_restart(text: str) -> dict:
+    """Docker's --restart: no | on-failure[:MAX_RETRIES] | always | unless-stopped."""
+    name, sep, count = text.partition(":")
+    if name not in ("no", "on-failure", "always", "unless-stopped"):
+        raise click.BadParameter(f"{text!r}: use no, on-failure[:MAX_RETRIES], always or "
+                                 "unless-stopped", param_hint="--restart")
+    if not sep:
+        return {"name": name, "maximum_retry_count": 0}
+    if name != "on-failure":
+        raise click.BadParameter(f"{text!r}: only on-failure takes a maximum retry count "
+                                 "(e.g. on-failure:3)", param_hint="--restart")
+    if not count.isdigit():
+        raise click.BadParameter(f"{text!r}: the maximum retry count must be a whole number "
+                                 "(e.g. on-failure:3)", param_hint="--restart")
+    return {"name": name, "maximum_retry_count": int(count)}
 
 
 def _run_attached(cli: Cli, body: dict) -> None:
