@@ -81,7 +81,9 @@ async def _attached(request: web.Request, agent, created: dict, remove: bool) ->
     state}), its output lines from the start ({t, s, l}) and, once it has exited, {"exit":
     {exit_code, oom_killed, message}}. With --rm the container is gone before that last line."""
     executor, task_id = agent.runner.executor, created["id"]
-    exited = asyncio.ensure_future(executor.wait(task_id))  # holds the exit even once removed
+    # The first run's exit and output, even if a restart policy has run it again by now; the
+    # exit is held even once the container is removed.
+    exited = asyncio.ensure_future(executor.wait(task_id, run=0))
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await resp.prepare(request)
     finished = False
@@ -90,7 +92,7 @@ async def _attached(request: web.Request, agent, created: dict, remove: bool) ->
         await resp.write(json.dumps(record).encode() + b"\n")
 
     async def output() -> None:
-        async for line in executor.logs(task_id, follow=True):
+        async for line in executor.logs(task_id, follow=True, run=0):
             await send({"t": line.ts, "s": line.stream, "l": line.line})
     try:
         await send(created)

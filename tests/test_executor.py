@@ -367,6 +367,12 @@ def test_restart_in_place_keeps_layer_log_and_id(images_root, ex_root):
         assert (await asyncio.wait_for(ex.wait("again"), 10)).exit_code == 3
         assert [e.line async for e in ex.logs("again")] == ["run 1", "run 2", "run 3"]
         assert ex.meta("again")["restart_count"] == 2 and ex.inspect("again").state == "stopped"
+        # an attached `container run` asks for the first run: its exit and output only, even
+        # when it looks after the restarts
+        assert (await ex.wait("again", run=0)).exit_code == 1
+        assert [e.line async for e in ex.logs("again", follow=True, run=0)] == ["run 1"]
+        assert [e.line async for e in ex.logs("again", follow=True, run=1)] == ["run 1", "run 2"]
+        assert [e.line async for e in ex.logs("again", follow=True)] == ["run 1", "run 2", "run 3"]
 
         # a restarted executor (daemon) finds the count and the last exit
         await ex.close()

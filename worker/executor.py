@@ -166,6 +166,10 @@ class _Container:
         self.tail: Optional[_LogTail] = None
         self.lock = asyncio.Lock()
         self.removed = False
+        # Runs so far (restarts in place); the exit and where the log ended, of the last ones
+        self.run: int = meta.get("restart_count", 0)
+        self.past_exits: dict[int, ExitInfo] = {}
+        self.log_ends: dict[int, int] = {}
         if self.exit_info is not None or not _alive(self.pid, self.pid_start):
             self.exited.set()
 
@@ -345,6 +349,16 @@ class Executor:
                                          f"{_last_line(err)}")
             with _suppress_os():
                 os.unlink(c.dir / "exit.json")
+            c.past_exits[c.run] = c.exit_info or ExitInfo(
+                exit_code=None, oom_killed=False, message="exit unknown")
+            try:
+                c.log_ends[c.run] = os.path.getsize(c.dir / "container.log")
+            except OSError:
+                c.log_ends[c.run] = 0
+            for old in [r for r in c.past_exits if r < c.run - 16]:
+                c.past_exits.pop(old, None)
+                c.log_ends.pop(old, None)
+            c.run += 1
             # New events, not cleared ones: whoever waits on the run that ended (an attached
             # `container run`, a `logs --follow`) sees that run end, not the next one.
             c.exited, c.tail_done = asyncio.Event(), asyncio.Event()
@@ -759,9 +773,14 @@ class Executor:
                 c.tail = None
 
     # ---- wait / exec ------------------------------------------------------------------------
-    async def wait(self, cid: str) -> ExitInfo:
+    async def wait(self, cid: str, run: Optional[int] = None) -> ExitInfo:
+        """The exit of the current run, or of run `run` (0: the first) if given, which may
+        have ended before a restart."""
         c = self._get(cid)
         self._arm(c)
+        if run is not None and run < c.run:
+            return c.past_exits.get(run) or ExitInfo(
+                exit_code=None, oom_killed=False, message=f"the exit of run {run} is not kept")
         await c.exited.wait()
         assert c.exit_info is not None
         return c.exit_info
@@ -833,11 +852,13 @@ class Executor:
             c.tail_done.set()
 
     async def logs(self, cid: str, tail: Optional[int] = None, follow: bool = False,
-                   timestamps: bool = True) -> AsyncIterator[LogLine]:
+                   timestamps: bool = True, run: Optional[int] = None) -> AsyncIterator[LogLine]:
         """The container's log lines, oldest first (the last `tail` ones if given); with
         `follow`, keeps yielding new lines until the container has exited and its output is
-        all read. Every LogLine carries its timestamp: `timestamps` only tells a formatter
-        whether to show it (kept in the signature for the API layer's convenience)."""
+        all read. With `run`, the lines end where that run's output ends (a restarted
+        container's log holds every run). Every LogLine carries its timestamp: `timestamps`
+        only tells a formatter whether to show it (kept in the signature for the API layer's
+        convenience)."""
         c = self._get(cid)
         self._arm(c)
         if c.tail is not None:
@@ -845,6 +866,8 @@ class Executor:
                 # what the container wrote up to now, not 250 ms ago (all of it once it exited)
                 c.tail.pump(c.exited.is_set())
         tail_done = c.tail_done  # following ends with this run: a restart makes a new event
+        my_run = c.run if run is None else run
+        ended_before = my_run < c.run
         path = c.dir / "container.log"
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -854,8 +877,10 @@ class Executor:
             offset = 0 if tail is None else _tail_offset(fd, tail)
             pending = b""
             while True:
-                done = tail_done.is_set()
-                chunk = os.pread(fd, 1 << 16, offset)
+                done = ended_before or tail_done.is_set()
+                end = c.log_ends.get(my_run) if follow or run is not None else None
+                size = 1 << 16 if end is None else min(1 << 16, end - offset)
+                chunk = os.pread(fd, size, offset) if size > 0 else b""
                 if chunk:
                     offset += len(chunk)
                     data = pending + chunk
