@@ -166,8 +166,7 @@ class _Container:
         self.tail: Optional[_LogTail] = None
         self.lock = asyncio.Lock()
         self.removed = False
-        # Runs so far (restarts in place); the exit and where the log ended, of the last ones
-        self.run: int = meta.get("restart_count", 0)
+        # The exit and where the log ended of the last runs before a restart in place
         self.past_exits: dict[int, ExitInfo] = {}
         self.log_ends: dict[int, int] = {}
         if self.exit_info is not None or not _alive(self.pid, self.pid_start):
@@ -176,6 +175,11 @@ class _Container:
     @property
     def config(self) -> dict:
         return self.meta.get("config", {})
+
+    @property
+    def run(self) -> int:
+        """Which run this is: 0 for the first, then one more at each restart in place."""
+        return self.meta.get("restart_count", 0)
 
     @property
     def state(self) -> str:
@@ -358,7 +362,6 @@ class Executor:
             for old in [r for r in c.past_exits if r < c.run - 16]:
                 c.past_exits.pop(old, None)
                 c.log_ends.pop(old, None)
-            c.run += 1
             # New events, not cleared ones: whoever waits on the run that ended (an attached
             # `container run`, a `logs --follow`) sees that run end, not the next one.
             c.exited, c.tail_done = asyncio.Event(), asyncio.Event()
