@@ -182,6 +182,9 @@ class RestartPolicy:
     window: float = 0.0
 
 
+RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")  # Docker's names
+
+
 @dataclass
 class ContainerRestartPolicy:
     """`container run --restart` (standalone containers only), as Docker's: no, on-failure

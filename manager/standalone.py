@@ -18,8 +18,9 @@ from aiohttp import web
 
 from common import codec, errors
 from common.ids import new_id
-from common.model import (ContainerRestartPolicy, ContainerSpec, NetworkAttachmentConfig,
-                          PortConfig, ResourceRequirements, Task, TaskSpec, TaskStatus)
+from common.model import (RESTART_POLICIES, ContainerRestartPolicy, ContainerSpec,
+                          NetworkAttachmentConfig, PortConfig, ResourceRequirements, Task,
+                          TaskSpec, TaskStatus)
 from manager.allocator import CLUSTER_PORTS, host_bound_ports, ingress_port_holders
 from manager.api import _identity, _manager
 from manager.httputil import body_json, field, reply
@@ -118,9 +119,6 @@ def _resources(data: Any) -> ResourceRequirements:
         raise _bad("resources.reservations", "a standalone container runs where it is started: "
                    "reservations only place a service's tasks (give limits instead)")
     return res
-
-
-RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
 
 
 def restart_policy(data: Any, auto_remove: bool) -> Optional[ContainerRestartPolicy]:

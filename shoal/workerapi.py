@@ -17,10 +17,12 @@ def _daemon(request: web.Request):
     return request.app[CTX]
 
 
-def _container_view(c) -> dict:
+def _container_view(c, controller=None) -> dict:
     labels = c.labels or {}
+    # between the runs of a restart policy: as `docker ps`, listed as not done
+    state = "restarting" if controller is not None and controller.restarting else c.state
     return {"id": c.id, "name": labels.get("shoal.task.name", c.id), "image": labels.get("shoal.image", ""),
-            "state": c.state, "pid": c.pid, "service": labels.get("shoal.service.name", ""),
+            "state": state, "pid": c.pid, "service": labels.get("shoal.service.name", ""),
             "labels": labels}
 
 
@@ -47,10 +49,7 @@ async def containers_list(request: web.Request) -> web.Response:
     controllers = _controllers(daemon)
     items = []
     for c in daemon.executor.list():
-        view = _container_view(c)
-        controller = controllers.get(c.id)
-        if controller is not None and controller.restarting:
-            view["state"] = "restarting"  # as `docker ps`: listed, it is not done
+        view = _container_view(c, controllers.get(c.id))
         if show_all or view["state"] in ("running", "restarting"):
             items.append(view)
     return reply(sorted(items, key=lambda c: c["name"]))
@@ -59,16 +58,14 @@ async def containers_list(request: web.Request) -> web.Response:
 async def container_inspect(request: web.Request) -> web.Response:
     daemon = _daemon(request)
     c = _find_container(request, request.match_info["ref"])
-    view = _container_view(c)
+    controller = _controllers(daemon).get(c.id)
+    view = _container_view(c, controller)
     meta = daemon.executor.meta(c.id)
     view.update(image_id=meta.get("image_id", ""), created=meta.get("created"),
                 exit=asdict(c.exit) if c.exit else None, config=meta.get("config", {}),
                 restart_count=meta.get("restart_count", 0))
-    controller = _controllers(daemon).get(c.id)
     if controller is not None:
         task, runner = controller.task, controller.runner
-        if controller.restarting:
-            view["state"] = "restarting"
         views = runner.networks.views if runner.networks is not None else {}
         view["task"] = {"id": task.id, "desired_state": task.desired_state,
                         "state": controller.state, "message": controller.message,

@@ -7,6 +7,7 @@ import time
 
 import click
 
+from common.model import RESTART_POLICIES
 from common.units import format_size
 from shoal.cli.client import Cli, pass_cli
 from shoal.cli.output import print_json, print_listing
@@ -110,7 +111,7 @@ def container_run(cli: Cli, name, networks, env, mounts, publish, workdir, user,
 def parse_restart(text: str) -> dict:
     """Docker's --restart: no | on-failure[:MAX_RETRIES] | always | unless-stopped."""
     name, sep, count = text.partition(":")
-    if name not in ("no", "on-failure", "always", "unless-stopped"):
+    if name not in RESTART_POLICIES:
         raise click.BadParameter(f"{text!r}: use no, on-failure[:MAX_RETRIES], always or "
                                  "unless-stopped", param_hint="--restart")
     if not sep:
