@@ -13,9 +13,11 @@ An image's id is its config digest; its layers are its diff ids, lowest first. C
 blobs are not kept once unpacked: containers only need the unpacked form, and a diff id names
 the same layer whatever its compression, so images pulled and imported share layers.
 
-Unpacking (and extracting an imported archive) runs in a child process (`python -m
-worker.images`): it is CPU and disk bound and must not stall the daemon's event loop, and the
-daemon runs no threads of its own.
+Unpacking (and extracting an imported archive) is in worker/unpack.py and runs in a child
+process (`python -m worker.unpack`): it is CPU and disk bound and must not stall the daemon's
+event loop, and the daemon runs no threads of its own. An extracted archive may hold symlinks
+(`docker save` shares layer files with them), so every file read from it goes through
+`_inside`, which resolves the path and refuses one that leaves the extraction directory.
 
 Images come from `import_archive` (an OCI image layout, as a directory or a tar, or a `docker
 save` tarball) or from `pull` (distribution API v2 over aiohttp, anonymous bearer tokens).
@@ -26,13 +28,9 @@ what runs depend on what the internet serves that day).
 from __future__ import annotations
 
 import asyncio
-import errno
-import gzip
 import hashlib
 import json
 import logging
-import lzma
-import bz2
 import os
 import platform
 import re
@@ -41,13 +39,14 @@ import shutil
 import stat
 import subprocess
 import sys
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Optional
 
 from common import errors
+from common.imageref import parse_ref
 from common.fsutil import read_json, write_json
+from worker.unpack import main as unpack_main
 
 log = logging.getLogger("shoal.images")
 
@@ -65,71 +64,12 @@ ANN_REF_NAME = "org.opencontainers.image.ref.name"
 ANN_CONTAINERD_NAME = "io.containerd.image.name"
 
 MAX_MANIFEST_BYTES = 4 << 20
-OPAQUE_XATTR = "trusted.overlay.opaque"
 
 NOT_FOUND_HINT = ("import it with 'shoal image import FILE {ref}' or pull it from a registry "
                   "(name the registry in the reference: HOST:PORT/{ref})")
 
 
-# ---- references ---------------------------------------------------------------------------
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_REPO_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-_HOST_RE = re.compile(r"^(?:[a-zA-Z0-9.-]+|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?$")
-
-
-@dataclass(frozen=True)
-class Reference:
-    host: str          # "" for a reference without a registry (local images only)
-    repo: str          # "busybox", "library/busybox", "team/app"
-    tag: str           # "" when only a digest is given
-    digest: str = ""   # "sha256:..." when pinned
-
-    def __str__(self) -> str:
-        name = f"{self.host}/{self.repo}" if self.host else self.repo
-        if self.digest:
-            return f"{name}@{self.digest}"
-        return f"{name}:{self.tag}"
-
-    @property
-    def name(self) -> str:
-        return f"{self.host}/{self.repo}" if self.host else self.repo
-
-
-def parse_ref(ref: str) -> Reference:
-    """Docker's grammar: [HOST[:PORT]/]REPO[:TAG][@DIGEST]; the first component is a host if
-    it has a dot or a port or is `localhost`. A missing tag is `latest`."""
-    text = ref.strip()
-    if not text:
-        raise errors.InvalidArgument("image reference is empty", field="image")
-    name, _, digest = text.partition("@")
-    if digest and not _DIGEST_RE.match(digest):
-        raise errors.InvalidArgument(f"image reference {ref!r}: bad digest {digest!r} "
-                                     "(expected sha256:<64 hex digits>)", field="image")
-    tag = ""
-    slash = name.rfind("/")
-    colon = name.rfind(":")
-    if colon > slash:
-        name, tag = name[:colon], name[colon + 1:]
-    host = ""
-    first, sep, rest = name.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost"):
-        host, name = first, rest
-        if not _HOST_RE.match(host):
-            raise errors.InvalidArgument(f"image reference {ref!r}: bad registry host {host!r}",
-                                         field="image")
-    if not _REPO_RE.match(name):
-        raise errors.InvalidArgument(
-            f"image reference {ref!r}: bad repository name {name!r} (lowercase letters, digits "
-            "and separators . _ - /)", field="image")
-    if tag and not _TAG_RE.match(tag):
-        raise errors.InvalidArgument(f"image reference {ref!r}: bad tag {tag!r}", field="image")
-    if not tag and not digest:
-        tag = "latest"
-    return Reference(host=host, repo=name, tag=tag, digest=digest)
-
-
+# ---- references: Docker's grammar, shared with the managers (common/imageref.py) -------------
 def normalize_ref(ref: str) -> str:
     return str(parse_ref(ref))
 
@@ -429,9 +369,11 @@ class ImageStore:
                 staging = self.root / "tmp" / f"archive-{secrets.token_hex(6)}"
                 await _run_helper("extract-archive", str(path), str(staging))
                 src = staging
-            if (src / "index.json").is_file() and (src / "oci-layout").is_file():
-                images = await self._import_oci_layout(src, norm, str(path))
-            elif (src / "manifest.json").is_file():
+            what = str(path)
+            if _inside(src, "index.json", what).is_file() and \
+                    _inside(src, "oci-layout", what).is_file():
+                images = await self._import_oci_layout(src, norm, what)
+            elif _inside(src, "manifest.json", what).is_file():
                 images = await self._import_docker_save(src, norm, str(path))
             else:
                 raise errors.InvalidArgument(
@@ -443,7 +385,7 @@ class ImageStore:
         return images[0]
 
     async def _import_oci_layout(self, src: Path, ref: Optional[str], what: str) -> list[Image]:
-        index = _read_json_file(src / "index.json", what)
+        index = _read_json_file(_archive_file(src, "index.json", what), what)
         descs = index.get("manifests") or []
         if not descs:
             raise errors.InvalidArgument(f"OCI layout {what} holds no image", field="path")
@@ -513,7 +455,7 @@ class ImageStore:
         return self._record(config_digest, config, diff_ids, refs, manifest_digest)
 
     async def _import_docker_save(self, src: Path, ref: Optional[str], what: str) -> list[Image]:
-        entries = _read_json_file(src / "manifest.json", what)
+        entries = _read_json_file(_archive_file(src, "manifest.json", what), what)
         if not isinstance(entries, list) or not entries:
             raise errors.InvalidArgument(f"{what}: manifest.json lists no image", field="path")
         if ref is not None:
@@ -637,7 +579,15 @@ def _read_json_file(path: Path, what: str) -> Any:
 
 
 def _inside(root: Path, rel: str, what: str) -> Path:
-    path = (root / rel).resolve()
+    """`root / rel` with every symlink resolved, refused unless it stays within `root`: an
+    extracted archive keeps its relative symlinks, and a chain of them (`s -> .`,
+    `t -> s/..`) can point out of it although each one alone stays inside."""
+    if not isinstance(rel, str):
+        raise errors.InvalidArgument(f"{what}: path {rel!r} is not a string")
+    try:
+        path = (root / rel).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # RuntimeError: a symlink loop (3.11)
+        raise errors.InvalidArgument(f"{what}: path {rel!r} cannot be resolved ({exc})")
     if not path.is_relative_to(root.resolve()):
         raise errors.InvalidArgument(f"{what}: path {rel!r} leaves the archive")
     return path
@@ -925,7 +875,7 @@ async def finish_then_cancel(coro: Awaitable):
 async def _run_helper(*argv: str) -> dict:
     async def run() -> tuple[int, bytes, bytes]:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "worker.images", *argv,
+            sys.executable, "-m", "worker.unpack", *argv,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         out, err = await proc.communicate()
         return proc.returncode or 0, out, err
@@ -937,233 +887,7 @@ async def _run_helper(*argv: str) -> dict:
     return json.loads(out or b"{}")
 
 
-class _HashingReader:
-    """Wraps a binary stream: hashes and counts everything read through it."""
-
-    def __init__(self, raw) -> None:
-        self.raw = raw
-        self.hash = hashlib.sha256()
-        self.size = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
-        self.hash.update(data)
-        self.size += len(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
-
-    def digest(self) -> str:
-        return "sha256:" + self.hash.hexdigest()
-
-
-def _decompressed(f, path: Path):
-    """Open a layer blob whatever its compression (gzip, zstd, xz, bzip2 or none)."""
-    magic = f.read(6)
-    f.seek(0)
-    if magic[:2] == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=f, mode="rb")
-    if magic[:4] == b"\x28\xb5\x2f\xfd":
-        if shutil.which("zstd") is None:
-            raise ValueError(f"layer {path.name} is zstd-compressed and the 'zstd' program is "
-                             "not installed (apt-get install zstd)")
-        proc = subprocess.Popen(["zstd", "-dc"], stdin=f, stdout=subprocess.PIPE)
-        return proc.stdout
-    if magic[:6] == b"\xfd7zXZ\x00":
-        return lzma.LZMAFile(f)
-    if magic[:3] == b"BZh":
-        return bz2.BZ2File(f)
-    return f
-
-
-def _clean_name(name: str) -> Optional[str]:
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if any(p == ".." for p in parts):
-        raise ValueError(f"layer entry {name!r} escapes the layer (..)")
-    return "/".join(parts) or None
-
-
-class _LayerWriter:
-    """Applies tar entries to a directory in overlayfs form."""
-
-    def __init__(self, dest: Path) -> None:
-        self.dest = dest
-        self.known_dirs: set[str] = {""}
-        self.dir_times: list[tuple[str, float]] = []
-        self.size = 0
-
-    def _parent_ok(self, rel_parent: str) -> None:
-        """Every component of the parent is a real directory (created if missing): an entry
-        must never be written through a symlink the layer itself planted."""
-        if rel_parent in self.known_dirs:
-            return
-        path = self.dest
-        done = ""
-        for part in rel_parent.split("/"):
-            done = f"{done}/{part}" if done else part
-            path = path / part
-            if done in self.known_dirs:
-                continue
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                os.mkdir(path, 0o755)
-            else:
-                if not stat.S_ISDIR(st.st_mode):
-                    raise ValueError(f"layer entry under {done!r}, which is not a directory")
-            self.known_dirs.add(done)
-
-    def _clear(self, path: Path, keep_dir: bool) -> None:
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return
-        if stat.S_ISDIR(st.st_mode):
-            if keep_dir:
-                return
-            shutil.rmtree(path)
-            self.known_dirs = {""}  # rare (a layer replacing a directory): just re-verify
-        else:
-            os.unlink(path)
-
-    def apply(self, tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
-        rel = _clean_name(m.name)
-        if rel is None:
-            if m.isdir():
-                self.dir_times.append(("", m.mtime))
-                os.chmod(self.dest, m.mode & 0o7777)
-            return
-        parent, _, base = rel.rpartition("/")
-        self._parent_ok(parent)
-        pdir = self.dest / parent if parent else self.dest
-        if base.startswith(".wh."):
-            if base == ".wh..wh..opq":
-                os.setxattr(pdir, OPAQUE_XATTR, b"y")
-            elif not base.startswith(".wh..wh."):  # other .wh..wh. names are aufs bookkeeping
-                target = pdir / base[4:]
-                self._clear(target, keep_dir=False)
-                os.mknod(target, stat.S_IFCHR | 0o600, os.makedev(0, 0))
-            return
-        path = self.dest / rel
-        self._clear(path, keep_dir=m.isdir())
-        if m.isdir():
-            if not path.exists():
-                os.mkdir(path, 0o700)
-            self.known_dirs.add(rel)
-            self.dir_times.append((rel, m.mtime))
-        elif m.isreg():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                src = tar.extractfile(m)
-                if src is not None:
-                    shutil.copyfileobj(src, out, 1 << 20)
-            self.size += m.size
-        elif m.issym():
-            os.symlink(m.linkname, path)
-        elif m.islnk():
-            target = _clean_name(m.linkname)
-            if target is None:
-                raise ValueError(f"hard link {m.name!r} to nothing")
-            tparent = target.rpartition("/")[0]
-            self._parent_ok(tparent)
-            os.link(self.dest / target, path, follow_symlinks=False)
-            return  # a hard link shares the target's inode and attributes
-        elif m.ischr() or m.isblk():
-            kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK
-            os.mknod(path, kind | 0o600, os.makedev(m.devmajor, m.devminor))
-        elif m.isfifo():
-            os.mkfifo(path, 0o600)
-        else:
-            return  # GNU volume labels and the like carry no file
-        os.lchown(path, m.uid, m.gid)
-        if not m.issym():
-            os.chmod(path, m.mode & 0o7777)  # after chown, which clears setuid bits
-        for key, value in (m.pax_headers or {}).items():
-            if key.startswith("SCHILY.xattr."):
-                try:
-                    os.setxattr(path, key[len("SCHILY.xattr."):],
-                                value.encode("utf-8", "surrogateescape"), follow_symlinks=False)
-                except OSError as exc:
-                    if exc.errno not in (errno.ENOTSUP, errno.EPERM, errno.EINVAL):
-                        raise
-        if not m.isdir():
-            os.utime(path, (m.mtime, m.mtime), follow_symlinks=False)
-
-    def finish(self) -> None:
-        # Directory times last: creating entries inside a directory changes its mtime.
-        for rel, mtime in reversed(self.dir_times):
-            os.utime(self.dest / rel if rel else self.dest, (mtime, mtime),
-                     follow_symlinks=False)
-
-
-def unpack_layer(blob: Path, dest: Path) -> dict:
-    """Unpack one layer blob into a new directory `dest`; returns its digests and size."""
-    blob, dest = Path(blob), Path(dest)
-    with open(blob, "rb") as f:
-        blob_hash = hashlib.sha256()
-        while chunk := f.read(1 << 20):
-            blob_hash.update(chunk)
-        f.seek(0)
-        stream = _HashingReader(_decompressed(f, blob))
-        os.mkdir(dest, 0o755)
-        writer = _LayerWriter(dest)
-        with tarfile.open(fileobj=stream, mode="r|", errorlevel=2) as tar:
-            for member in tar:
-                writer.apply(tar, member)
-        stream.drain()  # the diff id covers the whole stream, end-of-archive padding included
-        writer.finish()
-    return {"blob_digest": "sha256:" + blob_hash.hexdigest(), "diff_id": stream.digest(),
-            "size": writer.size}
-
-
-def extract_archive(archive: Path, dest: Path) -> dict:
-    """Extract an image archive (regular files, directories and the relative symlinks that
-    `docker save` uses for shared layers) into a new directory."""
-    dest = Path(dest)
-    os.mkdir(dest, 0o700)
-    count = 0
-    with tarfile.open(archive, mode="r:*") as tar:
-        for m in tar:
-            rel = _clean_name(m.name)
-            if rel is None:
-                continue
-            path = dest / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if not path.parent.resolve().is_relative_to(dest.resolve()):
-                raise ValueError(f"archive entry {m.name!r} leaves the archive")
-            if m.isdir():
-                path.mkdir(exist_ok=True)
-            elif m.isreg():
-                with open(path, "wb") as out:
-                    src = tar.extractfile(m)
-                    if src is not None:
-                        shutil.copyfileobj(src, out, 1 << 20)
-                count += 1
-            elif m.issym():
-                if os.path.isabs(m.linkname):
-                    raise ValueError(f"archive entry {m.name!r} is an absolute symlink")
-                os.symlink(m.linkname, path)
-    return {"files": count}
-
-
-def _main(argv: list[str]) -> int:
-    try:
-        if argv[:1] == ["unpack-layer"] and len(argv) == 3:
-            result = unpack_layer(Path(argv[1]), Path(argv[2]))
-        elif argv[:1] == ["extract-archive"] and len(argv) == 3:
-            result = extract_archive(Path(argv[1]), Path(argv[2]))
-        else:
-            print("usage: python -m worker.images unpack-layer BLOB DEST | "
-                  "extract-archive TAR DEST", file=sys.stderr)
-            return 2
-    except (OSError, ValueError, tarfile.TarError, EOFError, lzma.LZMAError) as exc:
-        print(f"{argv[0]} {argv[1]}: {exc}", file=sys.stderr)
-        return 1
-    json.dump(result, sys.stdout)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
+    # The helper used to live here: `python -m worker.images unpack-layer|extract-archive`
+    # still works (an older daemon's child during an upgrade, scripts).
+    sys.exit(unpack_main(sys.argv[1:]))
