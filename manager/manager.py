@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Optional
+from typing import Awaitable, Optional
 
 from common import errors
 from common.aio import cancel_and_wait
@@ -15,6 +15,7 @@ from manager.diskguard import RaftDiskGuard
 from manager.dispatcher import Dispatcher
 from manager.raft import RaftNode, RaftTimings
 from manager.store import Store, Transaction, TxnResult
+from manager.supervisor import LoopFactory, LoopFailure, LoopSupervisor
 from manager.watch import WatchHub
 
 log = logging.getLogger("shoal.manager")
@@ -37,6 +38,7 @@ class Manager:
         self._timings = timings
         self._tasks: list[asyncio.Task] = []
         self._leader_tasks: list[asyncio.Task] = []
+        self.loop_failures: dict[str, LoopFailure] = {}   # by loop name (manager.supervisor)
         # Raft allows one membership change at a time; joins and demotions queue here.
         self.membership_lock = asyncio.Lock()
 
@@ -75,22 +77,37 @@ class Manager:
             now_leading = self.raft is not None and self.raft.is_leader
             if now_leading and not leading:
                 log.info("this manager is the leader now (term %s)", self.raft.term)
-                from manager.allocating import AllocatorLoop
-                from manager.orchestrator import Orchestrator
-                from manager.scheduling import SchedulingLoop
-                self.dispatcher = Dispatcher(self)
                 self.allocator = Allocator(self.store)
-                self._leader_tasks = [asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
-                                      asyncio.create_task(AllocatorLoop(self).run(), name="allocator"),
-                                      asyncio.create_task(Orchestrator(self).run(), name="orchestrator"),
-                                      asyncio.create_task(SchedulingLoop(self).run(), name="scheduler")]
-                for task in self._leader_tasks:
-                    task.add_done_callback(_log_death)
+                self._leader_tasks = [s.start() for s in self._leader_loops()]
             elif leading and not now_leading:
                 log.info("this manager is not the leader any more")
                 await self._stop_leader_loops()
             leading = now_leading
             await asyncio.sleep(0.05)
+
+    def _leader_loops(self) -> list[LoopSupervisor]:
+        from manager.allocating import AllocatorLoop
+        from manager.orchestrator import Orchestrator
+        from manager.scheduling import SchedulingLoop
+
+        def dispatcher() -> Awaitable[None]:
+            # The API reaches the dispatcher through the manager: each start replaces it.
+            self.dispatcher = Dispatcher(self)
+            return self.dispatcher.run()
+        # A restarted allocator loop misses the releases of the events it was down for: those
+        # addresses stay taken (a leak until the next leader), never handed out twice.
+        factories: dict[str, LoopFactory] = {
+            "dispatcher": dispatcher,
+            "allocator": lambda: AllocatorLoop(self).run(),
+            "orchestrator": lambda: Orchestrator(self).run(),
+            "scheduler": lambda: SchedulingLoop(self).run()}
+        return [LoopSupervisor(name, make, self.loop_failures) for name, make in factories.items()]
+
+    def leader_loops_view(self) -> dict:
+        """For `shoal info`: whether this manager runs the leader loops, and every loop that
+        failed on it (since the daemon started), how often, and its last error."""
+        return {"running": bool(self._leader_tasks),
+                "failures": [f.view() for f in self.loop_failures.values()]}
 
     async def _stop_leader_loops(self) -> None:
         await cancel_and_wait(self._leader_tasks)
@@ -186,9 +203,3 @@ class Manager:
         for m in self.raft.members():
             out[m.addr] = "leader" if m.addr == leader else ("reachable" if m.connected else "unreachable")
         return out
-
-
-def _log_death(task: asyncio.Task) -> None:
-    """A leader loop must never end by itself; if one does, the log says how."""
-    if not task.cancelled() and task.exception() is not None:
-        log.error("leader loop %s died", task.get_name(), exc_info=task.exception())

@@ -34,6 +34,7 @@ async def info(request: web.Request) -> web.Response:
                                "applied_index": m.raft.applied_index,
                                "members": [{"addr": x.addr, "connected": x.connected}
                                            for x in m.raft.members()]})
+            swarm["leader_loops"] = m.leader_loops_view()
             cluster = m.cluster()
             if cluster:
                 swarm["heartbeat_period"] = cluster.spec.dispatcher.heartbeat_period

@@ -1,6 +1,8 @@
 """The shoal command line, shaped like the docker CLI."""
 from __future__ import annotations
 
+import time
+
 import click
 
 from shoal import API_VERSION, __version__
@@ -64,9 +66,27 @@ def info(cli: Cli, fmt: str) -> None:
             click.echo(f" Heartbeat Period: {sw.get('heartbeat_period', '')}s")
             click.echo(f" Raft: term {sw['raft']['term']}, commit index {sw['raft']['commit_index']}, "
                        f"this manager is {'the leader' if sw['leader'] else 'a follower'}")
+            _echo_leader_loops(sw.get("leader_loops"))
         click.echo(" Manager Addresses:")
         for addr in sw["remote_managers"]:
             click.echo(f"  {addr}")
+
+
+def _echo_leader_loops(loops: dict | None) -> None:
+    """Only the leader runs them; a loop that failed is shown until the daemon restarts."""
+    if not loops or not (loops["running"] or loops["failures"]):
+        return
+    failures = loops["failures"]
+    if not failures:
+        click.echo(" Leader loops: all running")
+        return
+    click.echo(" Leader loops: some failed and were restarted (details in the daemon's log)")
+    for f in failures:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(f["last_at"]))
+        now = "restarting" if f["restarting"] else \
+            "running again" if loops["running"] else "not run here now: not the leader"
+        click.echo(f"  {f['loop']}: failed {f['count']} time{'s' if f['count'] != 1 else ''}, "
+                   f"last at {when} ({now}): {f['last_error']}")
 
 
 from shoal.cli import container as _container, node as _node, service as _service, swarm as _swarm  # noqa: E402
