@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import aiohttp
+from yarl import URL
 
 from common import errors
 from common.unixhttp import DEFAULT_SOCKET, daemon_unreachable, parse_body as _parse
@@ -63,6 +64,11 @@ class ApiClient:
             await self._session.close()
             self._session = None
 
+    def _url(self, path: str) -> URL:
+        # `path` is already encoded: quoted segments, or the path a follower forwards as it was
+        # sent. Taken as is: re-encoding would resolve a quoted '..' name away.
+        return URL(self.endpoint.base_url + path, encoded=True)
+
     async def request(self, method: str, path: str, body: Any = None, *,
                       params: dict | None = None, timeout: float = 30.0,
                       raw: bytes | None = None, headers: dict | None = None) -> Any:
@@ -86,7 +92,7 @@ class ApiClient:
         tmo = aiohttp.ClientTimeout(total=timeout, connect=min(self.connect_timeout, timeout),
                                     sock_connect=min(self.connect_timeout, timeout))
         try:
-            async with session.request(method, self.endpoint.base_url + path, data=data,
+            async with session.request(method, self._url(path), data=data,
                                        params=params, headers=hdrs, timeout=tmo) as resp:
                 return resp.status, await resp.read()
         except (FileNotFoundError, ConnectionRefusedError) as exc:
@@ -111,7 +117,7 @@ class ApiClient:
         session = self._get_session()
         tmo = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_connect=connect_timeout)
         try:
-            resp = await session.request(method, self.endpoint.base_url + path, params=params,
+            resp = await session.request(method, self._url(path), params=params,
                                          timeout=tmo)
         except (FileNotFoundError, ConnectionRefusedError, aiohttp.ClientConnectorError) as exc:
             raise self._unreachable(exc) from None

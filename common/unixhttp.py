@@ -65,6 +65,10 @@ class UnixClient:
 
     def _send(self, method: str, path: str, body: Any, params: Optional[dict],
               timeout: Optional[float]) -> tuple[_UnixConnection, http.client.HTTPResponse]:
+        if not path.startswith("/") or "?" in path or "#" in path:
+            # A name pasted into a path could carry its own query ('worker1?force=true&'):
+            # segments are quoted (shoal.cli.client.api_path), queries go through params.
+            raise ValueError(f"{path!r} is not a quoted API path")
         url = path + ("?" + urlencode(params) if params else "")
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if data is not None else {}
@@ -107,6 +111,10 @@ class UnixClient:
                 raise error_for(method, path, resp.status, resp.read())
             while line := resp.readline():
                 if line.strip():
-                    yield json.loads(line)
+                    record = json.loads(line)
+                    if isinstance(record, dict) and "error" in record and "code" in record:
+                        # the request failed after its stream had begun (manager.streams)
+                        raise errors.from_dict({**record, "message": record["error"]}, 500)
+                    yield record
         finally:
             conn.close()

@@ -9,7 +9,7 @@ import click
 
 from common.model import RESTART_POLICIES
 from common.units import format_size
-from shoal.cli.client import Cli, pass_cli
+from shoal.cli.client import Cli, api_path, pass_cli
 from shoal.cli.output import print_json, print_listing
 from shoal.cli.service import CPUS, SIZE, parse_mount, parse_publish
 
@@ -38,7 +38,7 @@ def container_ls(cli: Cli, show_all, quiet, fmt) -> None:
 def container_inspect(cli: Cli, refs) -> None:
     """Display detailed information on containers of this node: configuration, state, exit,
     task and network addresses."""
-    print_json([cli.call("GET", f"/containers/{ref}") for ref in refs])
+    print_json([cli.call("GET", api_path("containers", ref)) for ref in refs])
 
 
 @container.command("run", context_settings={"allow_interspersed_args": False})
@@ -149,7 +149,7 @@ def _run_attached(cli: Cli, body: dict) -> None:
 def container_stop(cli: Cli, refs) -> None:
     """Stop standalone containers (stop signal, then SIGKILL after the grace period)."""
     for ref in refs:
-        cli.call("POST", f"/containers/{ref}/stop", timeout=90)
+        cli.call("POST", api_path("containers", ref, "stop"), timeout=90)
         click.echo(ref)
 
 
@@ -160,7 +160,7 @@ def container_stop(cli: Cli, refs) -> None:
 def container_rm(cli: Cli, force, refs) -> None:
     """Remove standalone containers (a service's containers go with their service)."""
     for ref in refs:
-        cli.call("DELETE", f"/containers/{ref}", params={"force": "true"} if force else None,
+        cli.call("DELETE", api_path("containers", ref), params={"force": "true"} if force else None,
                  timeout=90)
         click.echo(ref)
 
@@ -174,7 +174,7 @@ def container_exec(cli: Cli, ref, argv) -> None:
     argv = list(argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
-    result = cli.call("POST", f"/containers/{ref}/exec", {"argv": argv}, timeout=300)
+    result = cli.call("POST", api_path("containers", ref, "exec"), {"argv": argv}, timeout=300)
     sys.stdout.write(result["output"])
     sys.stdout.flush()
     sys.exit(result["exit_code"])
@@ -188,7 +188,7 @@ def container_exec(cli: Cli, ref, argv) -> None:
 @pass_cli
 def container_logs(cli: Cli, follow, tail, timestamps, ref) -> None:
     """Fetch a container's logs."""
-    for e in cli.stream("GET", f"/containers/{ref}/logs", params={"follow": str(follow).lower(), "tail": tail}):
+    for e in cli.stream("GET", api_path("containers", ref, "logs"), params={"follow": str(follow).lower(), "tail": tail}):
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ ", time.gmtime(e["t"])) if timestamps else ""
         click.echo(stamp + e["l"], err=e["s"] == "stderr")
 
@@ -235,5 +235,5 @@ def image_ls(cli: Cli, quiet, fmt) -> None:
 def image_rm(cli: Cli, refs) -> None:
     """Remove one or more images."""
     for ref in refs:
-        cli.call("DELETE", f"/images/{ref}")
+        cli.call("DELETE", api_path("images", ref))
         click.echo(f"Deleted: {ref}")

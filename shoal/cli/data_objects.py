@@ -13,7 +13,7 @@ import time
 import click
 
 from common.durations import format_duration
-from shoal.cli.client import Cli, pass_cli
+from shoal.cli.client import Cli, api_path, pass_cli
 from shoal.cli.output import format_option, print_json, print_listing
 
 # The manager checks the size too; the CLI only spares sending a body it would refuse.
@@ -119,7 +119,7 @@ def data_object_group(noun: str, *, shows_data: bool) -> click.Group:
     @pass_cli
     def create(cli: Cli, label, name, file) -> None:
         data = _read_data(noun, file)
-        created = cli.call("POST", f"/{plural}/create", {
+        created = cli.call("POST", api_path(plural, "create"), {
             "name": name, "labels": parse_labels(label),
             "data": base64.b64encode(data).decode("ascii")})
         click.echo(created["id"])
@@ -129,7 +129,7 @@ def data_object_group(noun: str, *, shows_data: bool) -> click.Group:
     @format_option()
     @pass_cli
     def ls(cli: Cli, quiet, fmt) -> None:
-        print_listing(cli.call("GET", f"/{plural}"), quiet=quiet, fmt=fmt,
+        print_listing(cli.call("GET", api_path(plural)), quiet=quiet, fmt=fmt,
                       headers=["ID", "NAME", "CREATED", "UPDATED"],
                       rows=lambda items: [[r["id"], r["spec"]["name"], _ago(r["meta"]["created_at"]),
                                            _ago(r["meta"]["updated_at"])] for r in items])
@@ -140,7 +140,7 @@ def data_object_group(noun: str, *, shows_data: bool) -> click.Group:
     @click.argument("refs", nargs=-1, required=True, metavar=plural.upper() + "...")
     @pass_cli
     def inspect(cli: Cli, pretty, refs) -> None:
-        found = [cli.call("GET", f"/{plural}/{ref}") for ref in refs]
+        found = [cli.call("GET", api_path(plural, ref)) for ref in refs]
         if not pretty:
             print_json(found)
             return
@@ -162,7 +162,7 @@ def data_object_group(noun: str, *, shows_data: bool) -> click.Group:
     @pass_cli
     def rm(cli: Cli, refs) -> None:
         for ref in refs:
-            cli.call("DELETE", f"/{plural}/{ref}")
+            cli.call("DELETE", api_path(plural, ref))
             click.echo(ref)
 
     return group

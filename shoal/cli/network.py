@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from shoal.cli.client import Cli, pass_cli
+from shoal.cli.client import Cli, api_path, pass_cli
 from shoal.cli.output import format_option, print_json, print_listing
 from shoal.cli.data_objects import parse_labels
 
@@ -49,7 +49,7 @@ def ls(cli: Cli, quiet, fmt) -> None:
 @pass_cli
 def inspect(cli: Cli, networks) -> None:
     """Display detailed information on one or more networks."""
-    print_json([cli.call("GET", f"/networks/{ref}") for ref in networks])
+    print_json([cli.call("GET", api_path("networks", ref)) for ref in networks])
 
 
 @network.command()
@@ -58,5 +58,5 @@ def inspect(cli: Cli, networks) -> None:
 def rm(cli: Cli, networks) -> None:
     """Remove one or more networks."""
     for ref in networks:
-        cli.call("DELETE", f"/networks/{ref}")
+        cli.call("DELETE", api_path("networks", ref))
         click.echo(ref)

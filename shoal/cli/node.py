@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from common import errors
-from shoal.cli.client import Cli, pass_cli
+from shoal.cli.client import Cli, api_path, pass_cli
 from shoal.cli.output import format_option, print_json, print_listing
 
 _MANAGER_STATUS = {"leader": "Leader", "reachable": "Reachable", "unreachable": "Unreachable"}
@@ -59,7 +59,7 @@ def ls(cli: Cli, quiet, fmt) -> None:
 @pass_cli
 def inspect(cli: Cli, pretty, nodes) -> None:
     """Display detailed information on one or more nodes ('self' is this node)."""
-    found = [cli.call("GET", f"/nodes/{_ref(cli, n)}") for n in nodes]
+    found = [cli.call("GET", api_path("nodes", _ref(cli, n))) for n in nodes]
     if not pretty:
         print_json(found)
         return
@@ -84,13 +84,13 @@ def _ref(cli: Cli, ref: str) -> str:
 def _update(cli: Cli, ref: str, change) -> dict:
     # Read-modify-write with the version read: a concurrent change makes this retry, not clobber.
     for _ in range(5):
-        current = cli.call("GET", f"/nodes/{_ref(cli, ref)}")
+        current = cli.call("GET", api_path("nodes", _ref(cli, ref)))
         spec = {"labels": dict(current["spec"]["labels"]),
                 "availability": current["spec"]["availability"],
                 "role": current["spec"]["desired_role"]}
         change(spec)
         try:
-            return cli.call("POST", f"/nodes/{current['id']}/update", {"spec": spec},
+            return cli.call("POST", api_path("nodes", current["id"], "update"), {"spec": spec},
                             params={"version": str(current["meta"]["version"])})
         except errors.Conflict:
             continue
@@ -134,7 +134,7 @@ def _set_role(role: str):
     @pass_cli
     def command(cli: Cli, refs) -> None:
         for ref in refs:
-            before = cli.call("GET", f"/nodes/{_ref(cli, ref)}")
+            before = cli.call("GET", api_path("nodes", _ref(cli, ref)))
             name = before["description"]["hostname"] or before["id"]
             if before["role"] == role:
                 click.echo(f"Node {name} is already a {role}.")
@@ -156,5 +156,5 @@ node.command("demote", help="Demote one or more nodes from manager in the swarm.
 def rm(cli: Cli, force, refs) -> None:
     """Remove one or more nodes from the swarm."""
     for ref in refs:
-        cli.call("DELETE", f"/nodes/{_ref(cli, ref)}", params={"force": "true" if force else "false"})
+        cli.call("DELETE", api_path("nodes", _ref(cli, ref)), params={"force": "true" if force else "false"})
         click.echo(ref)

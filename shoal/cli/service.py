@@ -9,7 +9,7 @@ import click
 from common import errors
 from common.durations import format_duration
 from common.units import parse_cpus, parse_size
-from shoal.cli.client import Cli, pass_cli
+from shoal.cli.client import Cli, api_path, pass_cli
 from shoal.cli.data_objects import parse_reference_option
 from shoal.cli.output import print_json, print_listing
 from shoal.cli.network_flags import apply_network_create, network_create_options
@@ -217,7 +217,7 @@ def wait_converged(cli: Cli, service_id: str, quiet: bool, timeout: float = 300.
     last_summary = None
     deadline = time.monotonic() + timeout
     while True:
-        svc = cli.call("GET", f"/services/{service_id}")
+        svc = cli.call("GET", api_path("services", service_id))
         tasks = cli.call("GET", "/tasks", params={"service": service_id, "desired_state": "running,ready"})
         status = svc["replicas_status"]
         job = svc["spec"]["mode"]["mode"].endswith("-job")
@@ -340,7 +340,7 @@ def ps(cli: Cli, filters, no_trunc, quiet, fmt, services) -> None:
 @pass_cli
 def inspect(cli: Cli, pretty, services) -> None:
     """Display detailed information on one or more services."""
-    found = [cli.call("GET", f"/services/{ref}") for ref in services]
+    found = [cli.call("GET", api_path("services", ref)) for ref in services]
     if not pretty:
         print_json(found)
         return
@@ -396,13 +396,13 @@ def scale(cli: Cli, detach, pairs) -> None:
         targets.append((name, int(count)))
     for name, count in targets:
         for _ in range(5):
-            svc = cli.call("GET", f"/services/{name}")
+            svc = cli.call("GET", api_path("services", name))
             if svc["spec"]["mode"]["mode"] != "replicated":
                 raise errors.InvalidArgument(f"{name}: scale works on replicated services only "
                                              f"(this one is {svc['spec']['mode']['mode']})")
             svc["spec"]["mode"]["replicas"] = count
             try:
-                cli.call("POST", f"/services/{svc['id']}/update", {"spec": svc["spec"]},
+                cli.call("POST", api_path("services", svc["id"], "update"), {"spec": svc["spec"]},
                          params={"version": str(svc["meta"]["version"])})
                 break
             except errors.Conflict:
@@ -419,7 +419,7 @@ def scale(cli: Cli, detach, pairs) -> None:
 def rm(cli: Cli, services) -> None:
     """Remove one or more services."""
     for ref in services:
-        cli.call("DELETE", f"/services/{ref}")
+        cli.call("DELETE", api_path("services", ref))
         click.echo(ref)
 
 
@@ -435,7 +435,7 @@ def logs(cli: Cli, follow, tail, timestamps, raw, ref) -> None:
     if tail != "all" and not tail.isdigit():
         raise click.BadParameter(f"{tail!r}: a number of lines or 'all'", param_hint="--tail")
     params = {"follow": "true" if follow else "false", "tail": tail}
-    for entry in cli.stream("GET", f"/services/{ref}/logs", params=params):
+    for entry in cli.stream("GET", api_path("services", ref, "logs"), params=params):
         if entry.get("error"):
             click.echo(f"error from {entry.get('node', '?')}: {entry['error']}", err=True)
             continue

@@ -6,7 +6,7 @@ import time
 import click
 
 from common import errors
-from shoal.cli.client import Cli, pass_cli
+from shoal.cli.client import Cli, api_path, pass_cli
 from shoal.cli.data_objects import parse_reference_option
 from shoal.cli.network_flags import apply_network_update, network_update_options
 from shoal.cli.service import CPUS, SIZE, parse_mount, service, wait_converged
@@ -76,7 +76,7 @@ def _edit_env(env: list[str], add: tuple, rm: tuple) -> list[str]:
 def update(cli: Cli, ref, detach, quiet, **o) -> None:
     """Update a service: tasks are replaced in rolling batches."""
     for _ in range(5):
-        svc = cli.call("GET", f"/services/{ref}")
+        svc = cli.call("GET", api_path("services", ref))
         spec = svc["spec"]
         tt = spec["task_template"]
         c = tt["container"]
@@ -107,9 +107,9 @@ def update(cli: Cli, ref, detach, quiet, **o) -> None:
         c["configs"] = _edit_refs(c.get("configs") or [], o["config_add"], o["config_rm"], "config")
         apply_health(c, o)
         apply_policies(spec, o)
-        apply_network_update(spec, svc, o, lambda ref: cli.call("GET", f"/networks/{ref}")["id"])
+        apply_network_update(spec, svc, o, lambda ref: cli.call("GET", api_path("networks", ref))["id"])
         try:
-            cli.call("POST", f"/services/{svc['id']}/update", {"spec": spec},
+            cli.call("POST", api_path("services", svc["id"], "update"), {"spec": spec},
                      params={"version": str(svc["meta"]["version"])})
             break
         except errors.Conflict:
@@ -126,7 +126,7 @@ def update(cli: Cli, ref, detach, quiet, **o) -> None:
 @pass_cli
 def rollback(cli: Cli, ref, detach, quiet) -> None:
     """Revert a service to its previous spec (again: back to the newer one)."""
-    svc = cli.call("POST", f"/services/{ref}/rollback")
+    svc = cli.call("POST", api_path("services", ref, "rollback"))
     click.echo(svc["spec"]["name"])
     if not detach:
         follow_update(cli, svc["id"], quiet)
@@ -137,7 +137,7 @@ def follow_update(cli: Cli, service_id: str, quiet: bool, timeout: float = 600.0
     deadline = time.monotonic() + timeout
     last = None
     while True:
-        svc = cli.call("GET", f"/services/{service_id}")
+        svc = cli.call("GET", api_path("services", service_id))
         status = svc["update_status"]
         if not quiet and (status["state"], status["message"]) != last:
             click.echo(f"{status['state'] or 'no update'}: {status['message']}".rstrip(": "))
