@@ -37,7 +37,7 @@ DEFAULT_NODE_VALIDITY_SECONDS = 90 * 86400
 CLOCK_SKEW = timedelta(minutes=1)
 
 # Node ids end up in CN (at most 64 characters by X.509) and in a DNS SAN.
-_NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 
 def _now() -> datetime:

@@ -19,8 +19,8 @@ VERSION = 1
 SECRET_LENGTH = 25
 # 25 base-36 characters hold ~129 bits, like Docker's 128-bit secret.
 _SECRET_ALPHABET = string.ascii_lowercase + string.digits
-_DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
-_SECRET_RE = re.compile(r"^[a-z0-9]{%d}$" % SECRET_LENGTH)
+_DIGEST_RE = re.compile(r"^[0-9a-f]{64}\Z")
+_SECRET_RE = re.compile(r"^[a-z0-9]{%d}\Z" % SECRET_LENGTH)
 
 _SHAPE = f"{PREFIX}-{VERSION}-<64 hex digits>-<{SECRET_LENGTH} characters>"
 _RECOPY = "copy it again from 'shoal swarm join-token worker' (or manager) on a manager"

@@ -36,7 +36,7 @@ INGRESS_SUBNET = "10.0.0.0/24"          # docker's default, so operators find wh
 VNI_FIRST = 4096
 VNI_LAST = 2 ** 24 - 1
 PUBLISHED_PORTS = (30000, 32767)
-NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}\Z")
 
 
 def mac_for(ip: str) -> str:

@@ -12,18 +12,20 @@ import asyncio
 import ipaddress
 import logging
 import time
+from dataclasses import dataclass
 from typing import Optional, Protocol
 
 from aiohttp import web
 
-from common import codec, errors, pki, tokens
+from common import codec, errors, pki, strict, tokens
 from common.httpclient import ApiClient
 from common.ids import new_id
 from common.model import (AVAILABILITIES, NODE_ROLE_MANAGER, NODE_ROLE_WORKER, NODE_ROLES,
-                          NODE_STATE_DOWN, Cluster, ClusterSpec, ManagerStatus, Node,
+                          NODE_STATE_DOWN, Cluster, ManagerStatus, Node,
                           NodeDescription, NodeSpec, NodeStatus)
 from common.nodestate import API_PORT, NodeState, RAFT_PORT
 from manager import autolock
+from manager.cluster_spec import parse_cluster_spec
 from manager.httputil import CTX, body_json, field, query_flag, query_int, reply
 from manager.manager import Manager
 from manager.store import Transaction
@@ -187,7 +189,7 @@ async def swarm_update(request: web.Request) -> web.Response:
     version = query_int(request, "version")
     data = await body_json(request, required=False)
     if "spec" in data:
-        spec = _parse_cluster_spec(data["spec"])
+        spec = parse_cluster_spec(data["spec"])
         cluster.spec = spec
     if query_flag(request, "rotate_worker_token"):
         cluster.join_tokens.worker = tokens.new_token(cluster.root_ca.cert_pem)
@@ -203,24 +205,6 @@ async def swarm_update(request: web.Request) -> web.Response:
     if new_unlock_key:  # printed once by the CLI, like docker
         view["unlock_key"] = new_unlock_key
     return reply(view)
-
-
-def _parse_cluster_spec(spec: dict) -> ClusterSpec:
-    if not isinstance(spec, dict):
-        raise errors.InvalidArgument("'spec' must be an object", field="spec")
-    try:
-        parsed = codec.from_plain(ClusterSpec, spec)
-    except (TypeError, ValueError) as exc:
-        raise errors.InvalidArgument(f"invalid swarm spec: {exc}", field="spec") from None
-    period = parsed.dispatcher.heartbeat_period
-    if not isinstance(period, (int, float)) or not 0.1 <= period <= 3600:
-        raise errors.InvalidArgument("dispatcher.heartbeat_period must be between 0.1 and 3600 "
-                                     "seconds", field="spec.dispatcher.heartbeat_period")
-    expiry = parsed.ca_config.node_cert_expiry
-    if not isinstance(expiry, (int, float)) or expiry < 60:
-        raise errors.InvalidArgument("ca_config.node_cert_expiry must be at least 60 seconds",
-                                     field="spec.ca_config.node_cert_expiry")
-    return parsed
 
 
 # ---- nodes ----------------------------------------------------------------------------------
@@ -249,6 +233,14 @@ async def node_inspect(request: web.Request) -> web.Response:
     return reply(node_view(manager, _find_node(manager, request.match_info["ref"])))
 
 
+@dataclass
+class NodeSpecChange:
+    """`node update`: what is given changes, what is absent (or null) stays."""
+    labels: Optional[dict[str, str]] = None
+    availability: Optional[str] = None
+    role: Optional[str] = None
+
+
 async def node_update(request: web.Request) -> web.Response:
     manager = _manager(request)
     node = manager.store.get("nodes", _find_node(manager, request.match_info["ref"]).id)
@@ -257,17 +249,16 @@ async def node_update(request: web.Request) -> web.Response:
         raise errors.Conflict(f"node {node.id} changed since version {version} (now "
                               f"{node.meta.version}); read it again and retry")
     data = await body_json(request)
-    spec = data.get("spec", data)
-    labels = field(spec, "labels", dict, required=False, default=node.spec.labels)
-    for k, v in labels.items():
-        if not isinstance(v, str) or not k:
-            raise errors.InvalidArgument(f"label {k!r} must have a non-empty key and a string value",
-                                         field="labels")
-    availability = field(spec, "availability", str, required=False, default=node.spec.availability)
+    change = strict.decode(NodeSpecChange, data["spec"] if "spec" in data else data,
+                           "spec" if "spec" in data else "")
+    labels = node.spec.labels if change.labels is None else change.labels
+    if not all(labels):
+        raise errors.InvalidArgument("labels: a label needs a non-empty key", field="labels")
+    availability = change.availability or node.spec.availability
     if availability not in AVAILABILITIES:
         raise errors.InvalidArgument(f"invalid availability {availability!r}: use one of "
                                      f"{', '.join(AVAILABILITIES)}", field="availability")
-    role = field(spec, "role", str, required=False, default=node.spec.desired_role)
+    role = change.role or node.spec.desired_role
     if role not in NODE_ROLES:
         raise errors.InvalidArgument(f"invalid role {role!r}: use worker or manager", field="role")
     node.spec.labels, node.spec.availability = labels, availability
@@ -386,17 +377,13 @@ async def join(request: web.Request) -> web.Response:
     except ValueError:
         raise errors.InvalidArgument(f"advertise_addr {addr!r} is not an IP address",
                                      field="advertise_addr") from None
+    description = strict.decode(NodeDescription, data.get("description") or {}, "description")
     csr = field(data, "csr", str).encode()
     node_id = new_id()
     cert = _root_ca(cluster).issue(
         csr, node_id, pki.ROLE_MANAGER if role == NODE_ROLE_MANAGER else pki.ROLE_WORKER,
         cluster.id, [addr], cluster.spec.ca_config.node_cert_expiry)
     now = time.time()
-    try:
-        description = codec.from_plain(NodeDescription, field(data, "description", dict,
-                                                              required=False, default={}))
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise errors.InvalidArgument(f"description: {exc}", field="description") from None
     node = Node(id=node_id, spec=NodeSpec(desired_role=role), description=description,
                 status=NodeStatus(addr=addr), role=role)
     node.meta.created_at = node.meta.updated_at = now

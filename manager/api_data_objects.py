@@ -9,7 +9,7 @@ import time
 
 from aiohttp import web
 
-from common import errors
+from common import errors, strict
 from common.ids import new_id
 from manager.api import _manager
 from manager.configs import CONFIGS
@@ -33,7 +33,8 @@ def kind_routes(kind: DataKind) -> list[web.RouteDef]:
         if isinstance(data.get("spec"), dict):
             data = data["spec"]
         name = kind.validate_name(field(data, "name", str))
-        payload = kind.decode_data(field(data, "data", str))
+        # base64 of up to MAX_DATA_SIZE bytes (decode_data checks the size it decodes to)
+        payload = kind.decode_data(strict.string(data.get("data"), "data", max_bytes=1 << 20))
         labels = validate_labels(data.get("labels"))
         if manager.store.by_name(kind.table, name) is not None:
             raise errors.Conflict(f"{kind.noun} {name!r} already exists: {kind.table} cannot be "

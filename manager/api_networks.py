@@ -1,17 +1,20 @@
 """Control API for overlay networks: create, list, inspect, remove."""
 from __future__ import annotations
 
+import ipaddress
 import time
+from typing import Any
 
 from aiohttp import web
 
-from common import codec, errors
+from common import codec, errors, strict
 from common.ids import new_id
-from common.model import IPAMConfig, Network, NetworkSpec, Task
+from common.model import Network, NetworkSpec, Task
 from manager.allocator import NAME_RE, ingress_network, ingress_ports, plan_network
 from manager.api import _manager
+from manager.cluster_spec import overlay_subnet
 from manager.data_objects import validate_labels
-from manager.httputil import body_json, field, reply
+from manager.httputil import body_json, reply
 from manager.store import Transaction
 
 DRIVERS = ("overlay",)
@@ -24,30 +27,42 @@ def _find_network(manager, ref: str) -> Network:
     return net
 
 
-def parse_network_spec(data: dict) -> NetworkSpec:
-    name = field(data, "name", str)
-    if not NAME_RE.match(name):
-        raise errors.InvalidArgument(f"network name {name!r}: use letters, digits, '_', '.' and "
-                                     "'-', starting with a letter or digit (at most 63)",
+def parse_network_spec(data: Any) -> NetworkSpec:
+    spec = strict.decode(NetworkSpec, data)
+    if not NAME_RE.match(spec.name):
+        raise errors.InvalidArgument(f"network name {spec.name!r}: use letters, digits, '_', '.' "
+                                     "and '-', starting with a letter or digit (at most 63)",
                                      field="name")
-    driver = field(data, "driver", str, required=False, default="overlay") or "overlay"
-    if driver not in DRIVERS:
-        raise errors.InvalidArgument(f"driver {driver!r} is not supported in a swarm: use "
+    spec.driver = spec.driver or "overlay"
+    if spec.driver not in DRIVERS:
+        raise errors.InvalidArgument(f"driver {spec.driver!r} is not supported in a swarm: use "
                                      "--driver overlay", field="driver")
-    ipam = []
-    for i, item in enumerate(field(data, "ipam", list, required=False, default=[])):
-        if not isinstance(item, dict):
-            raise errors.InvalidArgument(f"ipam[{i}] must be an object with subnet and gateway",
-                                         field="ipam")
-        ipam.append(IPAMConfig(subnet=str(item.get("subnet") or ""),
-                               gateway=str(item.get("gateway") or "")))
-    if len(ipam) > 1:
+    validate_labels(spec.labels)
+    if len(spec.ipam) > 1:
         raise errors.InvalidArgument("one --subnet per network", field="subnet")
-    if ipam and ipam[0].gateway and not ipam[0].subnet:
+    if spec.ipam and spec.ipam[0].gateway and not spec.ipam[0].subnet:
         raise errors.InvalidArgument("--gateway needs --subnet", field="gateway")
-    return NetworkSpec(name=name, driver=driver, labels=validate_labels(data.get("labels")),
-                       ipam=ipam, attachable=bool(data.get("attachable", False)),
-                       ingress=bool(data.get("ingress", False)))
+    if spec.ipam and spec.ipam[0].subnet:
+        overlay_subnet(spec.ipam[0].subnet, "ipam[0].subnet")
+    return spec
+
+
+def _check_underlay(manager, spec: NetworkSpec) -> None:
+    """An overlay subnet that holds a node's own address would route that node's cluster
+    traffic into the overlay."""
+    if not (spec.ipam and spec.ipam[0].subnet):
+        return
+    subnet = ipaddress.IPv4Network(spec.ipam[0].subnet)
+    for node in manager.store.list("nodes"):
+        try:
+            addr = ipaddress.ip_address(node.status.addr)
+        except ValueError:
+            continue
+        if addr in subnet:
+            raise errors.Conflict(f"--subnet {subnet} holds the address {addr} of node "
+                                  f"{node.description.hostname or node.id}, which the nodes "
+                                  "reach each other by: pick a subnet outside their network",
+                                  field="subnet")
 
 
 def network_view(manager, net: Network) -> dict:
@@ -92,6 +107,7 @@ async def network_create(request: web.Request) -> web.Response:
             raise errors.Conflict(f"an ingress network already exists "
                                   f"({ingress_network(manager.store).spec.name!r}): remove it "
                                   "first", field="ingress")
+        _check_underlay(manager, spec)
         cluster = manager.cluster()
         net = plan_network(manager.store, cluster.spec.networking, spec, new_id())
         net.meta.created_at = net.meta.updated_at = time.time()

@@ -12,10 +12,11 @@ from common import codec, errors
 from common.ids import new_id
 from common.model import Service, ServiceSpec, Task, UpdateStatus
 from common.nodestate import API_PORT
+from manager import streams
 from manager.allocator import ingress_ports
 from manager.api import _find_node, _identity, _manager
 from manager.configs import CONFIGS
-from manager.httputil import CTX, body_json, field, query_int, reply
+from manager.httputil import CTX, body_json, field, query_flag, query_int, reply
 from manager.secrets import SECRETS
 from manager.services import parse_service_spec
 from manager.store import Transaction
@@ -201,7 +202,7 @@ async def dispatcher_assignments(request: web.Request) -> web.Response:
         raise errors.NotFound(f"node {ident.node_id} is not part of this swarm (it was removed)")
     data = await body_json(request)
     since = field(data, "since", int, required=False, default=0)
-    wait = min(float(field(data, "wait", (int, float), required=False, default=0)), 25.0)
+    wait = min(max(field(data, "wait", float, required=False, default=0.0), 0.0), 25.0)
     net_digest = field(data, "net_digest", str, required=False, default="")
     return reply(await manager.dispatcher.assignments(ident.node_id, since, wait, net_digest))
 
@@ -220,14 +221,14 @@ async def service_logs(request: web.Request) -> web.StreamResponse:
     """Every task's log lines, gathered from the nodes that ran them (mutual TLS to each)."""
     manager = _manager(request)
     svc = _find_service(manager, request.match_info["ref"])
-    follow = request.query.get("follow", "false") == "true"
-    tail = request.query.get("tail", "all")
+    # Checked here, before the stream starts (manager.streams), not by each node later.
+    follow = query_flag(request, "follow")
+    tail = streams.query_tail(request)
     by_node: dict[str, list[Task]] = {}
     for t in manager.store.by_index("tasks", "service_id", svc.id):
         if t.node_id and t.status.container_id:
             by_node.setdefault(t.node_id, []).append(t)
-    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-    await resp.prepare(request)
+    resp = await streams.start_ndjson(request)
     queue: asyncio.Queue = asyncio.Queue(maxsize=1000)
     done = object()
 
@@ -239,13 +240,16 @@ async def service_logs(request: web.Request) -> web.StreamResponse:
             if node is None or not node.status.addr:
                 raise errors.Unavailable("node is gone")
             client = request.app[CTX].peer_client(f"{node.status.addr}:{API_PORT}")
-            params = [("follow", "true" if follow else "false"), ("tail", tail)] + \
+            params = [("follow", "true" if follow else "false"),
+                      ("tail", "all" if tail is None else str(tail))] + \
                 [("task", t.id) for t in tasks]
             stream = await client.open_stream("GET", "/worker/logs", params=params, connect_timeout=3)
             try:
                 async for raw in stream.content:
                     if raw.strip():
                         entry = json.loads(raw)
+                        if "error" in entry:  # the node's stream failed (manager.streams)
+                            raise errors.Unavailable(str(entry["error"]))
                         entry.update(task=names.get(entry.pop("task_id"), "?"), node=hostname)
                         await queue.put(entry)
             finally:

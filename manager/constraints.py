@@ -27,7 +27,7 @@ _FORMS = ("expected KEY==VALUE or KEY!=VALUE with KEY one of node.id, node.hostn
           "(e.g. node.labels.zone==a, node.role!=manager)")
 _PREF_FORMS = "expected spread=node.labels.<label> (e.g. spread=node.labels.zone)"
 
-_EXPR = re.compile(r"^\s*([^=!\s]+)\s*(==|!=)\s*(.*?)\s*$")
+_EXPR = re.compile(r"^\s*([^=!\s]+)\s*(==|!=)\s*(.*?)\s*\Z")
 _LABEL_PREFIXES = ("node.labels.", "engine.labels.")
 
 # Architecture names differ between uname (x86_64, aarch64) and Go/OCI (amd64, arm64); nodes

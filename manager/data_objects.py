@@ -15,12 +15,19 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
-from common import errors
+from common import errors, strict
 from common.model import ServiceSpec, Task
 
 MAX_DATA_SIZE = 500 * 1024
-_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
-_ID_NUM = re.compile(r"^[0-9]{1,10}$")
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}\Z")
+_ID_NUM = re.compile(r"^[0-9]{1,10}\Z")
+MAX_ID = 2**32 - 2  # 2**32 - 1 means "no id" to the kernel
+# Mounted by the runtime in every container: a file cannot be bound beneath them.
+_KERNEL_TREES = ("/proc/", "/sys/", "/dev/")
+# Directories every image has: a file bound onto one fails in the runtime, far from the cause.
+SYSTEM_DIRS = frozenset({"/proc", "/sys", "/dev", "/etc", "/bin", "/sbin", "/usr", "/lib",
+                         "/lib64", "/var", "/tmp", "/run", "/home", "/root", "/opt", "/srv",
+                         "/mnt", "/media", "/boot"})
 
 
 def _bad(field: str, message: str) -> errors.InvalidArgument:
@@ -30,10 +37,10 @@ def _bad(field: str, message: str) -> errors.InvalidArgument:
 def validate_labels(labels: Any) -> dict[str, str]:
     if labels is None:
         return {}
-    if not isinstance(labels, dict) or not all(isinstance(k, str) and k and isinstance(v, str)
-                                               for k, v in labels.items()):
-        raise _bad("labels", "must be an object of string keys and string values")
-    return dict(labels)
+    labels = strict.decode(dict[str, str], labels, "labels")
+    if not all(labels):
+        raise _bad("labels", "a label needs a non-empty key")
+    return labels
 
 
 @dataclass(frozen=True)
@@ -147,8 +154,12 @@ class DataKind:
             raise _bad(f"{where}.target", "must be a path")
         target = self.default_target(ref.target or self._ref_name(ref))
         if (posixpath.normpath(target) != target or ".." in target.split("/")
-                or target in self.reserved_targets):
+                or target.startswith("//") or target in self.reserved_targets):
             raise _bad(f"{where}.target", f"{target!r} must be a plain file path in the container")
+        if target.startswith(_KERNEL_TREES) or target in SYSTEM_DIRS:
+            raise _bad(f"{where}.target", f"{target!r} is a directory of the system or a kernel "
+                       f"file system in every container: give a file path such as "
+                       f"{self.default_target(self._ref_name(ref) or 'name')!r}")
         if target in targets:
             raise _bad(f"{where}.target",
                        f"{target!r} is also the target of {self.table}[{targets[target]}]")
@@ -159,14 +170,12 @@ class DataKind:
     @staticmethod
     def _fill_owner_and_mode(ref, where: str) -> None:
         for attr in ("uid", "gid"):
-            value = getattr(ref, attr)
-            if isinstance(value, int) and not isinstance(value, bool):
-                value = str(value)
-            value = value or "0"
-            if not isinstance(value, str) or not _ID_NUM.match(value):
-                raise _bad(f"{where}.{attr}", f"{value!r} must be a numeric id")
+            value = getattr(ref, attr) or "0"
+            if not _ID_NUM.match(value) or int(value) > MAX_ID:
+                raise _bad(f"{where}.{attr}", f"{value!r} must be a numeric id between 0 and "
+                           f"{MAX_ID}")
             setattr(ref, attr, value)
-        if not isinstance(ref.mode, int) or isinstance(ref.mode, bool) or not 0 <= ref.mode <= 0o777:
+        if not 0 <= ref.mode <= 0o777:
             raise _bad(f"{where}.mode", f"{ref.mode!r} must be a file mode between 0 and 0o777")
 
     def services_using(self, store, obj_id: str) -> list[str]:

@@ -8,12 +8,14 @@ judges, as SwarmKit does.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
-from common import codec, errors
-from common.model import NODE_STATE_DOWN, NODE_STATE_READY, TASK_STATE_RANK, TASK_STATES
+from common import codec, errors, strict
+from common.model import (NODE_STATE_DOWN, NODE_STATE_READY, TASK_STATE_RANK, TASK_STATES,
+                          NodeDescription)
 from manager.configs import CONFIGS
 from manager.netstate import digest, node_network_state
 from manager.secrets import SECRETS
@@ -27,6 +29,20 @@ log = logging.getLogger("shoal.dispatcher")
 GRACE_MULTIPLIER = 3
 _TOMBSTONE_LIMIT = 5000
 _STATUS_FIELDS = ("state", "message", "err", "exit_code", "container_id", "health")
+HEALTH_STATES = ("", "starting", "healthy", "unhealthy")
+
+
+@dataclasses.dataclass
+class StatusReport:
+    """One task state an agent reports; null or absent fields are not reported."""
+    task_id: str
+    state: str
+    message: Optional[str] = None
+    err: Optional[str] = None
+    exit_code: Optional[int] = None
+    container_id: Optional[str] = None
+    health: Optional[str] = None
+    timestamp: Optional[float] = None
 
 
 class Dispatcher:
@@ -65,11 +81,7 @@ class Dispatcher:
             node.status.state, node.status.message, node.status.addr = NODE_STATE_READY, "", addr
             changed = True
         if description:
-            from common.model import NodeDescription
-            try:
-                desc = codec.from_plain(NodeDescription, description)
-            except (TypeError, ValueError, AttributeError) as exc:
-                raise errors.InvalidArgument(f"description: {exc}", field="description") from None
+            desc = strict.decode(NodeDescription, description, "description")
             if desc != node.description:
                 node.description = desc
                 changed = True
@@ -153,12 +165,22 @@ class Dispatcher:
         """Record task states reported by a node's agent; returns once they are committed."""
         futures = []
         loop = asyncio.get_running_loop()
-        for update in updates:
-            if not isinstance(update, dict) or not isinstance(update.get("task_id"), str):
-                raise errors.InvalidArgument("each status update needs a task_id", field="updates")
-            if update.get("state") not in TASK_STATE_RANK:
-                raise errors.InvalidArgument(f"unknown task state {update.get('state')!r}: one of "
-                                             f"{', '.join(TASK_STATES)}", field="updates.state")
+        checked = []
+        for i, plain in enumerate(updates):
+            where = f"updates[{i}]"
+            report = strict.decode(StatusReport, plain, where)
+            if report.state not in TASK_STATE_RANK:
+                raise errors.InvalidArgument(f"{where}.state: unknown task state {report.state!r}: "
+                                             f"one of {', '.join(TASK_STATES)}",
+                                             field=f"{where}.state")
+            if report.health not in (None, *HEALTH_STATES):
+                raise errors.InvalidArgument(f"{where}.health: one of {', '.join(HEALTH_STATES)}",
+                                             field=f"{where}.health")
+            if report.timestamp is not None:
+                strict.seconds(report.timestamp, f"{where}.timestamp")
+            # Only what was reported: absent fields keep the task's current values.
+            checked.append({k: v for k, v in dataclasses.asdict(report).items() if v is not None})
+        for update in checked:
             fut = loop.create_future()
             self._status_queue.append((node_id, update, fut))
             futures.append(fut)

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from typing import Any
 
 from aiohttp import web
 
-from common import codec, errors
+from common import codec, errors, strict
+from manager import streams
 
 log = logging.getLogger("shoal.api")
 
@@ -38,33 +40,37 @@ def reply(value: Any, status: int = 200) -> web.Response:
 
 
 async def body_json(request: web.Request, *, required: bool = True) -> dict:
+    """The request's JSON object, strictly parsed (common/strict.py): no NaN or Infinity, nesting
+    bounded."""
     raw = await request.read()
     if not raw:
         if required:
             raise errors.InvalidArgument("the request needs a JSON body")
         return {}
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise errors.InvalidArgument(f"the request body is not valid JSON: {exc}") from None
+    data = strict.loads(raw)
     if not isinstance(data, dict):
         raise errors.InvalidArgument("the request body must be a JSON object")
     return data
 
 
-def field(data: dict, name: str, kind: type | tuple, *, required: bool = True, default: Any = None) -> Any:
+_SCALARS = {str: strict.string, int: strict.integer, float: strict.number, bool: strict.boolean}
+
+
+def field(data: dict, name: str, kind: type, *, required: bool = True, default: Any = None) -> Any:
+    """One field of a request body, strictly typed (common/strict.py); absent or null takes the
+    default, or is refused when the field is required. Objects and lists come back as sent
+    (bounded in depth): decode them with strict.decode before use."""
     if name not in data or data[name] is None:
         if required:
             raise errors.InvalidArgument(f"missing field '{name}'", field=name)
         return default
     value = data[name]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        want = " or ".join(k.__name__ for k in kinds)
-        raise errors.InvalidArgument(f"field '{name}' must be {want}, got {type(value).__name__}",
-                                     field=name)
+    check = _SCALARS.get(kind)
+    if check is not None:
+        return check(value, name)
+    if not isinstance(value, kind):
+        raise errors.InvalidArgument(f"field '{name}' must be {kind.__name__}, got "
+                                     f"{type(value).__name__}", field=name)
     return value
 
 
@@ -82,11 +88,10 @@ def query_int(request: web.Request, name: str) -> int | None:
     value = request.query.get(name)
     if value is None:
         return None
-    try:
-        return int(value)
-    except ValueError:
+    if not value.lstrip("-").isdecimal() or not value.isascii() or len(value) > 19:
         raise errors.InvalidArgument(f"query parameter '{name}' must be an integer, got {value!r}",
-                                     field=name) from None
+                                     field=name)
+    return int(value)
 
 
 @web.middleware
@@ -104,8 +109,22 @@ async def error_middleware(request: web.Request, handler):
     except errors.ShoalError as exc:
         if exc.status >= 500:
             log.info("%s %s: %s", request.method, request.path, exc.message)
-        return web.json_response(exc.to_dict(), status=exc.status)
-    except Exception as exc:  # a bug: say so without leaking internals
-        log.exception("%s %s failed", request.method, request.path)
-        return web.json_response({"message": f"internal error: {type(exc).__name__}: {exc}",
-                                  "code": "internal"}, status=500)
+        return await _error_answer(request, exc.to_dict(), exc.status)
+    except Exception:
+        # A bug. Its details (names, paths, values) are for the operator, not for whoever sent
+        # the request: the answer gives an id to find them in the daemon's log.
+        incident = secrets.token_hex(4)
+        log.exception("internal error (id %s) in %s %s", incident, request.method, request.path)
+        return await _error_answer(request, internal_error_body(incident), 500)
+
+
+def internal_error_body(incident: str) -> dict:
+    return {"message": f"internal error (id {incident}): see the daemon's log", "code": "internal"}
+
+
+async def _error_answer(request: web.Request, body: dict, status: int) -> web.StreamResponse:
+    # A stream already under way has sent its 200: a second response would land inside its body.
+    stream = streams.started_stream(request)
+    if stream is not None:
+        return await streams.end_with_error(stream, body)
+    return web.json_response(body, status=status)

@@ -12,34 +12,46 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, Optional, TypeVar
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from typing import Any, Optional
 
 from aiohttp import web
 
-from common import codec, errors
+from common import codec, errors, strict
 from common.ids import new_id
 from common.model import (RESTART_POLICIES, ContainerRestartPolicy, ContainerSpec,
                           NetworkAttachmentConfig, PortConfig, ResourceRequirements, Task,
                           TaskSpec, TaskStatus)
 from manager.allocator import CLUSTER_PORTS, host_bound_ports, ingress_port_holders
 from manager.api import _identity, _manager
-from manager.httputil import body_json, field, reply
+from manager.httputil import body_json, reply
 from manager.services import validate_container_spec, validate_resources
 from manager.store import Transaction
 
-T = TypeVar("T")
-_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}\Z")
 
 
 def _bad(name: str, message: str) -> errors.InvalidArgument:
     return errors.InvalidArgument(f"{name}: {message}", field=name)
 
 
-def _strings(data: dict, name: str) -> list[str]:
-    value = data.get(name) or []
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _bad(name, "must be a list of strings")
-    return list(value)
+@dataclass
+class ContainerRun:
+    """A `container run` request, as the node's socket and the dispatcher take it."""
+    container: Optional[ContainerSpec] = None
+    name: str = ""
+    resources: Optional[ResourceRequirements] = None
+    networks: list[str] = dataclass_field(default_factory=list)
+    ports: Optional[list[PortConfig]] = None
+    auto_remove: bool = False
+    restart_policy: Optional[ContainerRestartPolicy] = None
+    # The node's business (it streams the output); the managers ignore it.
+    attach: bool = False
+
+
+def parse_container_run(data: Any) -> ContainerRun:
+    return strict.decode(ContainerRun, data)
 
 
 def standalone_tasks(store, node_id: str) -> list[Task]:
@@ -81,23 +93,10 @@ def _resolve_networks(store, refs: list[str]) -> list[str]:
     return ids
 
 
-def _object(cls: type[T], data: Any, name: str, shape: str, what: str) -> T:
-    """The request's field ``name`` as a ``cls``; errors name the field and its shape."""
-    if not isinstance(data, dict):
-        raise _bad(name, f"must be an object: {shape}")
-    try:
-        return codec.from_plain(cls, data)
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise _bad(name, f"malformed {what}: {exc}") from None
-
-
-def _container_spec(data: Any) -> ContainerSpec:
-    c = _object(ContainerSpec, data, "container", "{image, args, env, mounts, ...}",
-                "container spec")
+def _container_spec(c: Optional[ContainerSpec]) -> ContainerSpec:
+    if c is None:
+        raise _bad("container", "is required: {image, args, env, mounts, ...}")
     validate_container_spec(c, "container")
-    if not isinstance(c.labels, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                 for k, v in c.labels.items()):
-        raise _bad("container.labels", "must be an object of string keys and string values")
     # The dispatcher hands a node the secrets and configs of its tasks: a node asking for them
     # here could read any of them. Services carry them.
     for kind in ("secrets", "configs"):
@@ -107,13 +106,11 @@ def _container_spec(data: Any) -> ContainerSpec:
     return c
 
 
-def _resources(data: Any) -> ResourceRequirements:
+def _resources(res: Optional[ResourceRequirements]) -> ResourceRequirements:
     """`--memory`, `--cpus`, `--pids-limit`: limits, as a service's. Reservations are what the
     scheduler places tasks by; nothing places a standalone container, so none are taken."""
-    if data is None:
+    if res is None:
         return ResourceRequirements()
-    res = _object(ResourceRequirements, data, "resources",
-                  "{limits: {memory_bytes, nano_cpus}, pids_limit}", "resources")
     validate_resources(res, "resources")
     if res.reservations.memory_bytes or res.reservations.nano_cpus:
         raise _bad("resources.reservations", "a standalone container runs where it is started: "
@@ -121,17 +118,16 @@ def _resources(data: Any) -> ResourceRequirements:
     return res
 
 
-def restart_policy(data: Any, auto_remove: bool) -> Optional[ContainerRestartPolicy]:
+def restart_policy(policy: Optional[ContainerRestartPolicy],
+                   auto_remove: bool) -> Optional[ContainerRestartPolicy]:
     """`--restart`, as Docker's HostConfig.RestartPolicy: {name, maximum_retry_count}."""
-    if data is None:
+    if policy is None:
         return None
-    policy = _object(ContainerRestartPolicy, data, "restart_policy",
-                     "{name, maximum_retry_count}", "restart policy")
     if policy.name not in RESTART_POLICIES:
         raise _bad("restart_policy.name", f"{policy.name!r} is not a restart policy: use "
                    f"{', '.join(RESTART_POLICIES)} (e.g. --restart on-failure:3)")
     count = policy.maximum_retry_count
-    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+    if count < 0:
         raise _bad("restart_policy.maximum_retry_count", "must be an integer >= 0 (0: no limit)")
     if count and policy.name != "on-failure":
         raise _bad("restart_policy.maximum_retry_count", f"a maximum retry count goes with "
@@ -144,23 +140,23 @@ def restart_policy(data: Any, auto_remove: bool) -> Optional[ContainerRestartPol
     return policy
 
 
-def _host_ports(store, node_id: str, data: Any) -> list[PortConfig]:
+def _host_ports(store, node_id: str, given: Optional[list[PortConfig]]) -> list[PortConfig]:
     """`-p PUBLISHED:TARGET[/udp]`: bound on this node only (host mode), as `docker run -p`."""
-    if data is None:
+    if not given:
         return []
-    if not isinstance(data, list) or not all(isinstance(p, dict) for p in data):
-        raise _bad("ports", "must be a list of {protocol, published_port, target_port}")
     in_use = host_bound_ports(store, node_id=node_id)
     ingress = ingress_port_holders(store)
     ports: list[PortConfig] = []
-    for i, plain in enumerate(data):
+    for i, port in enumerate(given):
         where = f"ports[{i}]"
-        protocol = plain.get("protocol", "tcp")
-        published, target = plain.get("published_port"), plain.get("target_port")
+        protocol, published, target = port.protocol, port.published_port, port.target_port
         if protocol not in ("tcp", "udp"):
             raise _bad(f"{where}.protocol", f"{protocol!r} is not tcp or udp")
-        for name, port in (("published_port", published), ("target_port", target)):
-            if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        if port.publish_mode not in ("host", "ingress") or port.name:
+            raise _bad(where, "a container's port is {protocol, published_port, target_port}: "
+                       "bound on this node, as -p PUBLISHED:TARGET")
+        for name, number in (("published_port", published), ("target_port", target)):
+            if not 0 < number < 65536:
                 raise _bad(f"{where}.{name}", "must be a port between 1 and 65535 (e.g. -p 8080:80)")
         key = (protocol, published)
         if key in CLUSTER_PORTS:
@@ -181,14 +177,15 @@ def _host_ports(store, node_id: str, data: Any) -> list[PortConfig]:
     return ports
 
 
-def build_task(store, node_id: str, data: dict[str, Any]) -> tuple[Task, list[str]]:
+def build_task(store, node_id: str, data: Any) -> tuple[Task, list[str]]:
     """The task of a `container run` request ({name, container, resources, networks, ports,
     auto_remove, restart_policy}), and the networks it attaches to (not allocated yet)."""
-    container = _container_spec(data.get("container"))
-    resources = _resources(data.get("resources"))
-    ports = _host_ports(store, node_id, data.get("ports"))
+    run = parse_container_run(data)
+    container = _container_spec(run.container)
+    resources = _resources(run.resources)
+    ports = _host_ports(store, node_id, run.ports)
     task_id = new_id()
-    name = field(data, "name", str, required=False, default="") or task_id[:12]
+    name = run.name or task_id[:12]
     if not _NAME.match(name):
         raise _bad("name", f"invalid container name {name!r}: use 1-63 letters, digits, '_', '.' "
                    "or '-', starting with a letter or digit")
@@ -197,9 +194,9 @@ def build_task(store, node_id: str, data: dict[str, Any]) -> tuple[Task, list[st
         raise errors.Conflict(f"the container name {name!r} is in use on this node by container "
                               f"{taken.id[:12]}: remove it ('shoal container rm {name}') or pick "
                               "another name", field="name")
-    network_ids = _resolve_networks(store, _strings(data, "networks"))
-    auto_remove = field(data, "auto_remove", bool, required=False, default=False)
-    restart = restart_policy(data.get("restart_policy"), auto_remove)
+    network_ids = _resolve_networks(store, run.networks)
+    auto_remove = run.auto_remove
+    restart = restart_policy(run.restart_policy, auto_remove)
     now = time.time()
     task = Task(id=task_id, container_name=name, node_id=node_id, ports=ports,
                 auto_remove=auto_remove, restart=restart,

@@ -19,6 +19,7 @@ from common.nodestate import API_PORT, NodeState
 from common import codec
 from manager import autolock
 from manager.allocator import INGRESS_NAME, plan_network
+from manager.cluster_spec import parse_cluster_spec
 from manager.store import Transaction
 from worker.agent import describe_node
 
@@ -65,8 +66,7 @@ async def init_swarm(daemon, advertise_addr: str | None, listen_addr: str | None
         listen = _listen(listen_addr, daemon.default_listen_addr)
         cluster_spec = ClusterSpec()
         if spec:
-            from manager.api import _parse_cluster_spec
-            cluster_spec = _parse_cluster_spec({**codec.to_plain(cluster_spec), **spec})
+            cluster_spec = parse_cluster_spec({**codec.to_plain(cluster_spec), **spec})
         cluster_id, node_id = new_id(), new_id()
         root = pki.RootCA.generate(cluster_id)
         key = pki.generate_key()

@@ -7,7 +7,6 @@ with the outcome (running, or why not) rather than with a request taken.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from dataclasses import asdict
@@ -17,8 +16,9 @@ from aiohttp import web
 
 from common import errors
 from common.aio import cancel_and_wait
+from manager import streams
 from manager.httputil import CTX, body_json, reply
-from manager.standalone import restart_policy
+from manager.standalone import parse_container_run, restart_policy
 
 log = logging.getLogger("shoal.standalone")
 
@@ -46,12 +46,13 @@ async def _until(what: str, timeout: float, check) -> None:
 
 
 async def container_run(request: web.Request) -> web.StreamResponse:
-    agent = _agent(request)
     body = await body_json(request)
-    attach = body.pop("attach", False) is True  # this node's business, not the managers'
-    remove = body.get("auto_remove") is True
+    run = parse_container_run(body)  # refused here, before anything is asked of the managers
+    agent = _agent(request)
+    body.pop("attach", None)  # this node's business, not the managers'
+    attach, remove = run.attach, run.auto_remove
     if attach:
-        restart_policy(body.get("restart_policy"), remove)  # --rm handled here: check it here
+        restart_policy(run.restart_policy, remove)  # --rm handled here: check it here
         # Removed here once its output is all delivered: the managers removing it on exit
         # could take its last lines and its exit code away from under the stream.
         body["auto_remove"] = False
@@ -84,12 +85,11 @@ async def _attached(request: web.Request, agent, created: dict, remove: bool) ->
     # The first run's exit and output, even if a restart policy has run it again by now; the
     # exit is held even once the container is removed.
     exited = asyncio.ensure_future(executor.wait(task_id, run=0))
-    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-    await resp.prepare(request)
+    resp = await streams.start_ndjson(request)
     finished = False
 
     async def send(record: dict) -> None:
-        await resp.write(json.dumps(record).encode() + b"\n")
+        await streams.write_record(resp, record)
 
     async def output() -> None:
         async for line in executor.logs(task_id, follow=True, run=0):

@@ -2,13 +2,16 @@
 (`container`, `image`), and /worker/logs on 2377 for managers gathering `service logs`."""
 from __future__ import annotations
 
-import json
+import asyncio
 from dataclasses import asdict
+from pathlib import Path
 from typing import AsyncIterator
 
 from aiohttp import web
 
-from common import errors
+from common import errors, strict
+from common.imageref import parse_ref
+from manager import streams
 from manager.httputil import CTX, body_json, field, query_flag, reply
 from worker.restarts import Restarts
 
@@ -77,33 +80,25 @@ async def container_inspect(request: web.Request) -> web.Response:
 
 
 async def container_exec(request: web.Request) -> web.Response:
-    c = _find_container(request, request.match_info["ref"])
     data = await body_json(request)
-    argv = field(data, "argv", list)
-    if not argv or not all(isinstance(a, str) for a in argv):
+    argv = strict.decode(list[str], field(data, "argv", list), "argv")
+    if not argv:
         raise errors.InvalidArgument("argv must be a non-empty list of strings", field="argv")
+    timeout = strict.seconds(field(data, "timeout", float, required=False, default=120.0),
+                             "timeout", lo=0.001, hi=86400)
+    c = _find_container(request, request.match_info["ref"])
     if c.state != "running":
         raise errors.FailedPrecondition(f"container {c.id[:12]} is not running ({c.state})")
-    code, output = await _daemon(request).executor.exec(c.id, argv, timeout=field(
-        data, "timeout", (int, float), required=False, default=120))
+    code, output = await _daemon(request).executor.exec(c.id, argv, timeout=timeout)
     return reply({"exit_code": code, "output": output})
 
 
-def _tail(request: web.Request) -> int | None:
-    tail = request.query.get("tail", "all")
-    if tail == "all":
-        return None
-    if not tail.isdigit():
-        raise errors.InvalidArgument(f"tail must be a number of lines or 'all', got {tail!r}", field="tail")
-    return int(tail)
-
-
 async def _ndjson(request: web.Request, lines: AsyncIterator[dict]) -> web.StreamResponse:
-    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-    await resp.prepare(request)
+    """Stream `lines`; the request must have been fully checked before (manager.streams)."""
+    resp = await streams.start_ndjson(request)
     try:
         async for entry in lines:
-            await resp.write(json.dumps(entry).encode() + b"\n")
+            await streams.write_record(resp, entry)
     except (ConnectionResetError, ConnectionError):
         pass  # the reader went away (a `logs -f` interrupted): nothing to report
     return resp
@@ -111,11 +106,11 @@ async def _ndjson(request: web.Request, lines: AsyncIterator[dict]) -> web.Strea
 
 async def container_logs(request: web.Request) -> web.StreamResponse:
     c = _find_container(request, request.match_info["ref"])
+    tail, follow = streams.query_tail(request), query_flag(request, "follow")
     ex = _daemon(request).executor
 
     async def lines():
-        async for line in ex.logs(c.id, tail=_tail(request), follow=query_flag(request, "follow"),
-                                  timestamps=True):
+        async for line in ex.logs(c.id, tail=tail, follow=follow, timestamps=True):
             yield {"t": line.ts, "s": line.stream, "l": line.line}
     return await _ndjson(request, lines())
 
@@ -126,10 +121,9 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
     task_ids = request.query.getall("task", [])
     known = {c.id for c in ex.list()}
     follow = query_flag(request, "follow")
-    tail = _tail(request)
+    tail = streams.query_tail(request)
 
     async def lines():
-        import asyncio
         queue: asyncio.Queue = asyncio.Queue(maxsize=1000)
         done = object()
 
@@ -162,11 +156,16 @@ async def images_list(request: web.Request) -> web.Response:
 
 async def image_import(request: web.Request) -> web.Response:
     data = await body_json(request)
-    from pathlib import Path
     path = Path(field(data, "path", str))
+    ref = field(data, "ref", str, required=False)
+    if ref:
+        parse_ref(ref)
+    if not path.is_absolute():
+        raise errors.InvalidArgument(f"path {str(path)!r} must be absolute (the daemon has no "
+                                     "working directory of yours)", field="path")
     if not path.exists():
         raise errors.InvalidArgument(f"{path} does not exist on this node", field="path")
-    img = await _daemon(request).images.import_archive(path, field(data, "ref", str, required=False))
+    img = await _daemon(request).images.import_archive(path, ref)
     return reply({"ref": img.ref, "id": img.id, "size": img.size})
 
 
@@ -174,6 +173,7 @@ async def image_pull(request: web.Request) -> web.Response:
     d = _daemon(request)
     data = await body_json(request)
     ref = field(data, "ref", str)
+    parse_ref(ref)  # before anything goes on the network
     insecure = set(d.insecure_registries)
     if field(data, "insecure", bool, required=False, default=False):
         insecure.add(ref.split("/", 1)[0])

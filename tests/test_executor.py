@@ -239,6 +239,28 @@ def test_stop_with_grace(images_root, ex_root):
     run(scenario())
 
 
+@pytest.mark.parametrize("grace", [float("nan"), float("inf"), -1.0])
+def test_a_grace_period_that_is_no_duration_still_ends_in_sigkill(images_root, ex_root, monkeypatch, grace):
+    """Issue 13, defect 4: NaN passed every check and the wait for its deadline spun forever
+    without SIGKILL (infinity waited forever). Such a period gets the default (10 s, shortened
+    here), so the stubborn container is killed."""
+    monkeypatch.setattr("worker.executor.DEFAULT_STOP_GRACE", 0.5, raising=False)
+
+    async def scenario():
+        ex = Executor(ex_root, ImageStore(images_root))
+        await ex.create(config("stubborn", "sh", "-c",
+                               'trap "" TERM; echo ready; while :; do sleep 0.05; done'))
+        await ex.start("stubborn")
+        for _ in range(100):  # wait for the trap to be set
+            if [e async for e in ex.logs("stubborn")]:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.wait_for(ex.stop("stubborn", "SIGTERM", grace), 15)
+        assert (await ex.wait("stubborn")).exit_code == 137
+        await ex.remove("stubborn")
+    run(scenario())
+
+
 def test_remove_running_and_created_containers_and_idempotence(images_root, ex_root):
     async def scenario():
         ex = Executor(ex_root, ImageStore(images_root))

@@ -64,7 +64,7 @@ def test_run_requests_are_checked_field_by_field():
     refused(errors.InvalidArgument, {"container": {"image": "busybox:1", "env": ["NOVALUE"]}},
             "container.env[0]", "NAME=VALUE")
     refused(errors.InvalidArgument, {"container": {"image": "busybox:1", "args": "sleep 9"}},
-            "malformed container spec", "args: expected a list, got str")
+            "container.args", "must be a list, got a string")
     refused(errors.InvalidArgument, {"container": {"image": " "}}, "container.image")
     refused(errors.InvalidArgument, {"container": "busybox:1"}, "container", "must be an object")
     refused(errors.InvalidArgument, {"container": {"image": "busybox:1",
@@ -81,7 +81,7 @@ def test_run_requests_are_checked_field_by_field():
             "resources.limits.memory_bytes", "at least 4m")
     refused(errors.InvalidArgument, {"resources": {"pids_limit": -1}}, "resources.pids_limit")
     refused(errors.InvalidArgument, {"resources": {"limits": {"nano_cpus": "half"}}},
-            "resources.limits.nano_cpus", "non-negative integer")
+            "resources.limits.nano_cpus", "must be an integer")
     refused(errors.InvalidArgument, {"resources": {"reservations": {"memory_bytes": 64 << 20}}},
             "resources.reservations", "give limits instead")
     refused(errors.InvalidArgument, {"resources": "64m"}, "resources", "must be an object")

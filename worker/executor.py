@@ -35,6 +35,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -95,6 +96,27 @@ class ExecTimeout(errors.ShoalError, TimeoutError):
 
     status = 504
     code = "timeout"
+
+
+# Docker's default: the grace period of a spec that gives no usable one.
+DEFAULT_STOP_GRACE = 10.0
+# SIGKILL follows the stop signal after this long at the latest, whatever the spec says.
+MAX_STOP_GRACE = 3600.0
+
+
+def stop_grace(value: object) -> float:
+    """The seconds to wait between the stop signal and SIGKILL: always finite, so that a stop
+    always ends. A spec from a manager that let NaN, infinity or a negative number through
+    (NaN passes every comparison) gets the default; a huge one gets the bound."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return DEFAULT_STOP_GRACE
+    try:
+        grace = float(value)
+    except OverflowError:  # an int beyond any float
+        return MAX_STOP_GRACE if value > 0 else DEFAULT_STOP_GRACE
+    if not math.isfinite(grace) or grace < 0:
+        return DEFAULT_STOP_GRACE
+    return min(grace, MAX_STOP_GRACE)
 
 
 @dataclass
@@ -609,11 +631,11 @@ class Executor:
                 return
             sig = _signal(signal or c.meta.get("stop_signal") or c.config.get("stop_signal")
                           or "SIGTERM")
-            grace = c.config.get("stop_grace", 10.0) if grace is None else grace
+            grace = stop_grace(c.config.get("stop_grace") if grace is None else grace)
             if not c.started:
                 sig = signals.SIGKILL  # still in `runc init`: nothing of the service runs yet
             await self._kill(c, sig)
-            if await self._wait_exit(c, max(grace, 0) if sig != signals.SIGKILL else 10):
+            if await self._wait_exit(c, grace if sig != signals.SIGKILL else 10):
                 return
             if sig != signals.SIGKILL:
                 log.info("container %s ignored %s for %.1fs: killing it", cid[:12], sig.name,
@@ -1034,10 +1056,15 @@ def resolve_user(rootfs: Path, user: str) -> tuple[int, int, list[int], str]:
     """uid, gid, supplementary gids and home for "", "uid", "uid:gid", "name", "name:group"
     (names looked up in the image's /etc/passwd and /etc/group, as Docker does)."""
     name, _, group = (user or "0").partition(":")
+    if len(user.split(":")) > 2 or not all(_USER_PART.match(p) for p in (name, group) if p) \
+            or any(_is_id(p) and int(p) > MAX_ID for p in (name, group)):
+        # The image's config comes from outside too: its User is held to the API's rule.
+        raise errors.InvalidArgument(f"user {user!r} is not USER, UID, USER:GROUP or UID:GID",
+                                     field="user")
     passwd = [e for e in _read_db(rootfs, "passwd") if len(e) >= 6]
     groups = [e for e in _read_db(rootfs, "group") if len(e) >= 3]
     entry = None
-    if name.isdigit():
+    if _is_id(name):
         uid = int(name)
         entry = next((e for e in passwd if e[2] == name), None)
     else:
@@ -1045,24 +1072,39 @@ def resolve_user(rootfs: Path, user: str) -> tuple[int, int, list[int], str]:
         if entry is None:
             raise errors.InvalidArgument(f"user {name!r} is not in the image's /etc/passwd",
                                          field="user")
+        if not _is_id(entry[2]) or int(entry[2]) > MAX_ID:
+            raise errors.InvalidArgument(f"the image's /etc/passwd gives user {name!r} the uid "
+                                         f"{entry[2]!r}, which is not a number", field="user")
         uid = int(entry[2])
-    gid = int(entry[3]) if entry and entry[3].isdigit() else 0
+    gid = int(entry[3]) if entry and _is_id(entry[3]) and int(entry[3]) <= MAX_ID else 0
     if group:
-        if group.isdigit():
+        if _is_id(group):
             gid = int(group)
         else:
             g = next((e for e in groups if e[0] == group), None)
             if g is None:
                 raise errors.InvalidArgument(f"group {group!r} is not in the image's "
                                              "/etc/group", field="user")
+            if not _is_id(g[2]) or int(g[2]) > MAX_ID:
+                raise errors.InvalidArgument(f"the image's /etc/group gives group {group!r} the "
+                                             f"gid {g[2]!r}, which is not a number", field="user")
             gid = int(g[2])
     extra = []
     if entry is not None and not group:
         extra = sorted({int(g[2]) for g in groups
-                        if len(g) >= 4 and entry[0] in g[3].split(",") and g[2].isdigit()}
+                        if len(g) >= 4 and entry[0] in g[3].split(",") and _is_id(g[2])}
                        - {gid})
     home = entry[5] if entry and entry[5] else "/"
     return uid, gid, extra, home
+
+
+_USER_PART = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}\Z")
+MAX_ID = 2**32 - 2
+
+
+def _is_id(text: str) -> bool:
+    """A decimal id: str.isdigit() alone also takes '²', which int() refuses."""
+    return text.isascii() and text.isdigit()
 
 
 def merge_env(*layers: list[str]) -> list[str]:

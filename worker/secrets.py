@@ -29,7 +29,7 @@ log = logging.getLogger("shoal.secrets")
 RUN_ROOT = Path("/run/shoal-secrets")
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 MNT_DETACH = 2
-_TASK_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+_TASK_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}\Z")
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
