@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 from common.model import Node
-from manager.raft import RaftNode, RaftTimings
-from manager.store import Store, Transaction
+from manager.state.raft.node import RaftNode, RaftTimings
+from manager.state.store import Store, Transaction
 
 
 async def main(index: int, addrs: list[str], data: Path, sequential: int, concurrent: int,

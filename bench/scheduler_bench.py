@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.model import (Node, NodeDescription, NodeSpec, NodeStatus, Placement,  # noqa: E402
                           ResourceRequirements, Resources, Task, TaskSpec)
-from manager.scheduler import Scheduler  # noqa: E402
+from manager.scheduler.scheduler import Scheduler  # noqa: E402
 
 SWARMKIT = {10_000: 1.8, 100_000: 22.6}     # seconds, 1k nodes, moby/swarmkit#193
 NODES = 1000

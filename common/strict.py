@@ -9,7 +9,7 @@ of exec(2), and unknown fields are refused so that a typo is not silently droppe
 the field's path (`task_template.container.stop_grace_period`) and what it must be.
 
 Ranges that depend on the field's meaning (a port, a duration) are the semantic checks' business
-(manager/services.py and friends); they run after this, on values of the right type.
+(manager/specs/services.py and friends); they run after this, on values of the right type.
 
 Why not a schema library: the model is plain dataclasses shared with the codec and the store,
 and the rules above (int64 range, finite floats, NUL and surrogate free strings, bytes as base64)

@@ -1,7 +1,7 @@
 """Changes stop before a manager's disk is full, not when it is.
 
 Every change goes into every manager's raft journal. A manager whose disk fills can no longer
-append (manager/raft_journal.py makes that an error instead of a crash), and with a majority of
+append (manager/state/raft/journal.py makes that an error instead of a crash), and with a majority of
 them full the cluster cannot commit anything, not even a task's status. So the leader refuses
 the changes users ask for while any manager has less than `RAFT_DISK_RESERVE` free where its
 raft log lives: the leader measures its own disk, the other managers report theirs in their
@@ -13,14 +13,28 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 from common import errors
 from common.fsutil import free_bytes
+from common.model import Node
 from common.units import format_size
 
-if TYPE_CHECKING:
-    from manager.manager import Manager
+
+
+class Managers(Protocol):
+    """What the guard reads of its manager: its own raft directory, the managers, and the
+    heartbeat period (a report older than a few periods is not trusted)."""
+    node_id: str
+
+    @property
+    def raft_dir(self) -> Path: ...
+
+    @property
+    def heartbeat_period(self) -> float: ...
+
+    def manager_nodes(self) -> list[Node]: ...
 
 RAFT_DISK_RESERVE = 64 << 20
 _STALE_AFTER_PERIODS = 3  # as the dispatcher's Down rule: an older report is not trusted
@@ -34,7 +48,7 @@ class DiskReport:
 
 
 class RaftDiskGuard:
-    def __init__(self, manager: "Manager", reserve: int = RAFT_DISK_RESERVE) -> None:
+    def __init__(self, manager: Managers, reserve: int = RAFT_DISK_RESERVE) -> None:
         self.manager = manager
         self.reserve = reserve
         self._reports: dict[str, DiskReport] = {}
@@ -46,9 +60,9 @@ class RaftDiskGuard:
     def short(self) -> list[tuple[str, DiskReport]]:
         """(hostname, report) of every manager now below the reserve; the leader measured now."""
         manager = self.manager
-        own = manager.files.raft_dir
+        own = manager.raft_dir
         found = {manager.node_id: DiskReport(free_bytes(own), str(own), time.monotonic())}
-        fresh_since = time.monotonic() - _STALE_AFTER_PERIODS * manager.dispatcher.period
+        fresh_since = time.monotonic() - _STALE_AFTER_PERIODS * manager.heartbeat_period
         names = {}
         for node in manager.manager_nodes():
             names[node.id] = node.description.hostname or node.id

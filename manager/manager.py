@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Awaitable, Optional
 
 from common import errors
 from common.aio import cancel_and_wait
 from common.model import NODE_ROLE_MANAGER, Cluster, Node
 from common.nodestate import API_PORT, NodeFiles, NodeState
-from manager.allocator import Allocator
+from manager.allocator.allocator import Allocator
+from manager.allocator.loop import AllocatorLoop
 from manager.diskguard import RaftDiskGuard
-from manager.dispatcher import Dispatcher
-from manager.raft import RaftNode, RaftTimings
-from manager.store import Store, Transaction, TxnResult
+from manager.dispatcher.dispatcher import Dispatcher
+from manager.orchestrator.orchestrator import Orchestrator
+from manager.scheduler.loop import SchedulingLoop
+from manager.state.raft.node import RaftNode, RaftTimings
+from manager.state.store import Store, Transaction, TxnResult
 from manager.supervisor import LoopFactory, LoopFailure, LoopSupervisor
-from manager.watch import WatchHub
+from manager.state.watch import WatchHub
 
 log = logging.getLogger("shoal.manager")
 
@@ -31,7 +35,7 @@ class Manager:
         self.store = Store()
         self.raft: Optional[RaftNode] = None
         self.hub: Optional[WatchHub] = None
-        self.dispatcher = Dispatcher(self)
+        self.dispatcher = Dispatcher(self, self)
         self.allocator = Allocator(self.store)
         self.disk_guard = RaftDiskGuard(self)
         self._bind_addr = bind_addr
@@ -45,6 +49,14 @@ class Manager:
     @property
     def node_id(self) -> str:
         return self.state.node_id
+
+    @property
+    def raft_dir(self) -> Path:
+        return self.files.raft_dir
+
+    @property
+    def heartbeat_period(self) -> float:
+        return self.dispatcher.period
 
     async def start(self) -> None:
         self.hub = WatchHub(self.store, asyncio.get_running_loop())
@@ -72,9 +84,12 @@ class Manager:
 
     # ---- leadership -------------------------------------------------------------------------
     async def _watch_leadership(self) -> None:
+        """Starts the leader loops when raft makes this manager the leader and stops them when it
+        is not any more; raft's state-change callback wakes it."""
         leading = False
         while True:
-            now_leading = self.raft is not None and self.raft.is_leader
+            self.raft.state_changes.clear()
+            now_leading = self.raft.is_leader
             if now_leading and not leading:
                 log.info("this manager is the leader now (term %s)", self.raft.term)
                 self.allocator = Allocator(self.store)
@@ -83,23 +98,19 @@ class Manager:
                 log.info("this manager is not the leader any more")
                 await self._stop_leader_loops()
             leading = now_leading
-            await asyncio.sleep(0.05)
+            await self.raft.state_changes.wait()
 
     def _leader_loops(self) -> list[LoopSupervisor]:
-        from manager.allocating import AllocatorLoop
-        from manager.orchestrator import Orchestrator
-        from manager.scheduling import SchedulingLoop
-
         def dispatcher() -> Awaitable[None]:
             # The API reaches the dispatcher through the manager: each start replaces it.
-            self.dispatcher = Dispatcher(self)
+            self.dispatcher = Dispatcher(self, self)
             return self.dispatcher.run()
         # A restarted allocator loop misses the releases of the events it was down for: those
         # addresses stay taken (a leak until the next leader), never handed out twice.
         factories: dict[str, LoopFactory] = {
             "dispatcher": dispatcher,
-            "allocator": lambda: AllocatorLoop(self).run(),
-            "orchestrator": lambda: Orchestrator(self).run(),
+            "allocator": lambda: AllocatorLoop(self, self.allocator).run(),
+            "orchestrator": lambda: Orchestrator(self, self.allocator).run(),
             "scheduler": lambda: SchedulingLoop(self).run()}
         return [LoopSupervisor(name, make, self.loop_failures) for name, make in factories.items()]
 

@@ -1,4 +1,5 @@
 """shoal: a cluster orchestrator for Linux hosts in the style of Docker Swarm mode."""
 
-__version__ = "0.1.0"
-API_VERSION = "1.0"
+from common.version import API_VERSION, __version__
+
+__all__ = ["API_VERSION", "__version__"]

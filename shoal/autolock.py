@@ -14,8 +14,8 @@ from aiohttp import web
 
 from common import errors
 from common.keywrap import NodeLocked, UnlockKey
-from manager.api import local_only
-from manager.httputil import CTX, body_json, field, reply
+from manager.controlapi.middleware import local_only
+from common.httpserver import CTX, body_json, field, reply
 
 log = logging.getLogger("shoal.autolock")
 

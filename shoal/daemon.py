@@ -26,11 +26,11 @@ from common import errors, pki
 from common.aio import cancel_and_wait
 from common.httpclient import DEFAULT_SOCKET, ApiClient, Endpoint
 from common.model import NODE_ROLE_MANAGER, NODE_ROLE_WORKER
+from common.httpserver import CTX, error_middleware
 from common.nodestate import API_PORT, NodeFiles, NodeState
-from manager import api as control_api
-from manager import autolock as manager_autolock
-from manager import api_data_objects, api_networks, api_services, standalone
-from manager.httputil import CTX, error_middleware
+from manager import controlapi
+from manager.controlapi import autolock as manager_autolock
+from manager.controlapi.middleware import auth_middleware, forward_middleware
 from manager.manager import Manager
 from shoal import autolock
 from worker.agent import Agent
@@ -94,10 +94,9 @@ class Daemon:
     async def _serve_unix(self) -> None:
         from shoal import localapi, standaloneapi, workerapi
         app = web.Application(middlewares=[error_middleware, autolock.locked_middleware,
-                                           control_api.forward_middleware])
+                                           forward_middleware])
         app[CTX] = self
-        app.add_routes(localapi.routes() + control_api.routes() + api_services.routes()
-                       + api_data_objects.routes() + api_networks.routes()
+        app.add_routes(localapi.routes() + controlapi.routes()
                        + workerapi.local_routes() + standaloneapi.routes())
         app.add_routes(autolock.local_routes())
         self._unix_runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE)
@@ -158,12 +157,10 @@ class Daemon:
 
     async def _serve_tcp(self) -> None:
         app = web.Application(middlewares=[
-            error_middleware, control_api.auth_middleware(lambda: self.state.cluster_id),
-            control_api.forward_middleware])
+            error_middleware, auth_middleware(lambda: self.state.cluster_id), forward_middleware])
         app[CTX] = self
         from shoal import workerapi
-        app.add_routes(control_api.routes() + api_services.routes() + api_data_objects.routes()
-                       + api_networks.routes() + standalone.routes() + workerapi.cluster_routes())
+        app.add_routes(controlapi.routes() + controlapi.node_routes() + workerapi.cluster_routes())
         app.router.add_get("/_ping", lambda _: web.Response(text="OK"))
         self._tcp_runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE)
         await self._tcp_runner.setup()

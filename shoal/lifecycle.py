@@ -17,10 +17,10 @@ from common.model import (NODE_ROLE_MANAGER, Cluster, ClusterSpec, JoinTokens, M
                           NodeDescription, NodeSpec, NodeStatus, RootCAState, NODE_STATE_READY)
 from common.nodestate import API_PORT, NodeState
 from common import codec
-from manager import autolock
-from manager.allocator import INGRESS_NAME, plan_network
-from manager.cluster_spec import parse_cluster_spec
-from manager.store import Transaction
+from manager.controlapi import autolock
+from manager.allocator.allocator import INGRESS_NAME, plan_network
+from manager.specs.cluster import parse_cluster_spec
+from manager.state.store import Transaction
 from worker.agent import describe_node
 
 log = logging.getLogger("shoal.lifecycle")

@@ -4,8 +4,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from common.model import NODE_ROLE_MANAGER
-from manager.api import local_only
-from manager.httputil import CTX, body_json, field, query_flag, reply
+from manager.controlapi.middleware import local_only
+from common.httpserver import CTX, body_json, field, query_flag, reply
 from shoal import API_VERSION, __version__, lifecycle
 
 

@@ -16,9 +16,9 @@ from aiohttp import web
 
 from common import errors
 from common.aio import cancel_and_wait
-from manager import streams
-from manager.httputil import CTX, body_json, reply
-from manager.standalone import parse_container_run, restart_policy
+from common import httpstreams as streams
+from common.httpserver import CTX, body_json, reply
+from manager.controlapi.containers import parse_container_run, restart_policy
 
 log = logging.getLogger("shoal.standalone")
 

@@ -11,8 +11,8 @@ from aiohttp import web
 
 from common import errors, strict
 from common.imageref import parse_ref
-from manager import streams
-from manager.httputil import CTX, body_json, field, query_flag, reply
+from common import httpstreams as streams
+from common.httpserver import CTX, body_json, field, query_flag, reply
 from worker.restarts import Restarts
 
 

@@ -33,3 +33,10 @@ def run(tmp_path):
     """`run(scenario)`: `await scenario(harness)` on a one-member raft manager (tests.raft_harness)."""
     from tests.raft_harness import run_scenario
     return lambda scenario: run_scenario(tmp_path, scenario)
+
+
+@pytest.fixture
+def loops():
+    """`loops(scenario)`: the same scenarios on the leader's loops without raft (tests.loops_harness)."""
+    from tests.loops_harness import run_scenario
+    return run_scenario

@@ -10,7 +10,7 @@ from pathlib import Path
 from common.model import Cluster, Node, NodeDescription, NodeStatus, Resources
 from common.nodestate import NodeFiles, NodeState
 from manager.manager import Manager
-from manager.store import Transaction
+from manager.state.store import Transaction
 
 SCENARIO_LIMIT = 120.0  # the longest scenario takes under 30 s
 ADDR = "127.0.0.93"  # raft listens on ADDR:2378; a loopback address of its own avoids clashes

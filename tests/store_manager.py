@@ -7,8 +7,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from common import errors
-from manager.httputil import CTX, error_middleware
-from manager.store import Store
+from common.httpserver import CTX, error_middleware
+from manager.state.store import Store
 
 
 class StoreManager:

@@ -10,8 +10,8 @@ from common import errors
 from common.model import (IPAMConfig, NetworkAttachmentConfig, NetworkingConfig, NetworkSpec,
                           Node, NodeDescription, PortConfig, Service, ServiceSpec, Task,
                           TaskStatus)
-from manager.allocator import Allocator, mac_for, plan_network
-from manager.store import Event, Store, Transaction
+from manager.allocator.allocator import Allocator, mac_for, plan_network
+from manager.state.store import Event, Store, Transaction
 
 
 def _store_with_networks(*specs: NetworkSpec) -> Store:
@@ -135,5 +135,5 @@ def test_a_port_is_either_on_every_node_or_bound_on_nodes_never_both():
 
 
 def test_pysyncobj_import_leaves_inet_ntop_working():
-    import manager.raft  # noqa: F401  - pysyncobj replaces socket.inet_ntop on import
+    import manager.state.raft.node  # noqa: F401  - pysyncobj replaces socket.inet_ntop on import
     assert socket.inet_ntop(socket.AF_INET, b"\x0a\x00\x00\x01") == "10.0.0.1"

@@ -34,13 +34,13 @@ from common import codec, errors, pki, strict
 from common.model import (Cluster, ContainerSpec, Node, NodeDescription, NodeStatus, Resources,
                           ServiceSpec, Task)
 from common.nodestate import NodeFiles, NodeState
-from manager import api as control_api
-from manager import api_data_objects, api_networks, api_services, standalone
-from manager.cluster_spec import validate_cluster_spec
-from manager.httputil import CTX, error_middleware
+from manager import controlapi
+from manager.controlapi.middleware import forward_middleware
+from manager.specs.cluster import validate_cluster_spec
+from common.httpserver import CTX, error_middleware
 from manager.manager import Manager
-from manager.services import parse_service_spec
-from manager.store import Transaction
+from manager.specs.services import parse_service_spec
+from manager.state.store import Transaction
 
 
 ADDR = "127.0.0.94"  # raft of this module's manager; tests/raft_harness.py uses .93
@@ -120,10 +120,9 @@ class Cluster1:
             return await handler(request)
 
         app = web.Application(middlewares=[error_middleware, as_node_n1,
-                                           control_api.forward_middleware])
+                                           forward_middleware])
         app[CTX] = _Ctx(m, state)
-        app.add_routes(control_api.routes() + api_services.routes() + api_data_objects.routes()
-                       + api_networks.routes() + standalone.routes())
+        app.add_routes(controlapi.routes() + controlapi.node_routes())
         self.client = TestClient(TestServer(app))
         await self.client.start_server()
         for path, body in (("/networks/create", {"name": "ingress", "ingress": True}),

@@ -14,8 +14,8 @@ from common import errors, keywrap
 from common.keywrap import NodeLocked, UnlockKey, WrongUnlockKey
 from common.model import Cluster
 from common.nodestate import NodeFiles
-from manager import autolock
-from manager.raft import DataCipher
+from manager.controlapi import autolock
+from manager.state.raft.node import DataCipher
 
 RAFT_SECRET = os.urandom(32)
 TLS_KEY = b"-----BEGIN PRIVATE KEY-----\nnot-a-real-key-but-secret\n-----END PRIVATE KEY-----\n"

@@ -11,10 +11,10 @@ import pytest
 from common import codec, errors
 from common.model import (Config, ConfigReference, ConfigSpec, ContainerSpec, SecretReference,
                           Service, ServiceSpec, Task, TaskSpec, TaskStatus)
-from manager.configs import CONFIGS
-from manager.data_objects import MAX_DATA_SIZE
-from manager.dispatcher import Dispatcher
-from manager.store import Transaction
+from manager.specs.configs import CONFIGS
+from manager.specs.data_objects import MAX_DATA_SIZE
+from manager.dispatcher.dispatcher import Dispatcher
+from manager.state.store import Transaction
 from shoal.cli.data_objects import parse_reference_option
 from shoal.cli.service import build_spec
 from tests.store_manager import StoreManager, api_client
@@ -105,7 +105,7 @@ def test_cli_config_option_and_build_spec():
 def test_api_shows_data_and_refuses_removal_in_use():
     # Imported here: manager.api imported before tests/test_lb.py is collected breaks its
     # pyroute2 use.
-    from manager import api_data_objects
+    from manager.controlapi import data_objects as api_data_objects
 
     async def go():
         m = StoreManager()
@@ -163,7 +163,7 @@ def test_assignments_carry_only_the_configs_of_live_tasks_on_that_node():
              .create("tasks", _task("t2", "n1", ref(b), state="failed"))
              .create("tasks", _task("t3", "n1", ref(c), desired="shutdown"))
              .create("tasks", _task("t4", "n2", ref(b))))
-    d = Dispatcher(m)
+    d = Dispatcher(m, m)
     n1 = d._assignment_delta("n1", 0)
     assert n1["configs"] == [{"id": a.id, "name": "a", "data": base64.b64encode(b"AAA").decode()}]
     assert n1["secrets"] == []

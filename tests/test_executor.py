@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from common import errors
+from common import errors, linux
 from common.model import Mount
 import imagebuild as ib  # tests/ is on sys.path under pytest (rootdir layout)
 from worker.executor import ContainerConfig, Executor, cgroup_mounts
@@ -32,8 +32,7 @@ def _no_subreaper_afterwards():
     """The executor makes this process a child subreaper (as shoald must be); other test
     modules in this pytest process should not inherit that."""
     yield
-    import ctypes
-    ctypes.CDLL(None, use_errno=True).prctl(36, 0, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    linux.become_subreaper(False)
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +75,8 @@ async def run_to_end(ex: Executor, cfg: ContainerConfig, remove: bool = True):
 def assert_clean(ex: Executor, cid: str) -> None:
     """Nothing of the container is left: mount, cgroup dirs, runc state, directory."""
     bundle = ex.containers_dir / cid
-    with open("/proc/self/mountinfo") as f:
-        mounts = f.read()
-    assert str(bundle) not in mounts
+    assert not [m.mount_point for m in linux.mountinfo()
+                if m.mount_point == str(bundle) or m.mount_point.startswith(f"{bundle}/")]
     cgroup = f"{ex.cgroup_prefix}{cid}"
     for mnt, _, _ in cgroup_mounts():
         assert not os.path.exists(os.path.join(mnt, cgroup)), mnt
@@ -482,8 +480,7 @@ def test_adopt_from_another_process(images_root, ex_root):
     """)
     # Were this process a subreaper (earlier tests made it one), the orphaned init would come
     # back to it and its exit code would be known: not the situation of a restarted daemon.
-    import ctypes
-    ctypes.CDLL(None, use_errno=True).prctl(36, 0, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER off
+    linux.become_subreaper(False)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=30, cwd=Path(__file__).resolve().parent.parent)
     assert out.returncode == 0, out.stderr
@@ -504,7 +501,7 @@ def test_adopt_from_another_process(images_root, ex_root):
 def test_overlay_with_a_deep_stack_of_long_paths(tmp_path):
     """Mount options are one page: past ~4000 bytes of lowerdir the layers are named through
     /proc/self/fd links. 60 layers with long paths, the top one listed first."""
-    from worker.executor import _is_mountpoint, _mount_overlay, _unmount
+    from worker.executor import _mount_overlay, _unmount
     base = tmp_path / ("long-directory-name-" * 4)
     lowers = []
     for i in range(60):
@@ -523,7 +520,7 @@ def test_overlay_with_a_deep_stack_of_long_paths(tmp_path):
         assert (tmp_path / "merged" / "top").read_text() == "59"
     finally:
         _unmount(tmp_path / "merged")
-    assert not _is_mountpoint(tmp_path / "merged")
+    assert not linux.is_mountpoint(tmp_path / "merged")
 
 
 @pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2")

@@ -1,6 +1,6 @@
 """A node's disk filling up, on small tmpfs mounts made for the test: real pysyncobj replicas
 whose raft directories sit there, and the node's own state file. Before
-manager/raft_journal.py, the first raft append that needed a new journal page on a full disk
+manager/state/raft/journal.py, the first raft append that needed a new journal page on a full disk
 killed the process with SIGBUS (these tests would take pytest down with it)."""
 import asyncio
 import contextlib
@@ -15,9 +15,9 @@ from common.errors import ResourceExhausted
 from common.fsutil import write_atomic
 from common.model import Node, NodeSpec
 from common.nodestate import NodeFiles, NodeState
-from manager import raft_journal
-from manager.raft import RaftNode
-from manager.store import Store, Transaction
+from manager.state.raft import journal as raft_journal
+from manager.state.raft.node import RaftNode
+from manager.state.store import Store, Transaction
 from tests.test_raft import free_ports, wait_for
 
 SECRET = b"d" * 32

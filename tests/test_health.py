@@ -20,7 +20,7 @@ from common.model import ContainerSpec, HealthConfig, Task, TaskSpec
 import imagebuild as ib  # tests/ is on sys.path under pytest (rootdir layout)
 from worker import health
 from worker.executor import ContainerConfig, Executor
-from manager.store import Transaction
+from manager.state.store import Transaction
 from worker.images import ImageStore
 
 _RUNC_MARKS = [

@@ -16,8 +16,10 @@ import pytest
 
 from common import errors
 import imagebuild as ib  # tests/ is on sys.path under pytest (rootdir layout)
-from worker.images import (ImageStore, normalize_ref, parse_ref, parse_www_authenticate,
-                           pick_platform)
+from worker.images.manifests import pick_platform
+from worker.images.references import normalize_ref, parse_ref
+from worker.images.registry import parse_www_authenticate
+from worker.images.store import ImageStore
 
 # Everything but the pure parsing tests: layers hold device nodes and trusted.* xattrs.
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (layers hold device nodes)")

@@ -9,7 +9,7 @@ import re
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from manager.httputil import error_middleware
+from common.httpserver import error_middleware
 
 
 async def _boom(request: web.Request) -> web.Response:

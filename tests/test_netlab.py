@@ -6,6 +6,7 @@ and the teardown without a real shoald.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -19,6 +20,7 @@ import pytest
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
 
+from common import linux  # noqa: E402
 from shoal.lab import netlab  # noqa: E402
 from shoal.lab.netlab import Lab, LabError  # noqa: E402
 from worker.executor import cgroup_mounts, cgroup_prefix_for  # noqa: E402
@@ -90,7 +92,7 @@ def assert_gone(lab: Lab, pids=()) -> None:
     assert not lab.state_dir.exists()
     assert not lab.run_dir.exists()
     for pid in pids:
-        assert not netlab._proc_alive(pid), f"pid {pid} survived down()"
+        assert not linux.pid_alive(pid), f"pid {pid} survived down()"
 
 
 def ip(ns: str, *args: str) -> str:
@@ -123,7 +125,7 @@ def test_up_layout_and_connectivity(make_lab):
     assert hosts["manager1"].address == "172.31.0.11"
     assert hosts["manager2"].address == "172.31.0.12"
     assert hosts["worker1"].address == "172.31.0.101"
-    assert all(h.state == "running" and netlab._proc_alive(h.pid) for h in hosts.values())
+    assert all(h.state == "running" and linux.pid_alive(h.pid) for h in hosts.values())
     assert all(netlab.ping(h.socket) for h in hosts.values())
     assert (lab.state_dir / "lab.json").exists()
     assert lab.underlay in ns_list()
@@ -196,7 +198,7 @@ def test_fault_injection(make_lab):
 
     pid = w1.pid
     lab.kill("worker1")
-    assert not netlab._proc_alive(pid)
+    assert not linux.pid_alive(pid)
     assert lab.host("worker1").state == "killed"
     with pytest.raises(LabError, match="not running.*shoal lab start"):
         lab.kill("worker1")
@@ -207,7 +209,7 @@ def test_fault_injection(make_lab):
         lab.start("worker1")
 
     lab.stop("worker1")
-    assert not netlab._proc_alive(w1b.pid)
+    assert not linux.pid_alive(w1b.pid)
     assert lab.host("worker1").state == "stopped"
     lab.start("worker1")
     assert lab.host("worker1").pid not in (pid, w1b.pid)
@@ -255,6 +257,51 @@ def test_down_after_crash(make_lab):
     assert leftovers and not any(c.exists() for c in leftovers)
     assert lab.name not in netlab.labs()
     Lab(lab.name).down()  # idempotent
+
+
+def test_a_data_root_with_a_tab_a_backslash_and_non_ascii(monkeypatch, make_lab, tmp_path):
+    """Issue 14, must-show 5: hosts' data roots under such a path. The network helper (which
+    once decoded the mount table's UTF-8 as Latin-1) must release its namespace directory, and
+    `down` must find and remove what a killed daemon left mounted there."""
+    from worker.network import nsutil
+    from worker.network.dns import DnsServer, ServiceTable
+    monkeypatch.setattr(netlab, "LAB_ROOT", tmp_path / "tab\there back\\slash é")
+    lab = make_lab()
+    lab.up(managers=1, workers=0, form=False)
+    h = lab.host("manager1")
+    data_root = Path(h.data_root)
+    assert data_root.is_relative_to(netlab.LAB_ROOT) and netlab.ping(h.socket)
+    assert (data_root / "shoald.log").read_text().count("fake shoald") == 1
+
+    # a task's network namespace, made, used and removed as the host's worker does
+    # (pyroute2 took a str path for ASCII: a non-ASCII one failed before any of this)
+    netns_dir = data_root / "netns"
+    task1 = str(netns_dir / "task1")
+    nsutil.create(task1)
+    assert nsutil.exists(task1) and linux.is_mountpoint(netns_dir)
+    with nsutil.ipr(task1) as ip:
+        assert [link.get_attr("IFLA_IFNAME") for link in ip.get_links()] == ["lo"]
+    devices = nsutil.call_in(task1, lambda: Path("/proc/net/dev").read_text().splitlines()[2:])
+    assert [line.split(":")[0].strip() for line in devices] == ["lo"]
+
+    async def dns_in_the_namespace():
+        server = DnsServer(ServiceTable(), "127.0.0.1", 0, netns=task1)
+        await server.start()
+        await server.stop()
+    asyncio.run(dns_in_the_namespace())
+    nsutil.remove(task1)
+    nsutil.release_dir(str(netns_dir))
+    assert not linux.is_mountpoint(netns_dir)
+
+    # a daemon killed with a namespace and a container's root file system still mounted
+    nsutil.create(str(netns_dir / "task2"))
+    rootfs = data_root / "executor" / "containers" / "c1" / "rootfs"
+    rootfs.mkdir(parents=True)
+    linux.mount("tmpfs", rootfs, "tmpfs", 0, "size=64k")
+    lab.kill("manager1")
+    lab.down()
+    assert not [m for m in linux.mountinfo() if m.mount_point.startswith(str(tmp_path))]
+    assert not lab.state_dir.exists()
 
 
 def test_context_manager_and_failed_up(make_lab, tmp_path):

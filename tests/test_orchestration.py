@@ -12,7 +12,7 @@ import pytest
 from common import codec
 from common.model import (ContainerSpec, Node, NodeDescription, NodeStatus, Placement,
                           RestartPolicy, Service, ServiceMode, ServiceSpec, TaskSpec)
-from manager.store import Transaction
+from manager.state.store import Transaction
 from tests.raft_harness import Harness, wait
 
 
@@ -24,7 +24,7 @@ def service(name, replicas=3, mode="replicated", constraints=(), restart=None) -
                                restart_policy=restart or RestartPolicy(delay=0.0))))
 
 
-def test_replicated_spread_scale_and_remove(run):
+def test_replicated_spread_scale_and_remove(loops):
     async def scenario(h):
         await h.m.propose(Transaction().create("services", service("web", 6)))
         await wait(lambda: h.on("web") == {"n1": 2, "n2": 2, "n3": 2})
@@ -43,10 +43,10 @@ def test_replicated_spread_scale_and_remove(run):
             if not t.terminal:
                 await h.report(t, "shutdown")
         await wait(lambda: h.tasks("web", None) == [])
-    run(scenario)
+    loops(scenario)
 
 
-def test_failed_task_is_replaced_in_its_slot_and_history_is_bounded(run):
+def test_failed_task_is_replaced_in_its_slot_and_history_is_bounded(loops):
     async def scenario(h):
         await h.m.propose(Transaction().create("services", service("job", 1)))
         for round_ in range(8):
@@ -58,10 +58,10 @@ def test_failed_task_is_replaced_in_its_slot_and_history_is_bounded(run):
         assert {t.slot for t in every} == {1}
         # 5 finished tasks kept per slot, plus the live one.
         await wait(lambda: len(h.tasks("job", None)) == 6)
-    run(scenario)
+    loops(scenario)
 
 
-def test_restart_condition_none_and_max_attempts(run):
+def test_restart_condition_none_and_max_attempts(loops):
     async def scenario(h):
         await h.m.propose(Transaction().create("services", service(
             "once", 1, restart=RestartPolicy(condition="none", delay=0))))
@@ -78,10 +78,10 @@ def test_restart_condition_none_and_max_attempts(run):
         await asyncio.sleep(0.5)
         assert len(h.tasks("twice", None)) == 2
         assert all(t.terminal for t in h.tasks("twice", None))
-    run(scenario)
+    loops(scenario)
 
 
-def test_down_and_drained_nodes_lose_their_tasks(run):
+def test_down_and_drained_nodes_lose_their_tasks(loops):
     async def scenario(h):
         await h.m.propose(Transaction().create("services", service("web", 3)))
         await wait(lambda: h.on("web") == {"n1": 1, "n2": 1, "n3": 1})
@@ -107,10 +107,10 @@ def test_down_and_drained_nodes_lose_their_tasks(run):
         await h.m.propose(Transaction().update("services", svc))
         await wait(lambda: h.on("web") == {"n1": 1, "n2": 2, "n3": 3} or h.on("web").get("n3") == 3
                    and sum(h.on("web").values()) == 6)
-    run(scenario)
+    loops(scenario)
 
 
-def test_global_mode_follows_nodes_and_constraints(run):
+def test_global_mode_follows_nodes_and_constraints(loops):
     async def scenario(h):
         await h.set_node("n3", labels={"gpu": "yes"})
         await h.m.propose(Transaction().create("services", service("agent", mode="global")))
@@ -123,10 +123,10 @@ def test_global_mode_follows_nodes_and_constraints(run):
         await wait(lambda: h.on("agent").get("n4") == 1)
         await h.set_node("n1", availability="drain")
         await wait(lambda: "n1" not in h.on("agent"))
-    run(scenario)
+    loops(scenario)
 
 
-def test_unschedulable_tasks_stay_pending_with_the_reason(run):
+def test_unschedulable_tasks_stay_pending_with_the_reason(loops):
     async def scenario(h):
         await h.m.propose(Transaction().create("services", service(
             "nowhere", 2, constraints=["node.labels.zone==mars"])))
@@ -135,10 +135,10 @@ def test_unschedulable_tasks_stay_pending_with_the_reason(run):
         assert all(t.status.state == "pending" and not t.node_id for t in pending)
         await h.set_node("n2", labels={"zone": "mars"})
         await wait(lambda: h.on("nowhere") == {"n2": 2})
-    run(scenario)
+    loops(scenario)
 
 
-def test_jobs_run_to_completion(run):
+def test_jobs_run_to_completion(loops):
     async def scenario(h):
         svc = service("batch", 4, mode="replicated-job")
         svc.spec.mode.max_concurrent = 2
@@ -153,10 +153,10 @@ def test_jobs_run_to_completion(run):
         await asyncio.sleep(0.5)
         assert sum(1 for t in h.tasks("batch", None) if t.status.state == "complete") == 4
         assert not [t for t in h.tasks("batch") if not t.terminal]
-    run(scenario)
+    loops(scenario)
 
 
-def test_assignment_stream_is_incremental(run):
+def test_assignment_stream_is_incremental(loops):
     async def scenario(h):
         d = h.m.dispatcher
         await h.m.propose(Transaction().create("services", service("web", 3)))
@@ -176,7 +176,7 @@ def test_assignment_stream_is_incremental(run):
         await h.m.propose(Transaction().update("services", svc))
         delta = await asyncio.wait_for(waiter, 3)
         assert not delta["full"] and [t["desired_state"] for t in delta["tasks"]] == ["shutdown"]
-    run(scenario)
+    loops(scenario)
 
 
 # ---- rolling updates and rollback (issue 5) -------------------------------------------------
@@ -224,7 +224,7 @@ def images(h: Harness) -> set[str]:
 
 
 @pytest.mark.parametrize("order,floor", [("stop-first", 4), ("start-first", 6)])
-def test_rolling_update_batches_keep_capacity(run, order, floor):
+def test_rolling_update_batches_keep_capacity(loops, order, floor):
     async def scenario(h):
         stop, samples = asyncio.Event(), []
         agents = asyncio.create_task(fake_agents(h, stop, samples))
@@ -239,11 +239,11 @@ def test_rolling_update_batches_keep_capacity(run, order, floor):
         finally:
             stop.set()
             await agents
-    run(scenario)
+    loops(scenario)
 
 
 @pytest.mark.parametrize("order", ["stop-first", "start-first"])
-def test_stop_first_starts_each_replacement_after_its_old_task_stopped(run, order):
+def test_stop_first_starts_each_replacement_after_its_old_task_stopped(loops, order):
     """Stop-first means what it says: the new task of a slot starts only once the old one is
     stopped (it waits with desired state "ready"); start-first overlaps them on purpose."""
     async def scenario(h):
@@ -265,10 +265,10 @@ def test_stop_first_starts_each_replacement_after_its_old_task_stopped(run, orde
         finally:
             stop.set()
             await agents
-    run(scenario)
+    loops(scenario)
 
 
-def test_failed_update_rolls_back_or_pauses(run):
+def test_failed_update_rolls_back_or_pauses(loops):
     async def scenario(h):
         stop, samples = asyncio.Event(), []
         agents = asyncio.create_task(fake_agents(h, stop, samples))
@@ -291,10 +291,10 @@ def test_failed_update_rolls_back_or_pauses(run):
         finally:
             stop.set()
             await agents
-    run(scenario)
+    loops(scenario)
 
 
-def test_a_shorter_heartbeat_period_does_not_mark_nodes_down(run):
+def test_a_shorter_heartbeat_period_does_not_mark_nodes_down(loops):
     """After `swarm update --dispatcher-heartbeat` makes the period shorter, an agent keeps its
     old period until its next heartbeat tells it the new one: it must not go Down meanwhile
     (it did, in every lab that shortened the period right after forming)."""
@@ -313,10 +313,10 @@ def test_a_shorter_heartbeat_period_does_not_mark_nodes_down(run):
         assert answer["period"] == 0.2
         # now it was told 0.2 s: silence past 3 x 0.2 s is a failure
         await wait(lambda: h.m.store.get("nodes", "n1").status.state == "down", timeout=5)
-    run(scenario)
+    loops(scenario)
 
 
-def test_a_node_that_joins_long_after_the_leader_started_gets_its_full_grace(run):
+def test_a_node_that_joins_long_after_the_leader_started_gets_its_full_grace(loops):
     """A node's grace period starts when the leader first sees it, not when the leader started:
     a node joining a leader that has run for minutes was marked Down a second after it joined
     (under emulation, where its first heartbeat takes longer than that to come)."""
@@ -338,4 +338,4 @@ def test_a_node_that_joins_long_after_the_leader_started_gets_its_full_grace(run
         # a removed node is forgotten (the leader would otherwise keep one entry per node ever seen)
         await h.m.propose(Transaction().delete("nodes", "late"))
         await wait(lambda: "late" not in h.m.dispatcher._last_seen, timeout=5)
-    run(scenario)
+    loops(scenario)

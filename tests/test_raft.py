@@ -7,8 +7,8 @@ import pytest
 
 from common.errors import Unavailable
 from common.model import Node
-from manager.raft import RaftNode
-from manager.store import Store, Transaction
+from manager.state.raft.node import RaftNode
+from manager.state.store import Store, Transaction
 
 
 def free_ports(n):

@@ -5,8 +5,8 @@ import pytest
 from common.errors import InvalidArgument
 from common.model import (Node, NodeDescription, NodeSpec, NodeStatus, Placement, Platform,
                           ResourceRequirements, Resources, Task, TaskSpec)
-from manager.constraints import node_matches, parse_constraint, parse_preference
-from manager.scheduler import ASSIGNED, Decision, Scheduler
+from manager.scheduler.constraints import node_matches, parse_constraint, parse_preference
+from manager.scheduler.scheduler import ASSIGNED, Decision, Scheduler
 
 GB = 1 << 30
 

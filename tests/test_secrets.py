@@ -10,11 +10,11 @@ import pytest
 from common import codec, errors
 from common.model import (ContainerSpec, Secret, SecretReference, SecretSpec, Service, ServiceSpec,
                           Task, TaskSpec, TaskStatus)
-from manager import api_data_objects
-from manager.data_objects import MAX_DATA_SIZE
-from manager.dispatcher import Dispatcher
-from manager.secrets import SECRETS
-from manager.store import Transaction
+from manager.controlapi import data_objects as api_data_objects
+from manager.specs.data_objects import MAX_DATA_SIZE
+from manager.dispatcher.dispatcher import Dispatcher
+from manager.specs.secrets import SECRETS
+from manager.state.store import Transaction
 from shoal.cli.data_objects import parse_reference_option
 from tests.store_manager import StoreManager, api_client
 
@@ -151,7 +151,7 @@ def test_assignments_carry_only_the_secrets_of_live_tasks_on_that_node():
              .create("tasks", _task("t2", "n1", ref(b), state="failed"))
              .create("tasks", _task("t3", "n1", ref(c), state="running", desired="shutdown"))
              .create("tasks", _task("t4", "n2", ref(b))))
-    d = Dispatcher(m)
+    d = Dispatcher(m, m)
     n1 = d._assignment_delta("n1", 0)
     assert {t["id"] for t in n1["tasks"]} == {"t1", "t2", "t3"}
     assert n1["secrets"] == [{"id": a.id, "name": "a", "data": base64.b64encode(b"AAA").decode()}]

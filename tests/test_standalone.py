@@ -10,9 +10,9 @@ import pytest
 from common import codec, errors
 from common.model import (Network, NetworkAttachment, NetworkSpec, Node, NodeStatus, PortConfig,
                           Service, ServiceSpec)
-from manager import standalone
-from manager.netstate import node_network_state
-from manager.store import Store, Transaction
+from manager.controlapi import containers as standalone
+from manager.dispatcher.netstate import node_network_state
+from manager.state.store import Store, Transaction
 from tests.raft_harness import wait
 
 BUSYBOX = {"image": "busybox:1"}

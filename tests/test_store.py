@@ -1,7 +1,7 @@
 import threading
 
 from common.model import Node, NodeSpec, Service, ServiceSpec, Task
-from manager.store import Store, Transaction
+from manager.state.store import Store, Transaction
 
 
 def commit(store: Store, txn: Transaction) -> dict:
@@ -154,7 +154,7 @@ def test_reads_during_concurrent_applies():
 
 
 def test_unknown_table_is_refused_without_effect():
-    from manager.store import Op
+    from manager.state.store import Op
     s = Store()
     r = s.apply(Transaction(ops=[Op("delete", "bogus", id="x")]).encode())
     assert not r["ok"] and r["code"] == "invalid" and s.index == 0

@@ -12,9 +12,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from common import errors
 from common.model import Service, ServiceSpec
-from manager import api_services
-from manager.httputil import CTX, error_middleware
-from manager.store import Transaction
+from manager.controlapi import services as api_services
+from common.httpserver import CTX, error_middleware
+from manager.state.store import Transaction
 from shoal import standaloneapi, workerapi
 from tests.store_manager import StoreManager, api_client
 from worker.executor import ContainerInfo, ExitInfo, LogLine

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from manager.orchestrator import Orchestrator
-from manager.store import Transaction
+from manager.orchestrator.orchestrator import Orchestrator
+from manager.state.store import Transaction
 from tests.raft_harness import wait
 from tests.test_orchestration import service
 

@@ -1,4 +1,4 @@
-"""worker/unpack.py: unpacking an archive never touches anything outside its destination.
+"""worker/images/unpack.py: unpacking an archive never touches anything outside its destination.
 
 - Regression tests for the escapes an outside tester found: writing through a symlink the
   archive planted (`extract_archive`), creating directories outside before refusing an entry,
@@ -38,8 +38,9 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from common import errors
 import imagebuild as ib  # tests/ is on sys.path under pytest (rootdir layout)
-from worker.images import ImageStore, _archive_file
-from worker.unpack import UnpackError, extract_archive, unpack_layer
+from worker.images.importers import _archive_file
+from worker.images.store import ImageStore
+from worker.images.unpack import UnpackError, extract_archive, unpack_layer
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="needs root (layers hold device nodes and owners)")
@@ -498,15 +499,14 @@ def test_import_reads_no_file_outside_the_archive(tmp_path):
     asyncio.run(scenario())
 
 
-@pytest.mark.parametrize("module", ["worker.unpack", "worker.images"])
-def test_child_process_entry_points(tmp_path, module):
+def test_child_process_entry_points(tmp_path):
     ok = write_tar(tmp_path / "ok.tar", [E("a/b", data=b"hi")])
     bad = write_tar(tmp_path / "bad.tar", [E(".wh...")])
     env = dict(os.environ, PYTHONPATH=str(REPO))
 
     def run(*argv: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", module, *argv], capture_output=True,
-                              text=True, env=env, cwd=tmp_path)
+        return subprocess.run([sys.executable, "-m", "worker.images.unpack", *argv],
+                              capture_output=True, text=True, env=env, cwd=tmp_path)
     r = run("unpack-layer", str(ok), str(tmp_path / "l"))
     assert r.returncode == 0 and json.loads(r.stdout)["size"] == 2
     r = run("extract-archive", str(ok), str(tmp_path / "x"))
@@ -516,6 +516,16 @@ def test_child_process_entry_points(tmp_path, module):
     assert r.stderr.strip().splitlines()[-1].endswith(
         "layer entry '.wh...' is a whiteout of '..', which is not a file name")
 
+
+
+def test_the_unpack_child_loads_no_more_than_it_needs():
+    """The child starts once per layer: importing worker.images (its package) loads no store,
+    no asyncio, no aiohttp, only the unpacker and the standard library."""
+    code = ("import sys, worker.images.unpack; print(' '.join(sorted(m for m in sys.modules "
+            "if m.partition('.')[0] in ('worker', 'common', 'asyncio', 'aiohttp'))))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)), check=True)
+    assert r.stdout.split() == ["worker", "worker.images", "worker.images.unpack"]
 
 # ---- property: nothing outside the destination changes ------------------------------------
 # The scratch tree for one example (dest and dest2 are the two destinations):

@@ -18,6 +18,7 @@ from common.fsutil import free_bytes
 from common.httpclient import ApiClient
 from common.model import NODE_ROLE_MANAGER
 from common.nodestate import NodeFiles, NodeState
+from common.version import __version__
 
 if TYPE_CHECKING:
     from worker.taskrunner import TaskRunner
@@ -47,7 +48,6 @@ def describe_node(hostname: str) -> dict:
                     break
     except OSError:
         pass
-    from shoal import __version__
     return {"hostname": hostname,
             "platform": {"os": "linux", "architecture": platform.machine()},
             "resources": {"nano_cpus": (os.cpu_count() or 1) * 10**9, "memory_bytes": mem},

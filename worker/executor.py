@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import hashlib
 import json
@@ -48,15 +47,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Optional
 
-from common import errors
+from common import errors, linux
 from common.fsutil import read_json, write_json
 from common.model import Mount
 from worker.images import Image, ImageStore, finish_then_cancel, remove_tree
 
 log = logging.getLogger("shoal.executor")
 
-PR_SET_CHILD_SUBREAPER = 36
-MNT_DETACH = 2
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _VOLUME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -226,7 +223,7 @@ class Executor:
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(self.containers_dir, 0o700)
         self.cgroup_prefix = cgroup_prefix_for(self.root)
-        _become_subreaper()
+        linux.become_subreaper()
         self._containers: dict[str, _Container] = {}
         for path in sorted(self.containers_dir.iterdir()):
             if path.name.startswith(".trash-"):  # a removal that a crash interrupted
@@ -726,7 +723,7 @@ class Executor:
                 with _suppress_os():
                     os.rmdir(mnt + cg)
         _unmount(c.dir / "rootfs")
-        if _is_mountpoint(c.dir / "rootfs"):
+        if linux.is_mountpoint(c.dir / "rootfs"):
             raise errors.Unavailable(f"container {c.id}: cannot unmount its root filesystem")
         c.removed = True
         trash = self.containers_dir / f".trash-{secrets.token_hex(6)}"
@@ -1148,36 +1145,13 @@ def _signal(name: str) -> signals.Signals:
 
 
 # ---- helpers: processes, cgroups, mounts ----------------------------------------------------
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _become_subreaper() -> None:
-    if _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(e)}")
-
-
 def _start_time(pid: int) -> int:
-    """The process's start time (clock ticks since boot): with the pid, it names a process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return 0
-    fields = data[data.rindex(b")") + 2:].split()
-    return int(fields[19])
+    """The process's start time, 0 when it is gone: state.json keeps 0 for "unknown"."""
+    return linux.pid_start_time(pid) or 0
 
 
 def _alive(pid: int, start: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return False
-    fields = data[data.rindex(b")") + 2:].split()
-    return fields[0] != b"Z" and (start == 0 or int(fields[19]) == start)
+    return linux.pid_alive(pid, start or None)  # start 0: not known, so not compared
 
 
 def _orphan_zombies() -> list[int]:
@@ -1189,15 +1163,13 @@ def _orphan_zombies() -> list[int]:
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
+        st = linux.proc_stat(int(name))
+        if st is None or st.state != "Z" or st.ppid != me:
+            continue
         try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                data = f.read()
-            fields = data[data.rindex(b")") + 2:].split()
-            if fields[0] != b"Z" or int(fields[1]) != me:
-                continue
             with open(f"/proc/{name}/status") as f:
                 nspid = next((line.split()[1:] for line in f if line.startswith("NSpid:")), [])
-        except (OSError, ValueError):
+        except OSError:
             continue
         if len(nspid) > 1:
             out.append(int(name))
@@ -1211,14 +1183,8 @@ def cgroup_prefix_for(executor_root: Path) -> str:
 
 
 def cgroup_mounts() -> list[tuple[str, str, str]]:
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fstype, _, super_opts = (right.split() + ["", "", ""])[:3]
-            if fstype in ("cgroup", "cgroup2"):
-                out.append((_unescape(left.split()[4]), fstype, super_opts))
-    return out
+    return [(m.mount_point, m.fs_type, m.super_options) for m in linux.mountinfo()
+            if m.fs_type in ("cgroup", "cgroup2")]
 
 
 def _swap_accounting() -> bool:
@@ -1230,48 +1196,46 @@ def _swap_accounting() -> bool:
     return False
 
 
-def _unescape(path: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), path)
-
-
-def _is_mountpoint(path: Path) -> bool:
-    target = str(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(_unescape(line.split()[4]) == target for line in f)
+def _overlay_path(path: Path) -> str:
+    # overlayfs splits its options at ',' and lowerdir at ':', and takes a backslash as an
+    # escape: a data root holding any of the three would be cut up or lose its backslashes.
+    return re.sub(r"([\\,:])", r"\\\1", str(path))
 
 
 def _mount_overlay(target: Path, lowers: list[Path], upper: Path, work: Path) -> None:
     # overlayfs wants the top layer first; our list is lowest first.
-    lower = ":".join(str(p) for p in reversed(lowers))
-    opts = f"lowerdir={lower},upperdir={upper},workdir={work},index=off"
+    lower = ":".join(_overlay_path(p) for p in reversed(lowers))
+    dirs = f"upperdir={_overlay_path(upper)},workdir={_overlay_path(work)}"
+    opts = f"lowerdir={lower},{dirs},index=off"
     fds: list[int] = []
     try:
         if len(opts) >= 4000:  # mount data is one page: name deep stacks through short fd links
             fds = [os.open(p, os.O_PATH | os.O_DIRECTORY) for p in reversed(lowers)]
             lower = ":".join(f"/proc/self/fd/{fd}" for fd in fds)
-            opts = f"lowerdir={lower},upperdir={upper},workdir={work},index=off"
-        if _libc.mount(b"overlay", str(target).encode(), b"overlay", 0, opts.encode()) != 0:
-            e = ctypes.get_errno()
-            if e == errno.EINVAL and _libc.mount(b"overlay", str(target).encode(), b"overlay", 0,
-                                                 opts.replace(",index=off", "").encode()) == 0:
-                return  # a kernel that does not know index=
+            opts = f"lowerdir={lower},{dirs},index=off"
+        try:
+            linux.mount("overlay", target, "overlay", 0, opts)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                with contextlib.suppress(OSError):
+                    linux.mount("overlay", target, "overlay", 0, opts.replace(",index=off", ""))
+                    return  # a kernel that does not know index=
             raise errors.Unavailable(f"cannot mount the container's root filesystem (overlay on "
-                                     f"{target}): {os.strerror(e)}")
+                                     f"{target}): {os.strerror(exc.errno)}")
     finally:
         for fd in fds:
             os.close(fd)
 
 
 def _unmount(target: Path) -> None:
-    path = str(target).encode()
     for _ in range(10):  # stacked mounts, if any
-        if _libc.umount2(path, 0) == 0:
-            continue
-        e = ctypes.get_errno()
-        if e == errno.EBUSY:
-            _libc.umount2(path, MNT_DETACH)
-            continue
-        return  # EINVAL: not a mount point (any more); ENOENT: gone
+        try:
+            linux.umount(target)
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                return  # EINVAL: not a mount point (any more); ENOENT: gone
+            with contextlib.suppress(OSError):
+                linux.umount(target, linux.MNT_DETACH)
 
 
 def _suppress_os() -> contextlib.suppress:

@@ -22,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from common import errors
+from common import errors, linux
 from common.model import HealthConfig
 from worker.executor import ExecTimeout, Executor
 
@@ -157,7 +157,7 @@ class HealthMonitor:
             return True
         except asyncio.TimeoutError:
             pid = self.executor.inspect(self.container_id).pid
-            return pid > 0 and not _alive(pid)
+            return pid > 0 and not linux.pid_alive(pid)
         except errors.NotFound:
             return True
 
@@ -189,12 +189,3 @@ class HealthMonitor:
             f"exit code {last.exit_code}"
         return (f"unhealthy container: {self.failing_streak} failed health checks in a row "
                 f"(last: {what}{': ' + output if output else ''})")
-
-
-def _alive(pid: int) -> bool:
-    """The process exists and is not a zombie waiting to be reaped."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False

@@ -11,8 +11,7 @@ Nothing here logs a secret's bytes.
 from __future__ import annotations
 
 import base64
-import ctypes
-import ctypes.util
+import errno
 import hashlib
 import logging
 import os
@@ -21,16 +20,13 @@ import shutil
 from pathlib import Path
 from typing import Iterable
 
-from common import errors
+from common import errors, linux
 from common.model import Task
 
 log = logging.getLogger("shoal.secrets")
 
 RUN_ROOT = Path("/run/shoal-secrets")
-MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
-MNT_DETACH = 2
 _TASK_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}\Z")
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 def run_dir_for(data_root: Path | str) -> Path:
@@ -39,32 +35,27 @@ def run_dir_for(data_root: Path | str) -> Path:
 
 
 def _mount_tmpfs(path: Path, size: int) -> None:
-    opts = f"mode=0700,size={size},nr_inodes=1024".encode()
-    if _libc.mount(b"tmpfs", str(path).encode(), b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                   ctypes.c_char_p(opts)) != 0:
-        err = ctypes.get_errno()
+    try:
+        linux.mount("tmpfs", path, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC,
+                    f"mode=0700,size={size},nr_inodes=1024")
+    except OSError as exc:
         raise errors.FailedPrecondition(f"cannot mount a tmpfs for secrets at {path}: "
-                                        f"{os.strerror(err)}")
+                                        f"{os.strerror(exc.errno)}") from None
 
 
 def _umount(path: Path) -> None:
-    if _libc.umount2(str(path).encode(), MNT_DETACH) != 0:
-        err = ctypes.get_errno()
-        if err not in (22, 2):  # EINVAL: not a mount point; ENOENT: gone
-            raise OSError(err, os.strerror(err), str(path))
+    try:
+        linux.umount(path, linux.MNT_DETACH)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOENT):  # not a mount point; gone
+            raise
 
 
 def _is_mount(path: Path) -> bool:
-    target = str(path)
     try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                mnt = line.split()[4].replace("\\040", " ")
-                if mnt == target:
-                    return True
-    except OSError:
-        pass
-    return False
+        return linux.is_mountpoint(path)
+    except OSError:  # cleanup never raises, not even without /proc
+        return False
 
 
 class SecretCache:

@@ -11,7 +11,8 @@ from common.model import RESTART_POLICIES
 from common.units import format_size
 from shoal.cli.client import Cli, api_path, pass_cli
 from shoal.cli.output import print_json, print_listing
-from shoal.cli.service import CPUS, SIZE, parse_mount, parse_publish
+from shoal.cli.flag_values import parse_mount, parse_publish
+from shoal.cli.service import CPUS, SIZE
 
 
 @click.group()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from shoal.cli.flag_values import parse_kv_list, parse_publish
+
 
 def parse_network_option(text: str) -> dict:
     """`--network NAME` or `--network name=NAME,alias=A,alias=B`."""
@@ -54,7 +56,6 @@ def network_update_options(fn):
 
 def _port_key(text: str) -> tuple[int, str]:
     """What --publish-rm names: the published port and protocol (target for `target=` forms)."""
-    from shoal.cli.service import parse_kv_list
     if "=" in text:
         kv = parse_kv_list(text, "publish-rm")
         port = kv.get("published") or kv.get("target") or ""
@@ -104,7 +105,6 @@ def apply_network_update(spec: dict, svc: dict, o: dict, resolve_network) -> Non
             raise click.BadParameter(f"the service publishes no port {port}/{proto}",
                                      param_hint="--publish-rm")
         ports = kept
-    from shoal.cli.service import parse_publish
     for text in o.get("publish_add") or ():
         new = parse_publish(text)
         ports = [p for p in ports if not (p["protocol"] == new["protocol"] and (

@@ -16,8 +16,6 @@ command line), processes inside the lab's own namespaces, and their descendants.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import fcntl
 import http.client
@@ -36,6 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from common import linux
 from common.fsutil import read_json, write_json
 
 LAB_ROOT = Path("/var/lib/shoal-lab")
@@ -193,25 +192,6 @@ def labs() -> list[str]:
 # ----------------------------------------------------------------------------------------------
 # processes
 
-def _proc_state(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            data = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    try:
-        return data.rsplit(")", 1)[1].split()[0]
-    except IndexError:
-        return None
-
-
-def _proc_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    state = _proc_state(pid)
-    return state is not None and state not in ("Z", "X", "x")
-
-
 def _cmdline(pid: int) -> list[str]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -224,14 +204,8 @@ def _cmdline(pid: int) -> list[str]:
 def _ppid_map() -> dict[int, int]:
     result = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                data = f.read()
-            result[int(entry)] = int(data.rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
+        if entry.isdigit() and (st := linux.proc_stat(int(entry))) is not None:
+            result[int(entry)] = st.ppid
     return result
 
 
@@ -315,29 +289,16 @@ def ping(socket_path: str, timeout: float = 1.0) -> bool:
 # ----------------------------------------------------------------------------------------------
 # mounts
 
-def _unescape_mount(path: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), path)
-
-
 def _mounts_under(dirs: Iterable[Path]) -> list[str]:
     prefixes = [str(d).rstrip("/") for d in dirs]
-    found = []
     try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) < 5:
-                    continue
-                mnt = _unescape_mount(fields[4])
-                if any(mnt == p or mnt.startswith(p + "/") for p in prefixes):
-                    found.append(mnt)
+        table = linux.mountinfo()
     except OSError:
-        pass
+        return []
+    found = {m.mount_point for m in table
+             if any(m.mount_point == p or m.mount_point.startswith(p + "/") for p in prefixes)}
     # deepest first
-    return sorted(set(found), key=lambda p: (p.count("/"), p), reverse=True)
-
-
-_libc = None
+    return sorted(found, key=lambda p: (p.count("/"), p), reverse=True)
 
 
 def _remove_runc_containers(state_root: Path) -> list[str]:
@@ -370,14 +331,11 @@ def _remove_leftover_cgroups(executor_root: Path) -> list[str]:
 
 
 def _umount_lazy(path: str) -> None:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    MNT_DETACH = 2
-    if _libc.umount2(path.encode(), MNT_DETACH) != 0:
-        err = ctypes.get_errno()
-        if err not in (errno.EINVAL, errno.ENOENT):
-            raise OSError(err, os.strerror(err), path)
+    try:
+        linux.umount(path, linux.MNT_DETACH)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOENT):  # not a mount point (any more); gone
+            raise
 
 
 # ----------------------------------------------------------------------------------------------
@@ -515,7 +473,7 @@ class Lab:
         child = self._children.get(pid)
         if child is not None and child.poll() is not None:
             return False
-        if not _proc_alive(pid):
+        if not linux.pid_alive(pid):
             return False
         if h is not None and h.get("socket") not in _cmdline(pid):
             return False  # the PID was reused by something else
@@ -539,7 +497,7 @@ class Lab:
                 child = self._children.get(pid)
                 if child is not None and child.poll() is not None:
                     pending.discard(pid)
-                elif not _proc_alive(pid):
+                elif not linux.pid_alive(pid):
                     pending.discard(pid)
             if not pending or time.monotonic() >= deadline:
                 break
@@ -592,7 +550,7 @@ class Lab:
                 pid = h.get("pid")
                 child = self._children.get(pid)
                 code = child.poll() if child is not None else None
-                if code is not None or not _proc_alive(pid):
+                if code is not None or not linux.pid_alive(pid):
                     how = f"exited with code {code}" if code is not None else "exited"
                     raise LabError(
                         f"{name}: shoald {how} before answering GET /_ping on {h['socket']}; "
@@ -978,9 +936,9 @@ class Lab:
             pids |= _netns_pids(ns)
         for h in data.get("hosts", {}).values():
             pid = h.get("pid")
-            if pid and _proc_alive(pid) and h.get("socket") in _cmdline(pid):
+            if pid and linux.pid_alive(pid) and h.get("socket") in _cmdline(pid):
                 pids.add(pid)
-        pids |= {pid for pid in self._children if _proc_alive(pid)}
+        pids |= {pid for pid in self._children if linux.pid_alive(pid)}
         # processes inside namespaces bound under our own directories (e.g. containers)
         pids |= self._pids_in_bound_namespaces()
         pids |= _descendants(pids)

@@ -215,8 +215,11 @@ def _udp_socket(netns: Optional[str]) -> socket.socket:
     if netns is None:
         return socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     from pyroute2 import netns as pr_netns
+
+    from worker.network.nsutil import pyroute2_path
     # flags=0: never create the namespace by accident
-    return pr_netns.create_socket(netns, socket.AF_INET, socket.SOCK_DGRAM, flags=0)
+    return pr_netns.create_socket(pyroute2_path(netns), socket.AF_INET, socket.SOCK_DGRAM,
+                                  flags=0)
 
 
 class DnsServer:

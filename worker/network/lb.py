@@ -308,7 +308,7 @@ class IpvsBackend(LoadBalancer):
             if self.netns is None:
                 return IPVS()
             # flags=0: never create a missing namespace; the socket keeps its namespace
-            return IPVS(netns=self.netns, flags=0)
+            return IPVS(netns=nsutil.pyroute2_path(self.netns), flags=0)
         except NetlinkError as exc:
             # the generic netlink family is missing: no ip_vs in this kernel
             raise LBError(f"IPVS is not available here ({exc}); use the nftables "

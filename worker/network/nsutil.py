@@ -7,8 +7,6 @@ that other tools would treat as theirs.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import subprocess
 from pathlib import Path
@@ -17,10 +15,15 @@ from typing import Callable, Optional, TypeVar
 from pyroute2 import IPRoute
 from pyroute2 import netns as _pr_netns
 
-T = TypeVar("T")
-MNT_DETACH = 2
+from common import linux
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+T = TypeVar("T")
+
+
+def pyroute2_path(path: str) -> bytes:
+    """A namespace path as pyroute2 must be handed it: it encodes a str path as ASCII, so a
+    data root with a non-ASCII character in it would fail; bytes pass through untouched."""
+    return os.fsencode(path)
 
 
 def exists(path: str) -> bool:
@@ -46,7 +49,7 @@ def create(path: str) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)  # a placeholder left by a crash between create and bind
-    _pr_netns.create(path)
+    _pr_netns.create(pyroute2_path(path))
     # loopback up: a namespace without it surprises every program run in it
     with ipr(path) as ip:
         ip.link("set", index=ip.link_lookup(ifname="lo")[0], state="up")
@@ -56,18 +59,10 @@ def remove(path: str) -> None:
     """Unmount and delete the namespace file (idempotent); the namespace dies with its last user."""
     if not os.path.lexists(path):
         return
-    _libc.umount2(os.fsencode(path), MNT_DETACH)
+    with contextlib.suppress(OSError):  # not (or no longer) mounted: only the file is left
+        linux.umount(path, linux.MNT_DETACH)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-
-
-def _mountpoints() -> set[str]:
-    points = set()
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            # field 5 is the mount point, with spaces etc. octal-escaped
-            points.add(line.split()[4].encode().decode("unicode_escape"))
-    return points
 
 
 def release_dir(directory: str) -> None:
@@ -82,9 +77,11 @@ def release_dir(directory: str) -> None:
         return
     directory = os.path.realpath(directory)
     for _ in range(8):      # pyroute2 may have stacked several self-binds
-        if directory not in _mountpoints():
+        if not linux.is_mountpoint(directory):
             break
-        if _libc.umount2(os.fsencode(directory), MNT_DETACH) != 0:
+        try:
+            linux.umount(directory, linux.MNT_DETACH)
+        except OSError:
             break
 
 
@@ -95,7 +92,7 @@ def ipr(path: Optional[str]) -> IPRoute:
     if not os.path.exists(path):
         raise FileNotFoundError(f"network namespace {path} does not exist")
     # flags=0: pyroute2 would otherwise silently create a missing namespace
-    return IPRoute(netns=path, flags=0)
+    return IPRoute(netns=pyroute2_path(path), flags=0)
 
 
 def veth(path: Optional[str], name: str, peer_path: str, peer_name: str) -> None:
@@ -150,7 +147,7 @@ def call_in(path: Optional[str], fn: Callable[[], T]) -> T:
         code = 0
         try:
             os.close(r)
-            _pr_netns.setns(path, flags=0)
+            _pr_netns.setns(pyroute2_path(path), flags=0)
             try:
                 payload = pickle.dumps((True, fn()))
             except BaseException as exc:  # noqa: BLE001 - shipped to the parent

@@ -1,0 +1,171 @@
+"""Nodes: list, inspect, update (labels, availability, role: promote and demote), remove."""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from aiohttp import web
+
+from common import codec, errors, strict
+from common.httpserver import body_json, query_flag, query_int, reply
+from common.model import (AVAILABILITIES, ManagerStatus, NODE_ROLES, NODE_ROLE_MANAGER,
+                          NODE_ROLE_WORKER, NODE_STATE_DOWN, Node)
+from common.nodestate import API_PORT, RAFT_PORT
+from manager.controlapi.context import Manager, context_of, manager_of
+from manager.state.store import Transaction
+
+
+def node_view(manager: Manager, node: Node) -> dict:
+    plain = codec.to_plain(node)
+    ms = plain.get("manager_status")
+    if node.role == NODE_ROLE_MANAGER and ms is not None:
+        reach = manager.reachability()
+        ms["reachability"] = reach.get(ms["raft_addr"], "unreachable")
+        ms["leader"] = ms["reachability"] == "leader"
+    return plain
+
+
+def find_node(manager: Manager, ref: str) -> Node:
+    node = manager.store.find("nodes", ref)
+    if node is None:
+        matches = [n for n in manager.store.list("nodes") if n.description.hostname == ref]
+        if len(matches) == 1:
+            node = matches[0]
+        elif len(matches) > 1:
+            raise errors.InvalidArgument(f"node name {ref!r} is ambiguous ({len(matches)} nodes "
+                                         "have this hostname): use the node id")
+    if node is None:
+        raise errors.NotFound(f"no such node: {ref}")
+    return node
+
+
+async def nodes_list(request: web.Request) -> web.Response:
+    manager = manager_of(request)
+    nodes = sorted(manager.store.list("nodes"), key=lambda n: (n.description.hostname, n.id))
+    return reply([node_view(manager, n) for n in nodes])
+
+
+async def node_inspect(request: web.Request) -> web.Response:
+    manager = manager_of(request)
+    return reply(node_view(manager, find_node(manager, request.match_info["ref"])))
+
+
+@dataclass
+class NodeSpecChange:
+    """`node update`: what is given changes, what is absent (or null) stays."""
+    labels: Optional[dict[str, str]] = None
+    availability: Optional[str] = None
+    role: Optional[str] = None
+
+
+async def node_update(request: web.Request) -> web.Response:
+    manager = manager_of(request)
+    node = manager.store.get("nodes", find_node(manager, request.match_info["ref"]).id)
+    version = query_int(request, "version")
+    if version is not None and version != node.meta.version:
+        raise errors.Conflict(f"node {node.id} changed since version {version} (now "
+                              f"{node.meta.version}); read it again and retry")
+    data = await body_json(request)
+    change = strict.decode(NodeSpecChange, data["spec"] if "spec" in data else data,
+                           "spec" if "spec" in data else "")
+    labels = node.spec.labels if change.labels is None else change.labels
+    if not all(labels):
+        raise errors.InvalidArgument("labels: a label needs a non-empty key", field="labels")
+    availability = change.availability or node.spec.availability
+    if availability not in AVAILABILITIES:
+        raise errors.InvalidArgument(f"invalid availability {availability!r}: use one of "
+                                     f"{', '.join(AVAILABILITIES)}", field="availability")
+    role = change.role or node.spec.desired_role
+    if role not in NODE_ROLES:
+        raise errors.InvalidArgument(f"invalid role {role!r}: use worker or manager", field="role")
+    node.spec.labels, node.spec.availability = labels, availability
+    node.meta.updated_at = time.time()
+    if role == NODE_ROLE_MANAGER and node.role != NODE_ROLE_MANAGER:
+        await _promote(manager, node)
+    elif role == NODE_ROLE_WORKER and node.role == NODE_ROLE_MANAGER:
+        return await _demote(request, manager, node)
+    else:
+        await manager.propose(Transaction().update("nodes", node))
+    return reply(node_view(manager, manager.store.get("nodes", node.id)))
+
+
+async def _promote(manager: Manager, node: Node) -> None:
+    if not node.status.addr:
+        raise errors.FailedPrecondition(f"node {node.description.hostname} has never reported its "
+                                        "address; start it before promoting it")
+    node.spec.desired_role = NODE_ROLE_MANAGER
+    node.role = NODE_ROLE_MANAGER
+    node.manager_status = ManagerStatus(raft_addr=f"{node.status.addr}:{RAFT_PORT}",
+                                        api_addr=f"{node.status.addr}:{API_PORT}")
+    # The node sees its new role in its next heartbeat, renews its certificate as a manager and
+    # asks to be added to raft (/raft/join).
+    await manager.propose(Transaction().update("nodes", node))
+
+
+async def _demote(request: web.Request, manager: Manager, node: Node) -> web.Response:
+    managers = manager.manager_nodes()
+    if len(managers) <= 1:
+        raise errors.FailedPrecondition(f"cannot demote {node.description.hostname}: it is the last "
+                                        "manager of the swarm (promote another node first)")
+    reach = manager.reachability()
+    remaining = [m for m in managers if m.id != node.id]
+    up = sum(1 for m in remaining if reach.get(m.manager_status.raft_addr) in ("leader", "reachable"))
+    need = len(remaining) // 2 + 1
+    if up < need:
+        raise errors.FailedPrecondition(
+            f"cannot demote {node.description.hostname}: of the {len(remaining)} managers that would "
+            f"remain only {up} are reachable and {need} are needed for quorum; bring managers back "
+            "first")
+    raft_addr = node.manager_status.raft_addr if node.manager_status else ""
+    if raft_addr == manager.raft.self_addr:
+        # A leader cannot remove itself cleanly: hand leadership over, then let the new leader do it.
+        await manager.raft.transfer_leadership()
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and (manager.is_leader or manager.leader_api_addr() is None):
+            await asyncio.sleep(0.05)
+        leader = manager.leader_api_addr()
+        if manager.is_leader or leader is None:
+            raise errors.Unavailable("leadership could not be handed over to demote this manager; retry")
+        client = context_of(request).peer_client(leader)
+        status, data = await client.request_raw("POST", request.path_qs,
+                                                raw=await request.read(), timeout=30)
+        return web.Response(status=status, body=data, content_type="application/json")
+    async with manager.membership_lock:
+        if raft_addr in manager.raft.member_addrs():
+            await manager.raft.remove_member(raft_addr)
+        fresh = manager.store.get("nodes", node.id)
+        fresh.spec = node.spec
+        fresh.spec.desired_role = NODE_ROLE_WORKER
+        fresh.role = NODE_ROLE_WORKER
+        fresh.manager_status = None
+        fresh.meta.updated_at = time.time()
+        await manager.propose(Transaction().update("nodes", fresh, check_version=False))
+    return reply(node_view(manager, manager.store.get("nodes", node.id)))
+
+
+async def node_remove(request: web.Request) -> web.Response:
+    manager = manager_of(request)
+    node = find_node(manager, request.match_info["ref"])
+    force = query_flag(request, "force")
+    name = node.description.hostname or node.id
+    if node.role == NODE_ROLE_MANAGER:
+        raise errors.FailedPrecondition(f"node {name} is a manager and a member of raft: demote it "
+                                        f"first with 'shoal node demote {name}'")
+    if node.status.state != NODE_STATE_DOWN and not force:
+        raise errors.FailedPrecondition(f"node {name} is not down and can't be removed: stop it "
+                                        "first, or use --force")
+    if node.id == manager.node_id:
+        raise errors.FailedPrecondition("a node cannot remove itself; use 'shoal swarm leave'")
+    await manager.propose(Transaction().delete("nodes", node.id))
+    return reply({"id": node.id})
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.get("/nodes", nodes_list),
+        web.get("/nodes/{ref}", node_inspect),
+        web.post("/nodes/{ref}/update", node_update),
+        web.delete("/nodes/{ref}", node_remove),
+    ]

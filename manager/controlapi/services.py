@@ -1,0 +1,230 @@
+"""Services: create, list, inspect, update, roll back, remove, and their logs gathered from the nodes."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import aiohttp
+from aiohttp import web
+
+from common import codec, errors, httpstreams as streams
+from common.httpserver import CTX, body_json, query_flag, query_int, reply
+from common.ids import new_id
+from common.model import Service, ServiceSpec, Task, UpdateStatus
+from common.nodestate import API_PORT
+from manager.allocator.allocator import ingress_ports
+from manager.controlapi.context import manager_of
+from manager.specs.configs import CONFIGS
+from manager.specs.secrets import SECRETS
+from manager.specs.services import parse_service_spec
+from manager.state.store import Transaction
+
+
+def find_service(manager, ref: str) -> Service:
+    svc = manager.store.find("services", ref)
+    if svc is None:
+        raise errors.NotFound(f"no such service: {ref}")
+    return svc
+
+
+def service_view(manager, svc: Service) -> dict:
+    plain = codec.to_plain(svc)
+    tasks = manager.store.by_index("tasks", "service_id", svc.id)
+    live = [t for t in tasks if t.desired_up]
+    mode = svc.spec.mode
+    if mode.is_global:
+        desired = len(live)
+    elif mode.is_job:
+        desired = mode.total_completions or mode.replicas
+    else:
+        desired = mode.replicas
+    plain["replicas_status"] = {
+        "running": sum(1 for t in live if t.status.state == "running"),
+        "completed": sum(1 for t in tasks if t.status.state == "complete"),
+        "desired": desired,
+    }
+    return plain
+
+
+async def service_create(request: web.Request) -> web.Response:
+    manager = manager_of(request)
+    data = await body_json(request)
+    spec = parse_service_spec(data.get("spec", data))
+    # Secrets first: a config may not take a target one of the secrets has.
+    SECRETS.resolve_refs(manager, spec)
+    CONFIGS.resolve_refs(manager, spec)
+    if manager.store.by_name("services", spec.name) is not None:
+        raise errors.Conflict(f"service {spec.name!r} already exists: pick another name or update it "
+                              f"with 'shoal service update {spec.name}'", field="name")
+    now = time.time()
+    svc = Service(id=new_id(), spec=spec)
+    svc.meta.created_at = svc.meta.updated_at = now
+    manager.require_leader()
+    manager.allocator.allocate_service(svc)
+    try:
+        await manager.propose(Transaction().create("services", svc))
+    except BaseException:
+        manager.allocator.release_service(svc)
+        raise
+    return reply({"id": svc.id}, status=201)
+
+
+async def service_list(request: web.Request) -> web.Response:
+    manager = manager_of(request)
+    services = sorted(manager.store.list("services"), key=lambda s: s.spec.name)
+    return reply([service_view(manager, s) for s in services])
+
+
+async def service_inspect(request: web.Request) -> web.Response:
+    manager = manager_of(request)
+    return reply(service_view(manager, find_service(manager, request.match_info["ref"])))
+
+
+async def service_update(request: web.Request) -> web.Response:
+    manager = manager_of(request)
+    svc = manager.store.get("services", find_service(manager, request.match_info["ref"]).id)
+    version = query_int(request, "version")
+    if version is None:
+        raise errors.InvalidArgument("the 'version' query parameter is required: read the service "
+                                     "and send the version you changed", field="version")
+    if version != svc.meta.version:
+        raise errors.Conflict(f"service {svc.spec.name} changed since version {version} (now "
+                              f"{svc.meta.version}); read it again and retry")
+    data = await body_json(request)
+    spec = parse_service_spec(data.get("spec", data))
+    # Secrets first: a config may not take a target one of the secrets has.
+    SECRETS.resolve_refs(manager, spec)
+    CONFIGS.resolve_refs(manager, spec)
+    if spec.name != svc.spec.name:
+        raise errors.InvalidArgument("a service cannot be renamed", field="name")
+    manager.require_leader()
+    manager.allocator.resolve_networks(spec)
+    now = time.time()
+    if spec.task_template != svc.spec.task_template or _publishing_changes(svc.spec, spec):
+        # The updater replaces the tasks batch by batch; the status tells how it goes.
+        svc.update_status = UpdateStatus(state="updating", message="update in progress",
+                                         started_at=now)
+    old = codec.clone(svc)
+    svc.previous_spec, svc.spec = svc.spec, spec
+    svc.meta.updated_at = now
+    manager.require_leader()
+    manager.allocator.allocate_service(svc, old)
+    await manager.propose(Transaction().update("services", svc))
+    return reply(service_view(manager, manager.store.get("services", svc.id)))
+
+
+def _publishing_changes(old: ServiceSpec, new: ServiceSpec) -> bool:
+    """Whether the tasks gain or lose the ingress network (first port published, last gone)."""
+    return bool(ingress_ports(old.endpoint_spec.ports)) != bool(ingress_ports(new.endpoint_spec.ports))
+
+
+async def service_rollback(request: web.Request) -> web.Response:
+    """Back to the previous spec; a second rollback swaps back again (like docker)."""
+    manager = manager_of(request)
+    svc = manager.store.get("services", find_service(manager, request.match_info["ref"]).id)
+    if svc.previous_spec is None:
+        raise errors.FailedPrecondition(f"service {svc.spec.name} has no previous spec to roll "
+                                        "back to (it was never updated)")
+    now = time.time()
+    old = codec.clone(svc)
+    svc.spec, svc.previous_spec = svc.previous_spec, svc.spec
+    svc.update_status = UpdateStatus(state="rollback_started", message="manually requested rollback",
+                                     started_at=now)
+    svc.meta.updated_at = now
+    manager.require_leader()
+    manager.allocator.allocate_service(svc, old)
+    await manager.propose(Transaction().update("services", svc))
+    return reply(service_view(manager, manager.store.get("services", svc.id)))
+
+
+async def service_remove(request: web.Request) -> web.Response:
+    manager = manager_of(request)
+    svc = find_service(manager, request.match_info["ref"])
+    txn = Transaction().delete("services", svc.id)
+    # Every task is told to stop in the same transaction; the reaper drops them once stopped.
+    now = time.time()
+    for t in manager.store.by_index("tasks", "service_id", svc.id):
+        if t.desired_up:
+            t = codec.clone(t)
+            t.desired_state = "shutdown"
+            t.meta.updated_at = now
+            txn.update("tasks", t, check_version=False)
+    await manager.propose(txn)
+    return reply({"id": svc.id})
+
+
+async def service_logs(request: web.Request) -> web.StreamResponse:
+    """Every task's log lines, gathered from the nodes that ran them (mutual TLS to each)."""
+    manager = manager_of(request)
+    svc = find_service(manager, request.match_info["ref"])
+    # Checked here, before the stream starts (manager.streams), not by each node later.
+    follow = query_flag(request, "follow")
+    tail = streams.query_tail(request)
+    by_node: dict[str, list[Task]] = {}
+    for t in manager.store.by_index("tasks", "service_id", svc.id):
+        if t.node_id and t.status.container_id:
+            by_node.setdefault(t.node_id, []).append(t)
+    resp = await streams.start_ndjson(request)
+    queue: asyncio.Queue = asyncio.Queue(maxsize=1000)
+    done = object()
+
+    async def from_node(node_id: str, tasks: list[Task]) -> None:
+        node = manager.store.get("nodes", node_id)
+        hostname = node.description.hostname if node else node_id
+        names = {t.id: t.name for t in tasks}
+        try:
+            if node is None or not node.status.addr:
+                raise errors.Unavailable("node is gone")
+            client = request.app[CTX].peer_client(f"{node.status.addr}:{API_PORT}")
+            params = [("follow", "true" if follow else "false"),
+                      ("tail", "all" if tail is None else str(tail))] + \
+                [("task", t.id) for t in tasks]
+            stream = await client.open_stream("GET", "/worker/logs", params=params, connect_timeout=3)
+            try:
+                async for raw in stream.content:
+                    if raw.strip():
+                        entry = json.loads(raw)
+                        if "error" in entry:  # the node's stream failed (manager.streams)
+                            raise errors.Unavailable(str(entry["error"]))
+                        entry.update(task=names.get(entry.pop("task_id"), "?"), node=hostname)
+                        await queue.put(entry)
+            finally:
+                stream.release()
+        except (errors.ShoalError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            await queue.put({"error": getattr(exc, "message", str(exc)) or type(exc).__name__,
+                             "node": hostname})
+        finally:
+            await queue.put(done)
+
+    pumps = [asyncio.create_task(from_node(n, ts)) for n, ts in by_node.items()]
+    remaining, pending = len(pumps), []
+    try:
+        while remaining:
+            item = await queue.get()
+            if item is done:
+                remaining -= 1
+            elif follow:
+                await resp.write(json.dumps(item).encode() + b"\n")
+            else:
+                pending.append(item)
+        for item in sorted(pending, key=lambda e: e.get("t", 0)):
+            await resp.write(json.dumps(item).encode() + b"\n")
+    except (ConnectionResetError, ConnectionError):
+        pass
+    finally:
+        for p in pumps:
+            p.cancel()
+    return resp
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.post("/services/create", service_create),
+        web.get("/services", service_list),
+        web.get("/services/{ref}", service_inspect),
+        web.post("/services/{ref}/update", service_update),
+        web.post("/services/{ref}/rollback", service_rollback),
+        web.delete("/services/{ref}", service_remove),
+        web.get("/services/{ref}/logs", service_logs),
+    ]

@@ -1,0 +1,60 @@
+"""The swarm object: inspect and update (its spec, join tokens, autolock)."""
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from common import codec, errors, tokens
+from common.httpserver import body_json, query_flag, query_int, reply
+from common.model import Cluster
+from manager.controlapi import autolock
+from manager.controlapi.context import manager_of
+from manager.specs.cluster import parse_cluster_spec
+from manager.state.store import Transaction
+
+
+def cluster_view(cluster: Cluster) -> dict:
+    plain = codec.to_plain(cluster)
+    plain["root_ca"].pop("key_pem", None)  # the CA key never leaves the managers' store
+    plain.pop("unlock_keys", None)  # only `swarm unlock-key` shows it (manager/controlapi/autolock.py)
+    return plain
+
+
+async def swarm_inspect(request: web.Request) -> web.Response:
+    manager = manager_of(request)
+    cluster = manager.cluster()
+    if cluster is None:
+        raise errors.Unavailable("the cluster object is not replicated here yet; retry in a moment")
+    return reply(cluster_view(cluster))
+
+
+async def swarm_update(request: web.Request) -> web.Response:
+    manager = manager_of(request)
+    cluster = manager.store.get("clusters", manager.cluster().id)
+    version = query_int(request, "version")
+    data = await body_json(request, required=False)
+    if "spec" in data:
+        spec = parse_cluster_spec(data["spec"])
+        cluster.spec = spec
+    if query_flag(request, "rotate_worker_token"):
+        cluster.join_tokens.worker = tokens.new_token(cluster.root_ca.cert_pem)
+    if query_flag(request, "rotate_manager_token"):
+        cluster.join_tokens.manager = tokens.new_token(cluster.root_ca.cert_pem)
+    new_unlock_key = autolock.apply_swarm_update(cluster, query_flag(request, "rotate_manager_unlock_key"))
+    if version is not None and version != cluster.meta.version:
+        raise errors.Conflict(f"the swarm changed since version {version} (now {cluster.meta.version}); "
+                              "read it again and retry")
+    cluster.meta.updated_at = time.time()
+    await manager.propose(Transaction().update("clusters", cluster))
+    view = cluster_view(manager.cluster())
+    if new_unlock_key:  # printed once by the CLI, like docker
+        view["unlock_key"] = new_unlock_key
+    return reply(view)
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.get("/swarm", swarm_inspect),
+        web.post("/swarm/update", swarm_update),
+    ]

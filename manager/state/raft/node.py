@@ -1,0 +1,450 @@
+"""An asyncio face over pysyncobj, narrow enough that the engine stays replaceable.
+
+pysyncobj runs its raft core on a thread of its own (the one thread seam of the manager).
+Everything that crosses it goes through `loop.call_soon_threadsafe`. The rest of the manager
+only sees: `await commit(txn)`, `await barrier()`, leadership, membership and status.
+
+Settings follow DESIGN.md: a password is mandatory (pysyncobj unpickles what reaches its port;
+the password makes every message authenticated encryption, so nothing from a peer without the
+cluster secret is ever unpickled), journal plus full dump, dynamic membership, no batching,
+fast leader fallback and reconnection, short election timeouts.
+
+Raft data at rest is encrypted: every transaction and every snapshot is sealed with AES-GCM
+under a data key derived from the cluster's raft secret before pysyncobj sees it, so its
+journal and snapshot files hold ciphertext only (membership entries hold nothing but peer
+addresses). With autolock on, the raft secret itself is on disk only sealed by the swarm's
+unlock key (common/keywrap.py), so a restarted manager cannot derive the data key, or even
+start raft, until `shoal swarm unlock`.
+
+A full disk is an error, not a crash (manager/state/raft/journal.py): an append that finds no room
+fails before it enters the log, and the leader's commit says so. The leader refuses users'
+changes well before that point (manager/diskguard.py).
+
+pysyncobj does not fsync its journal: a power loss on a majority of managers at once can lose
+the last acknowledged writes. That is on the list of things to close.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+import socket
+_INET_NTOP = socket.inet_ntop
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated  # noqa: E402
+from pysyncobj.syncobj import _RAFT_STATE  # noqa: E402
+# pysyncobj 0.3.17 (its win_inet_pton module) replaces socket.inet_ntop with a Windows-only
+# version on every platform, which breaks whatever decodes addresses later in the process
+# (pyroute2's netlink parser, on a node that is manager and worker at once): undo it.
+socket.inet_ntop = _INET_NTOP
+
+from common.errors import FailedPrecondition, ResourceExhausted, Unavailable  # noqa: E402
+from manager.state.raft import journal as raft_journal  # noqa: E402
+from manager.state.store import Store, Transaction, TxnResult  # noqa: E402
+
+log = logging.getLogger("shoal.raft")
+raft_journal.install()
+
+
+class _OncePerMinute(logging.Filter):
+    """pysyncobj logs a failing tick with its traceback and retries the tick every 50 ms: on a
+    full disk that is twenty tracebacks a second into a log that cannot grow either."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info:
+            return True
+        key = f"{record.msg}|{record.exc_info[1]}"
+        now = time.monotonic()
+        if now - self._last.get(key, -60.0) < 60.0:
+            return False
+        self._last[key] = now
+        return True
+
+
+logging.getLogger("pysyncobj.syncobj").addFilter(_OncePerMinute())
+
+_FAILURES = {
+    FAIL_REASON.QUEUE_FULL: "the raft queue is full; retry shortly",
+    FAIL_REASON.MISSING_LEADER: "no leader: this manager cannot reach a quorum of managers",
+    FAIL_REASON.DISCARDED: "the leader changed before the change was committed; retry",
+    FAIL_REASON.NOT_LEADER: "this manager is not the leader",
+    FAIL_REASON.LEADER_CHANGED: "the leader changed; retry",
+    FAIL_REASON.REQUEST_DENIED: "the raft membership is already changing; retry in a moment",
+}
+
+
+class DataCipher:
+    """Seals raft entries and snapshots at rest. Nonces are random: entries are sealed once."""
+
+    def __init__(self, raft_secret: bytes) -> None:
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                   info=b"shoal raft data at rest v1").derive(raft_secret)
+        self._aead = AESGCM(key)
+
+    def seal(self, data: bytes) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self._aead.encrypt(nonce, data, b"shoal")
+
+    def open(self, blob: bytes) -> bytes:
+        return self._aead.decrypt(blob[:12], blob[12:], b"shoal")
+
+
+class _StoreMachine(SyncObjConsumer):
+    """The replicated state machine: applies transactions to the store; snapshots are msgpack.
+
+    One raft entry carries a batch of independent transactions (group commit); each applies
+    atomically on its own and has its own result. pysyncobj numbers replicated methods by their
+    sorted names: a new one must take `ver=` so existing journals keep replaying correctly.
+    """
+
+    def __init__(self, store: Store, cipher: DataCipher) -> None:
+        super().__init__()
+        self._store = store
+        self._cipher = cipher
+
+    @replicated
+    def apply_batch(self, payloads: list[bytes]) -> list[dict]:
+        results = []
+        for payload in payloads:
+            try:
+                results.append(self._store.apply(self._cipher.open(payload)))
+            except Exception as exc:  # a bad entry must not kill the raft thread on every replica
+                log.exception("raft entry could not be applied")
+                results.append(TxnResult(False, code="invalid",
+                                         message=f"entry not applied: {exc}").to_plain())
+        return results
+
+    def _serialize(self) -> dict:
+        return {"store": self._cipher.seal(self._store.snapshot())}
+
+    def _deserialize(self, data: dict) -> None:
+        self._store.restore(self._cipher.open(data["store"]))
+
+
+class _SyncObj(SyncObj):
+    """pysyncobj with one fix: a late acknowledgement must not move the leader's next index for
+    a follower backwards.
+
+    pysyncobj sets nextIndex to the acknowledged index + 1 even when it already sent further on
+    the same ordered connection. It then re-sends from there, and the follower (which truncates
+    after prevLogIdx on every append, matching entries included) drops entries it had already
+    acknowledged whenever the re-send is shorter than its log: a committed entry could briefly
+    exist on fewer replicas than counted, and every re-send rewrites the journal. Failures (a
+    `reset`) still move nextIndex back, so a follower that really lacks entries gets them.
+    The method name is pysyncobj's private one, on purpose: this is the single seam.
+
+    And one speed-up: a member alone (a one-manager swarm) appends a command at the end of a tick
+    and then sleeps a whole poll period, as no follower's ack wakes it; every commit took ~50 ms.
+    It now wakes itself when its log is ahead of its commit index.
+
+    And pre-vote (Raft thesis 9.6), which pysyncobj lacks: a member whose election timer runs out
+    first asks the others whether they would vote for it, without raising its term. A member
+    that heard from its leader within the minimum election timeout, or is the leader, says no.
+    Only with a majority of yeses does the real election start. Without it, a manager back from
+    a restart (its timer long expired, reached by a follower before the leader) deposed a
+    healthy leader with its higher term. pysyncobj looks its election gate up by its private
+    name on each tick, which makes that method the seam here too.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        # Set before pysyncobj starts its thread, which may tick at once.
+        self._leader_heard_at = 0.0     # monotonic time of the last append from a current leader
+        self._pre_vote_sent_at = -1e9
+        self._pre_vote_yes: set = set()
+        self._pre_vote_won_at = -1e9
+        super().__init__(*args, **kwargs)
+        self.addOnTickCallback(self._wake_if_alone)
+
+    def _wake_if_alone(self) -> None:
+        if (not self._SyncObj__otherNodes
+                and self._SyncObj__raftCommitIndex < self._SyncObj__getCurrentLogIndex()):
+            notifier = getattr(self, "_SyncObj__pipeNotifier", None)
+            if notifier is not None:
+                notifier.notify()
+
+    # ---- pre-vote ---------------------------------------------------------------------------
+    def _SyncObj__connectedToAnyone(self) -> bool:  # noqa: N802 - pysyncobj's election gate
+        """Called only once this member's election timer ran out: may it start an election?"""
+        if not SyncObj._SyncObj__connectedToAnyone(self):
+            return False
+        others = self._SyncObj__otherNodes
+        if not others or self._SyncObj__transferInProgress:
+            return True  # alone, or the leader handed over leadership: no one to ask
+        conf = self._SyncObj__conf
+        now = time.monotonic()
+        if now - self._pre_vote_won_at < conf.raftMaxTimeout:
+            self._pre_vote_won_at = -1e9
+            return True
+        if now - self._pre_vote_sent_at >= conf.raftMinTimeout:
+            self._pre_vote_sent_at = now
+            self._pre_vote_yes = set()
+            ask = {"type": "shoal_pre_vote", "term": self._SyncObj__raftCurrentTerm + 1,
+                   "last_log_index": self._SyncObj__getCurrentLogIndex(),
+                   "last_log_term": self._SyncObj__getCurrentLogTerm()}
+            for node in others:
+                self._SyncObj__transport.send(node, ask)
+        return False
+
+    def _would_vote_for(self, ask: dict) -> bool:
+        if self._SyncObj__raftState == _RAFT_STATE.LEADER:
+            return False  # it steps down by itself once it loses its quorum (leaderFallbackTimeout)
+        if time.monotonic() - self._leader_heard_at < self._SyncObj__conf.raftMinTimeout:
+            return False
+        if ask.get("term", -1) < self._SyncObj__raftCurrentTerm:
+            return False
+        mine = (self._SyncObj__getCurrentLogTerm(), self._SyncObj__getCurrentLogIndex())
+        return (ask.get("last_log_term", -1), ask.get("last_log_index", -1)) >= mine
+
+    def _on_pre_vote_answer(self, node, answer: dict) -> None:
+        if not answer.get("granted") or answer.get("term") != self._SyncObj__raftCurrentTerm + 1:
+            return  # a no, or an answer to an older round
+        self._pre_vote_yes.add(node)
+        if len(self._pre_vote_yes) + 1 > (len(self._SyncObj__otherNodes) + 1) / 2:
+            self._pre_vote_won_at = time.monotonic()
+
+    def _SyncObj__onMessageReceived(self, node, message):  # noqa: N802 - overrides pysyncobj
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "shoal_pre_vote":
+            self._SyncObj__transport.send(node, {"type": "shoal_pre_vote_answer", "term": message.get("term"),
+                                                  "granted": self._would_vote_for(message)})
+            return
+        if kind == "shoal_pre_vote_answer":
+            self._on_pre_vote_answer(node, message)
+            return
+        if kind == "append_entries" and message.get("term", -1) >= self._SyncObj__raftCurrentTerm:
+            self._leader_heard_at = time.monotonic()
+        if (kind == "next_node_idx" and message.get("success") and not message.get("reset")):
+            next_index = self._SyncObj__raftNextIndex
+            sent_up_to = next_index.get(node)
+            SyncObj._SyncObj__onMessageReceived(self, node, message)
+            if sent_up_to is not None and next_index.get(node, sent_up_to) < sent_up_to:
+                next_index[node] = sent_up_to
+            return
+        SyncObj._SyncObj__onMessageReceived(self, node, message)
+
+
+# Group commit bounds: proposals in flight at once, and transactions in one raft entry.
+_MAX_IN_FLIGHT = 4
+_MAX_BATCH = 256
+
+
+@dataclass
+class RaftTimings:
+    election_min: float = 0.25
+    election_max: float = 0.5
+    append_entries_period: float = 0.05
+    leader_fallback: float = 2.0
+    connection_retry: float = 0.5
+    connection_timeout: float = 1.5
+
+
+@dataclass
+class MemberStatus:
+    addr: str
+    connected: bool
+
+
+class RaftNode:
+    def __init__(self, store: Store, self_addr: str, partners: list[str], data_dir: Path,
+                 password: bytes, *, bind_addr: str | None = None,
+                 timings: RaftTimings | None = None,
+                 snapshot_entries: int = 10000) -> None:
+        if not password:
+            raise ValueError("raft needs the cluster's raft secret: refusing to run unauthenticated")
+        self.store = store
+        self.self_addr = self_addr
+        self._loop = asyncio.get_running_loop()
+        t = timings or RaftTimings()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(data_dir, 0o700)  # the log holds the CA key and every secret
+        self.data_dir = data_dir
+        conf = SyncObjConf(
+            password=password.hex(),
+            journalFile=str(data_dir / "journal"),
+            fullDumpFile=str(data_dir / "snapshot"),
+            dynamicMembershipChange=True,
+            appendEntriesUseBatch=False,
+            appendEntriesPeriod=t.append_entries_period,
+            raftMinTimeout=t.election_min,
+            raftMaxTimeout=t.election_max,
+            leaderFallbackTimeout=t.leader_fallback,
+            connectionRetryTime=t.connection_retry,
+            connectionTimeout=t.connection_timeout,
+            logCompactionMinEntries=snapshot_entries,
+            logCompactionMinTime=60,
+            # Forking a threaded asyncio process to write a snapshot is asking for deadlocks.
+            useFork=False,
+            bindAddress=f"{bind_addr}:{self_addr.rsplit(':', 1)[1]}" if bind_addr else None,
+            commandsWaitLeader=True,
+            # Leadership reaches the manager as an event (see state_changes), not by polling.
+            onStateChanged=self._on_state_changed,
+        )
+        # Set (on the event loop) whenever raft's state changes: follower, candidate, leader.
+        self.state_changes = asyncio.Event()
+        self._cipher = DataCipher(password)
+        self._machine = _StoreMachine(store, self._cipher)
+        self._queued: list[tuple[bytes, asyncio.Future]] = []
+        self._in_flight = 0
+        # The journal replays up to the commit index it recorded before contacting anyone.
+        self._sync = _SyncObj(self_addr, [p for p in partners if p != self_addr], conf,
+                             consumers=[self._machine])
+
+    # ---- state ----------------------------------------------------------------------------
+    @property
+    def leader_addr(self) -> Optional[str]:
+        leader = self._sync._getLeader()
+        return leader.address if leader is not None else None
+
+    @property
+    def is_leader(self) -> bool:
+        # raft's own state, set before its state-change callback runs: a waiter woken by
+        # state_changes reads the state it was woken for.
+        return self._sync._isLeader()
+
+    def _on_state_changed(self, old: int, new: int) -> None:
+        # pysyncobj's thread: hand over to the loop (the one thread seam of the manager).
+        self._loop.call_soon_threadsafe(self.state_changes.set)
+
+    @property
+    def has_quorum(self) -> bool:
+        return self._sync.hasQuorum
+
+    @property
+    def term(self) -> int:
+        return self._sync.raftCurrentTerm
+
+    @property
+    def applied_index(self) -> int:
+        return self._sync.raftLastApplied
+
+    @property
+    def commit_index(self) -> int:
+        return self._sync.raftCommitIndex
+
+    @property
+    def caught_up(self) -> bool:
+        """Synced with a leader once since start: before that the local replica may be stale."""
+        return self._sync.isReady()
+
+    def members(self) -> list[MemberStatus]:
+        others = list(self._sync.otherNodes)
+        result = [MemberStatus(self.self_addr, True)]
+        result += [MemberStatus(n.address, self._sync.isNodeConnected(n)) for n in others]
+        return result
+
+    def member_addrs(self) -> list[str]:
+        return [m.addr for m in self.members()]
+
+    # ---- writes ---------------------------------------------------------------------------
+    async def commit(self, txn: Transaction, timeout: float = 5.0) -> TxnResult:
+        """Propose `txn` and wait until it is applied here. Raises Unavailable without quorum."""
+        fut: asyncio.Future = self._loop.create_future()
+        proposed_at = time.monotonic()
+        self._queued.append((self._cipher.seal(txn.encode()), fut))
+        if len(self._queued) == 1:
+            self._loop.call_soon(self._propose_queued)
+        try:
+            return TxnResult.from_plain(await asyncio.wait_for(asyncio.shield(fut), timeout))
+        except asyncio.TimeoutError:
+            raise self._timeout_error(timeout, "commit", proposed_at) from None
+
+    def _propose_queued(self) -> None:
+        """Group commit: whatever queued while earlier proposals were in flight goes as one entry."""
+        if not self._queued or self._in_flight >= _MAX_IN_FLIGHT:
+            return
+        batch, self._queued = self._queued[:_MAX_BATCH], self._queued[_MAX_BATCH:]
+        self._in_flight += 1
+
+        def done(results, error) -> None:
+            self._loop.call_soon_threadsafe(settle, results, error)
+
+        def settle(results, error) -> None:
+            self._in_flight -= 1
+            for i, (_, fut) in enumerate(batch):
+                if fut.done():
+                    continue
+                if error == FAIL_REASON.SUCCESS:
+                    fut.set_result(results[i])
+                else:
+                    fut.set_exception(Unavailable(f"commit failed: {_FAILURES.get(error, error)}"))
+            self._propose_queued()
+
+        self._machine.apply_batch([payload for payload, _ in batch], callback=done)
+        if self._queued:
+            self._loop.call_soon(self._propose_queued)
+
+    async def barrier(self, timeout: float = 3.0) -> None:
+        """A replicated no-op: once it is applied here, every earlier commit is too."""
+        await self.commit(Transaction(), timeout)
+
+    async def add_member(self, addr: str, timeout: float = 10.0) -> None:
+        await self._call(lambda cb: self._sync.addNodeToCluster(addr, callback=cb), timeout,
+                         f"adding raft member {addr}")
+
+    async def remove_member(self, addr: str, timeout: float = 10.0) -> None:
+        await self._call(lambda cb: self._sync.removeNodeFromCluster(addr, callback=cb), timeout,
+                         f"removing raft member {addr}")
+
+    async def transfer_leadership(self, timeout: float = 3.0) -> None:
+        await self._call(lambda cb: self._sync.transferLeadership(callback=cb), timeout,
+                         "leadership transfer")
+
+    async def _call(self, start, timeout: float, what: str):
+        fut: asyncio.Future = self._loop.create_future()
+
+        def done(result, error) -> None:
+            def settle() -> None:
+                if fut.done():
+                    return
+                if error == FAIL_REASON.SUCCESS:
+                    fut.set_result(result)
+                else:
+                    reason = _FAILURES.get(error, f"raft error {error}")
+                    exc_cls = FailedPrecondition if error == FAIL_REASON.REQUEST_DENIED else Unavailable
+                    fut.set_exception(exc_cls(f"{what} failed: {reason}"))
+            self._loop.call_soon_threadsafe(settle)
+
+        start(done)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise self._timeout_error(timeout, what) from None
+
+    def _timeout_error(self, timeout: float, what: str,
+                       started: float | None = None) -> Unavailable | ResourceExhausted:
+        # An append that found the disk full dropped the proposal before it entered the log.
+        failure = raft_journal.failure_since(started) if started is not None else None
+        if failure is not None:
+            return ResourceExhausted(
+                f"{what} failed: this manager's disk is full ({failure}); the change was not "
+                f"made. Free space on that filesystem and retry")
+        members = self.members()
+        up = sum(1 for m in members if m.connected)
+        return Unavailable(
+            f"{what} timed out after {timeout:g}s: no quorum — this manager reaches {up} of "
+            f"{len(members)} managers and a majority ({len(members) // 2 + 1}) is needed")
+
+    def compact(self) -> None:
+        """Write a snapshot and truncate the journal now (normally it happens by itself)."""
+        self._sync.forceLogCompaction()
+
+    def close(self) -> None:
+        try:
+            self._sync.destroy()
+        except Exception:
+            log.exception("stopping raft")
+        # destroy() only asks the thread to stop; wait so the port is free for a restart.
+        thread = getattr(self._sync, "_SyncObj__thread", None)
+        if thread is not None:
+            thread.join(timeout=5)
