@@ -1,5 +1,5 @@
 """The manager role of a node: the replicated store over raft, and the loops that only the
-leader runs (dispatcher, ...). The control API (manager/api.py) works on this object."""
+leader runs (dispatcher, ...). The control API (manager/controlapi/) works on this object."""
 from __future__ import annotations
 
 import asyncio

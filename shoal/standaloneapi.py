@@ -1,6 +1,6 @@
 """`shoal container run / stop / rm` on the local socket: standalone containers of this node.
 
-The managers hold each one as a task of this node (manager.standalone): the daemon asks them as
+The managers hold each one as a task of this node (manager/controlapi/containers.py): the daemon asks them as
 this node, then waits for its own task runner to have done the work, so that the CLI answers
 with the outcome (running, or why not) rather than with a request taken.
 """

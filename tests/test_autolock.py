@@ -15,7 +15,7 @@ from common.keywrap import NodeLocked, UnlockKey, WrongUnlockKey
 from common.model import Cluster
 from common.nodestate import NodeFiles
 from manager.controlapi import autolock
-from manager.state.raft.node import DataCipher
+from manager.state.raft.cipher import DataCipher
 
 RAFT_SECRET = os.urandom(32)
 TLS_KEY = b"-----BEGIN PRIVATE KEY-----\nnot-a-real-key-but-secret\n-----END PRIVATE KEY-----\n"

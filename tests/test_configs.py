@@ -103,7 +103,7 @@ def test_cli_config_option_and_build_spec():
 
 
 def test_api_shows_data_and_refuses_removal_in_use():
-    # Imported here: manager.api imported before tests/test_lb.py is collected breaks its
+    # Imported here: the control API imported before tests/test_lb.py is collected breaks its
     # pyroute2 use.
     from manager.controlapi import data_objects as api_data_objects
 

@@ -1,4 +1,4 @@
-"""Standalone containers on the managers (manager.standalone): what a `container run` request may
+"""Standalone containers on the managers (manager/controlapi/containers.py): what a `container run` request may
 ask for, and the life of its task on a real one-member raft manager: allocated, never restarted
 or shut down by the orchestrators, removed with its addresses freed only once its node stopped
 it. The agents are simulated by their status reports; the lab test in

@@ -1,4 +1,4 @@
-"""Configs on the managers: like secrets (see manager.secrets), but not secret.
+"""Configs on the managers: like secrets (see manager.specs.secrets), but not secret.
 
 A config's data may be shown by the API (base64 in JSON). The worker mounts each one read-only
 at its target: /<name> unless the reference names another. A config may not take a target one of

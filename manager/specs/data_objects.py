@@ -3,8 +3,8 @@
 Both are named, immutable blobs of up to 500 KB that services reference by name and that a node
 receives only for the live tasks it runs (in its assignment answer, over mutual TLS). They differ
 in a few facts, which a `DataKind` holds: whether the API may show the data, where a reference
-lands by default, and which targets are off limits. manager.secrets and manager.configs define
-the two kinds; api_data_objects serves both.
+lands by default, and which targets are off limits. manager.specs.secrets and
+manager.specs.configs define the two kinds; manager.controlapi.data_objects serves both.
 """
 from __future__ import annotations
 

@@ -33,9 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 import socket
 _INET_NTOP = socket.inet_ntop
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated  # noqa: E402
@@ -47,6 +44,7 @@ socket.inet_ntop = _INET_NTOP
 
 from common.errors import FailedPrecondition, ResourceExhausted, Unavailable  # noqa: E402
 from manager.state.raft import journal as raft_journal  # noqa: E402
+from manager.state.raft.cipher import DataCipher  # noqa: E402
 from manager.state.store import Store, Transaction, TxnResult  # noqa: E402
 
 log = logging.getLogger("shoal.raft")
@@ -82,22 +80,6 @@ _FAILURES = {
     FAIL_REASON.LEADER_CHANGED: "the leader changed; retry",
     FAIL_REASON.REQUEST_DENIED: "the raft membership is already changing; retry in a moment",
 }
-
-
-class DataCipher:
-    """Seals raft entries and snapshots at rest. Nonces are random: entries are sealed once."""
-
-    def __init__(self, raft_secret: bytes) -> None:
-        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                   info=b"shoal raft data at rest v1").derive(raft_secret)
-        self._aead = AESGCM(key)
-
-    def seal(self, data: bytes) -> bytes:
-        nonce = os.urandom(12)
-        return nonce + self._aead.encrypt(nonce, data, b"shoal")
-
-    def open(self, blob: bytes) -> bytes:
-        return self._aead.decrypt(blob[:12], blob[12:], b"shoal")
 
 
 class _StoreMachine(SyncObjConsumer):
