@@ -23,6 +23,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network n
 from common import linux  # noqa: E402
 from shoal.lab import netlab  # noqa: E402
 from shoal.lab.netlab import Lab, LabError  # noqa: E402
+from shoal.lab.processes import netns_pids  # noqa: E402
 from worker.executor import cgroup_mounts, cgroup_prefix_for  # noqa: E402
 
 FAKE_DAEMON = textwrap.dedent(r'''
@@ -145,7 +146,7 @@ def test_up_layout_and_connectivity(make_lab):
         assert ip(h.namespace, "-4", "route", "show", "default") == ""
         assert ip(h.namespace, "-6", "route", "show", "default") == ""
         # the daemon really runs inside the host's namespace
-        assert h.pid in netlab._netns_pids(h.namespace)
+        assert h.pid in netns_pids(h.namespace)
         assert (Path(h.data_root) / "shoald.log").read_text().count("fake shoald") == 1
 
     assert can_reach(lab, "manager1", "172.31.0.101")
