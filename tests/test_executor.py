@@ -242,7 +242,7 @@ def test_a_grace_period_that_is_no_duration_still_ends_in_sigkill(images_root, e
     """Issue 13, defect 4: NaN passed every check and the wait for its deadline spun forever
     without SIGKILL (infinity waited forever). Such a period gets the default (10 s, shortened
     here), so the stubborn container is killed."""
-    monkeypatch.setattr("worker.executor.DEFAULT_STOP_GRACE", 0.5, raising=False)
+    monkeypatch.setattr("worker.executor.ocispec.DEFAULT_STOP_GRACE", 0.5)
 
     async def scenario():
         ex = Executor(ex_root, ImageStore(images_root))

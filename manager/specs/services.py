@@ -172,7 +172,7 @@ def validate_service_spec(spec: ServiceSpec) -> None:
 
 def validate_container_spec(c: ContainerSpec, where: str) -> None:
     """What a container needs to run, a service's or a standalone one; errors name the field
-    under `where`. The node runs the same checks again (worker/executor.py); these make a
+    under `where`. The node runs the same checks again (worker/executor/ocispec.py); these make a
     request fail at once instead of every task of it on every node."""
     if not c.image.strip():
         raise _bad(f"{where}.image", "an image is required (e.g. busybox:1)")
