@@ -14,7 +14,6 @@ from typing import Optional
 
 from common import errors
 from common.aio import cancel_and_wait
-from common.model import Cluster, Node, NodeDescription, NodeStatus, Resources
 from manager.allocator.allocator import Allocator
 from manager.allocator.loop import AllocatorLoop
 from manager.dispatcher.dispatcher import Dispatcher
@@ -22,7 +21,7 @@ from manager.orchestrator.orchestrator import Orchestrator
 from manager.scheduler.loop import SchedulingLoop
 from manager.state.store import Store, Transaction, TxnResult
 from manager.state.watch import WatchHub
-from tests.raft_harness import SCENARIO_LIMIT, Harness, _within
+from tests.raft_harness import SCENARIO_LIMIT, Harness, _within, seed_cluster
 
 _ERRORS = {"conflict": errors.Conflict, "not_found": errors.NotFound, "exists": errors.Conflict,
            "invalid": errors.InvalidArgument}
@@ -84,14 +83,7 @@ class Leader:
 def run_scenario(scenario) -> None:
     async def main():
         leader = Leader(StoreReplica())
-        cluster = Cluster(id="c1")
-        cluster.spec.dispatcher.heartbeat_period = 3600.0
-        txn = Transaction().create("clusters", cluster)
-        for i in range(1, 4):
-            txn.create("nodes", Node(id=f"n{i}", status=NodeStatus(state="ready", addr=f"10.9.0.{i}"),
-                                     description=NodeDescription(hostname=f"node{i}",
-                                                                 resources=Resources(4 * 10**9, 8 << 30))))
-        await leader.propose(txn)
+        await leader.propose(seed_cluster())
         leader.start()
         try:
             await _within(SCENARIO_LIMIT, scenario(Harness(leader)), "the scenario")

@@ -61,6 +61,19 @@ class Harness:
         await self.m.propose(Transaction().update("nodes", node))
 
 
+def seed_cluster() -> Transaction:
+    """The cluster object and three Ready nodes n1..n3 that every scenario starts from."""
+    # No agents heartbeat here: a long period keeps the simulated nodes Ready.
+    cluster = Cluster(id="c1")
+    cluster.spec.dispatcher.heartbeat_period = 3600.0
+    txn = Transaction().create("clusters", cluster)
+    for i in range(1, 4):
+        txn.create("nodes", Node(id=f"n{i}", status=NodeStatus(state="ready", addr=f"10.9.0.{i}"),
+                                 description=NodeDescription(hostname=f"node{i}",
+                                                             resources=Resources(4 * 10**9, 8 << 30))))
+    return txn
+
+
 def run_scenario(tmp_path: Path, scenario) -> None:
     """Runs `await scenario(Harness(m))` on a fresh leader with three Ready nodes n1..n3."""
     async def main():
@@ -73,15 +86,7 @@ def run_scenario(tmp_path: Path, scenario) -> None:
         await m.start()
         try:
             await wait(lambda: m.is_leader)
-            # No agents heartbeat here: a long period keeps the simulated nodes Ready.
-            cluster = Cluster(id="c1")
-            cluster.spec.dispatcher.heartbeat_period = 3600.0
-            txn = Transaction().create("clusters", cluster)
-            for i in range(1, 4):
-                txn.create("nodes", Node(id=f"n{i}", status=NodeStatus(state="ready", addr=f"10.9.0.{i}"),
-                                         description=NodeDescription(hostname=f"node{i}",
-                                                                     resources=Resources(4 * 10**9, 8 << 30))))
-            await m.propose(txn)
+            await m.propose(seed_cluster())
             await _within(SCENARIO_LIMIT, scenario(Harness(m)), "the scenario")
         finally:
             await _within(30.0, m.stop(), "stopping the manager")
