@@ -90,6 +90,13 @@ def runtime_spec(cfg: ContainerConfig, image: Image, path: Path, cgroup: str,
     wd = in_rootfs(rootfs, cwd)
     if not wd.exists():
         wd.mkdir(parents=True, mode=0o755)
+    for src, dst, _ in cfg.extra_binds:
+        # A file bound onto a directory fails in runc with a message far from the cause; the
+        # image decides what its paths are, so only the node can tell.
+        if os.path.isfile(src) and in_rootfs(rootfs, dst).is_dir():
+            raise errors.InvalidArgument(f"{dst!r} is a directory in image {cfg.image}: a secret "
+                                         "or config is a file and cannot be mounted onto it; "
+                                         "give it another target", field="secrets")
     caps = {"bounding": DEFAULT_CAPS}
     if uid == 0:  # as Docker: a non-root user gets no effective capabilities
         caps.update(effective=DEFAULT_CAPS, permitted=DEFAULT_CAPS)
