@@ -23,7 +23,7 @@ async def wait(check, timeout=10.0):
         if value:
             return value
         assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.01)
 
 
 class Harness:

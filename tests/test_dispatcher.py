@@ -1,0 +1,83 @@
+"""The dispatcher on the leader's loops without raft (tests/loops_harness.py): heartbeats and
+the grace a node gets, and the assignment stream. Nodes and agents are simulated by writing
+what they would write."""
+import asyncio
+import time
+
+from common.model import Node, NodeDescription, NodeStatus
+from manager.state.store import Transaction
+from tests.raft_harness import wait
+from tests.test_orchestration import service
+
+
+def test_assignment_stream_is_incremental(loops):
+    async def scenario(h):
+        d = h.m.dispatcher
+        await h.m.propose(Transaction().create("services", service("web", 3)))
+        await wait(lambda: h.on("web").get("n1") == 1)
+        first = await d.assignments("n1", 0, 0)
+        assert first["full"] and len(first["tasks"]) == 1
+        # Nothing changed: a long poll waits, then returns empty.
+        t0 = time.monotonic()
+        again = await d.assignments("n1", first["index"], 0.5, first["net_digest"])
+        assert not again["full"] and again["tasks"] == [] and time.monotonic() - t0 >= 0.4
+        assert "network" in first and "network" not in again   # sent only when it changed
+        # A change wakes the waiter with just that change.
+        waiter = asyncio.create_task(d.assignments("n1", first["index"], 5, first["net_digest"]))
+        await asyncio.sleep(0.1)
+        svc = h.m.store.get("services", "svc-web")
+        svc.spec.mode.replicas = 0
+        await h.m.propose(Transaction().update("services", svc))
+        delta = await asyncio.wait_for(waiter, 3)
+        assert not delta["full"] and [t["desired_state"] for t in delta["tasks"]] == ["shutdown"]
+    loops(scenario)
+
+
+# ---- rolling updates and rollback (issue 5) -------------------------------------------------
+
+
+def test_a_shorter_heartbeat_period_does_not_mark_nodes_down(loops):
+    """After `swarm update --dispatcher-heartbeat` makes the period shorter, an agent keeps its
+    old period until its next heartbeat tells it the new one: it must not go Down meanwhile
+    (it did, in every lab that shortened the period right after forming)."""
+    async def scenario(h):
+        async def set_period(seconds):
+            cluster = h.m.store.get("clusters", "c1")
+            cluster.spec.dispatcher.heartbeat_period = seconds
+            await h.m.propose(Transaction().update("clusters", cluster))
+
+        await set_period(1.0)
+        await h.m.dispatcher.heartbeat("n1", "10.9.0.1", None)  # n1 is told 1 s
+        await set_period(0.2)
+        await asyncio.sleep(1.5)  # past 3 x 0.2 s, within 3 x 1 s
+        assert h.m.store.get("nodes", "n1").status.state == "ready"
+        answer = await h.m.dispatcher.heartbeat("n1", "10.9.0.1", None)
+        assert answer["period"] == 0.2
+        # now it was told 0.2 s: silence past 3 x 0.2 s is a failure
+        await wait(lambda: h.m.store.get("nodes", "n1").status.state == "down", timeout=5)
+    loops(scenario)
+
+
+def test_a_node_that_joins_long_after_the_leader_started_gets_its_full_grace(loops):
+    """A node's grace period starts when the leader first sees it, not when the leader started:
+    a node joining a leader that has run for minutes was marked Down a second after it joined
+    (under emulation, where its first heartbeat takes longer than that to come)."""
+    async def scenario(h):
+        cluster = h.m.store.get("clusters", "c1")
+        cluster.spec.dispatcher.heartbeat_period = 1.0
+        await h.m.propose(Transaction().update("clusters", cluster))
+        await asyncio.sleep(4.0)  # the leader is now older than its grace, 3 x 1 s
+        await h.m.propose(Transaction().create("nodes", Node(
+            id="late", status=NodeStatus(state="ready", addr="10.9.0.9"),
+            description=NodeDescription(hostname="late"))))
+        await asyncio.sleep(1.0)  # well within 3 x 1 s of being seen
+        assert h.m.store.get("nodes", "late").status.state == "ready"
+        # and it is not exempt: silence past its grace is a failure
+        await wait(lambda: h.m.store.get("nodes", "late").status.state == "down", timeout=8)
+        message = h.m.store.get("nodes", "late").status.message
+        silent_for = float(message.rsplit(" ", 1)[1].rstrip("s"))
+        assert 3.0 <= silent_for < 5.0, message  # from when it was seen, not from 4 s before
+        # a removed node is forgotten (the leader would otherwise keep one entry per node ever seen)
+        await h.m.propose(Transaction().delete("nodes", "late"))
+        await wait(lambda: "late" not in h.m.dispatcher._last_seen, timeout=5)
+    loops(scenario)
