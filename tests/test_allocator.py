@@ -137,3 +137,19 @@ def test_a_port_is_either_on_every_node_or_bound_on_nodes_never_both():
 def test_pysyncobj_import_leaves_inet_ntop_working():
     import manager.state.raft.node  # noqa: F401  - pysyncobj replaces socket.inet_ntop on import
     assert socket.inet_ntop(socket.AF_INET, b"\x0a\x00\x00\x01") == "10.0.0.1"
+
+
+def test_no_overlay_subnet_holds_a_node_address():
+    """Issue 13, defect 8: an overlay subnet over the nodes' own addresses would take their
+    cluster traffic. Chosen subnets skip them, and a given one that holds one is refused."""
+    from common.model import Node, NodeDescription, NodeStatus
+    store = Store()
+    store.apply(Transaction()
+                .create("nodes", Node(id="a", status=NodeStatus(addr="10.0.0.5"),
+                                      description=NodeDescription(hostname="host-a")))
+                .create("nodes", Node(id="b", status=NodeStatus(addr="10.0.1.7"))).encode())
+    ingress = plan_network(store, NetworkingConfig(), NetworkSpec(name="ingress", ingress=True), "i")
+    assert ingress.subnet == "10.0.2.0/24"  # 10.0.0.0/24 is preferred, but holds host-a
+    with pytest.raises(errors.Conflict) as exc:
+        plan_network(store, NetworkingConfig(), NetworkSpec(name="c", ipam=[IPAMConfig("10.0.0.0/16")]), "x")
+    assert "10.0.0.5 of node host-a" in exc.value.message

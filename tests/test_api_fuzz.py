@@ -139,9 +139,15 @@ class Cluster1:
         await self.m.stop()
 
     def close(self) -> None:
+        async def cancel_the_rest() -> None:  # what the manager left (pending watch waits)
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in rest:
+                t.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
         try:
             self.run(self.stop())
         finally:
+            self.run(cancel_the_rest())
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
 

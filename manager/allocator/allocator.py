@@ -95,6 +95,8 @@ def plan_network(store: Store, cfg: NetworkingConfig, spec: NetworkSpec, network
     """A new network with its VNI, subnet and gateway chosen (or the given ones checked)."""
     existing = store.list("networks")
     taken_nets = {ipaddress.IPv4Network(n.subnet): n for n in existing if n.subnet}
+    # An overlay holding a node's own address would take that node's cluster traffic.
+    node_addrs = _node_addresses(store)
     if spec.ipam and spec.ipam[0].subnet:
         try:
             subnet = ipaddress.IPv4Network(spec.ipam[0].subnet, strict=True)
@@ -109,8 +111,14 @@ def plan_network(store: Store, cfg: NetworkingConfig, spec: NetworkSpec, network
             raise errors.Conflict(f"--subnet {subnet} overlaps {clash} of network "
                                   f"{taken_nets[clash].spec.name!r}: pick another subnet",
                                   field="subnet")
+        holder = _overlaps(subnet, node_addrs)
+        if holder is not None:
+            raise errors.Conflict(f"--subnet {subnet} holds the address {holder.network_address} "
+                                  f"of node {node_addrs[holder]}, which the nodes reach each "
+                                  "other by: pick a subnet outside their network", field="subnet")
     else:
-        subnet = _free_subnet(cfg, taken_nets, prefer=INGRESS_SUBNET if spec.ingress else None)
+        subnet = _free_subnet(cfg, [*taken_nets, *node_addrs],
+                              prefer=INGRESS_SUBNET if spec.ingress else None)
     gateway = spec.ipam[0].gateway if spec.ipam and spec.ipam[0].gateway else ""
     if gateway:
         try:
@@ -128,6 +136,18 @@ def plan_network(store: Store, cfg: NetworkingConfig, spec: NetworkSpec, network
     if vni is None:
         raise errors.ResourceExhausted("no VXLAN network identifier is free: remove a network")
     return Network(id=network_id, spec=spec, vni=vni, subnet=str(subnet), gateway=f"{gw}")
+
+
+def _node_addresses(store: Store) -> dict[ipaddress.IPv4Network, str]:
+    """Every node's own address (as a /32), with the node's name."""
+    out = {}
+    for node in store.list("nodes"):
+        try:
+            addr = ipaddress.IPv4Network(f"{node.status.addr}/32")
+        except ValueError:
+            continue  # never reported, or not IPv4
+        out[addr] = node.description.hostname or node.id
+    return out
 
 
 def _free_subnet(cfg: NetworkingConfig, taken: Iterable[ipaddress.IPv4Network],

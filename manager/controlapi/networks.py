@@ -1,7 +1,6 @@
 """Control API for overlay networks: create, list, inspect, remove."""
 from __future__ import annotations
 
-import ipaddress
 import time
 from typing import Any
 
@@ -47,24 +46,6 @@ def parse_network_spec(data: Any) -> NetworkSpec:
     return spec
 
 
-def _check_underlay(manager, spec: NetworkSpec) -> None:
-    """An overlay subnet that holds a node's own address would route that node's cluster
-    traffic into the overlay."""
-    if not (spec.ipam and spec.ipam[0].subnet):
-        return
-    subnet = ipaddress.IPv4Network(spec.ipam[0].subnet)
-    for node in manager.store.list("nodes"):
-        try:
-            addr = ipaddress.ip_address(node.status.addr)
-        except ValueError:
-            continue
-        if addr in subnet:
-            raise errors.Conflict(f"--subnet {subnet} holds the address {addr} of node "
-                                  f"{node.description.hostname or node.id}, which the nodes "
-                                  "reach each other by: pick a subnet outside their network",
-                                  field="subnet")
-
-
 def network_view(manager, net: Network) -> dict:
     plain = codec.to_plain(net)
     plain["services"] = sorted(s.spec.name for s in _services_using(manager, net))
@@ -107,7 +88,6 @@ async def network_create(request: web.Request) -> web.Response:
             raise errors.Conflict(f"an ingress network already exists "
                                   f"({ingress_network(manager.store).spec.name!r}): remove it "
                                   "first", field="ingress")
-        _check_underlay(manager, spec)
         cluster = manager.cluster()
         net = plan_network(manager.store, cluster.spec.networking, spec, new_id())
         net.meta.created_at = net.meta.updated_at = time.time()
