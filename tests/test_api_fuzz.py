@@ -647,3 +647,23 @@ def test_node_api_refuses_hostile_requests(tmp_path):
         loop.close()
     assert sum(answers.values()) >= NODE_EXAMPLES
     print(f"node API fuzz: answers by status {sorted(answers.items())}")
+
+
+def test_an_exec_argument_with_a_nul_or_past_an_argument_s_size_is_refused(tmp_path):
+    """Issue 13, defect 7: an exec argument with a NUL byte, or 200 kB long, answered 500."""
+    from shoal import workerapi
+
+    async def go() -> None:
+        app = web.Application(middlewares=[error_middleware])
+        app[CTX] = _NodeCtx(tmp_path)
+        app.add_routes(workerapi.local_routes())
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        try:
+            for argv, why in ((["sh", "a\x00b"], "NUL"), (["sh", "x" * 200_000], "at most")):
+                r = await client.post("/containers/c1/exec", json={"argv": argv})
+                body = await r.json()
+                assert r.status == 400 and "argv[1]" in body["message"] and why in body["message"], body
+        finally:
+            await client.close()
+    asyncio.run(go())
