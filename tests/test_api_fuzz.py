@@ -35,6 +35,7 @@ from common.model import (Cluster, ContainerSpec, Node, NodeDescription, NodeSta
                           ServiceSpec, Task)
 from common.nodestate import NodeFiles, NodeState
 from manager import controlapi
+from manager.controlapi.context import IDENTITY
 from manager.controlapi.middleware import forward_middleware
 from manager.specs.cluster import validate_cluster_spec
 from common.httpserver import CTX, error_middleware
@@ -116,7 +117,7 @@ class Cluster1:
         @web.middleware
         async def as_node_n1(request, handler):
             # What auth_middleware sets from a node's certificate: node n1, a worker.
-            request["identity"] = pki.NodeIdentity("n1", pki.ROLE_WORKER, "c1", NOW, NOW)
+            request[IDENTITY] = pki.NodeIdentity("n1", pki.ROLE_WORKER, "c1", NOW, NOW)
             return await handler(request)
 
         app = web.Application(middlewares=[error_middleware, as_node_n1,

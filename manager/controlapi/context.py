@@ -76,5 +76,11 @@ def manager_of(request: web.Request) -> Manager:
     return ctx.manager
 
 
+# Set by auth_middleware from the caller's certificate (None on the local socket).
+IDENTITY: web.RequestKey[pki.NodeIdentity] = web.RequestKey("shoal.identity", pki.NodeIdentity)
+# A manager forwarded a request it received on its local socket (no node behind it).
+FORWARDED_LOCAL: web.RequestKey[bool] = web.RequestKey("shoal.forwarded_local", bool)
+
+
 def identity_of(request: web.Request) -> Optional[pki.NodeIdentity]:
-    return request.get("identity")
+    return request.get(IDENTITY)

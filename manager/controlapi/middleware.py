@@ -13,7 +13,7 @@ import asyncio
 from aiohttp import web
 
 from common import errors, pki
-from manager.controlapi.context import context_of, identity_of, manager_of
+from manager.controlapi.context import FORWARDED_LOCAL, IDENTITY, context_of, identity_of, manager_of
 
 
 FORWARDED_NODE_HEADER = "X-Shoal-Forwarded-Node"
@@ -46,10 +46,10 @@ def auth_middleware(cluster_id_of):
                 ident = pki.NodeIdentity(origin, pki.ROLE_WORKER, ident.cluster_id,
                                          ident.not_after, ident.not_before)
             else:
-                request["forwarded_local"] = True
-        request["identity"] = ident
+                request[FORWARDED_LOCAL] = True
+        request[IDENTITY] = ident
         if not request.path.startswith(_NODE_PATHS) and not ident.is_manager \
-                and not request.get("forwarded_local"):
+                and not request.get(FORWARDED_LOCAL):
             raise errors.PermissionDenied(
                 f"{request.path} is for managers; node {ident.node_id} holds a worker certificate")
         return await handler(request)
@@ -92,7 +92,7 @@ async def forward_middleware(request: web.Request, handler):
     if not manager.leader_connected():
         raise errors.Unavailable(manager.leader_unreachable_reason())
     ident = identity_of(request)
-    headers = {FORWARDED_NODE_HEADER: ident.node_id if ident and not request.get("forwarded_local") else ""}
+    headers = {FORWARDED_NODE_HEADER: ident.node_id if ident and not request.get(FORWARDED_LOCAL) else ""}
     client = ctx.peer_client(leader)
     # Fail fast when the leader is cut off: a client should hear "no quorum", not hang. A new
     # connection gives up after 1 s; a pooled one to a leader that has just been cut off would
