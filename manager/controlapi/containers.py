@@ -24,7 +24,7 @@ from common.model import (ContainerRestartPolicy, ContainerSpec, NetworkAttachme
                           PortConfig, RESTART_POLICIES, ResourceRequirements, Task, TaskSpec,
                           TaskStatus)
 from manager.allocator.allocator import CLUSTER_PORTS, host_bound_ports, ingress_port_holders
-from manager.controlapi.context import identity_of, manager_of
+from manager.controlapi.context import caller_node_id, manager_of
 from manager.specs.services import validate_container_spec, validate_resources
 from manager.state.store import Transaction
 
@@ -265,16 +265,13 @@ async def _set_desired(manager, node_id: str, ref: str, desired: str) -> Task:
 
 # ---- the dispatcher's endpoints (a node, by its certificate) -----------------------------------
 
-def _caller(request: web.Request) -> str:
-    ident = identity_of(request)
-    if ident is None:
-        raise errors.Unauthorized("standalone containers need the node's certificate")
-    return ident.node_id
-
-
 def _answer(task: Task, removed: bool = False, status: int = 200) -> web.Response:
     return reply({"id": task.id, "name": task.container_name, "removed": removed,
                   "addresses": [a.address for a in task.networks]}, status=status)
+
+
+def _caller(request: web.Request) -> str:
+    return caller_node_id(request, "standalone containers")
 
 
 async def container_create(request: web.Request) -> web.Response:

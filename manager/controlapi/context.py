@@ -84,3 +84,11 @@ FORWARDED_LOCAL: web.RequestKey[bool] = web.RequestKey("shoal.forwarded_local", 
 
 def identity_of(request: web.Request) -> Optional[pki.NodeIdentity]:
     return request.get(IDENTITY)
+
+
+def caller_node_id(request: web.Request, what: str) -> str:
+    """The node calling, by its certificate; `what` names the request for the refusal."""
+    ident = identity_of(request)
+    if ident is None:
+        raise errors.Unauthorized(f"{what} need the node's certificate")
+    return ident.node_id

@@ -5,45 +5,39 @@ from aiohttp import web
 
 from common import errors
 from common.httpserver import body_json, field, reply
-from manager.controlapi.context import identity_of, manager_of
+from manager.controlapi.context import caller_node_id, manager_of
 
 
 async def dispatcher_heartbeat(request: web.Request) -> web.Response:
     manager = manager_of(request)
-    ident = identity_of(request)
-    if ident is None:
-        raise errors.Unauthorized("heartbeats need the node's certificate")
+    node_id = caller_node_id(request, "heartbeats")
     data = await body_json(request)
     addr = field(data, "addr", str)
     description = field(data, "description", dict, required=False)
     raft_disk = field(data, "raft_disk", dict, required=False)
     if raft_disk is not None:
-        manager.disk_guard.note(ident.node_id, field(raft_disk, "free", int),
+        manager.disk_guard.note(node_id, field(raft_disk, "free", int),
                                 field(raft_disk, "path", str))
-    return reply(await manager.dispatcher.heartbeat(ident.node_id, addr, description))
+    return reply(await manager.dispatcher.heartbeat(node_id, addr, description))
 
 
 async def dispatcher_assignments(request: web.Request) -> web.Response:
     manager = manager_of(request)
-    ident = identity_of(request)
-    if ident is None:
-        raise errors.Unauthorized("assignments need the node's certificate")
-    if manager.store.get("nodes", ident.node_id) is None:
-        raise errors.NotFound(f"node {ident.node_id} is not part of this swarm (it was removed)")
+    node_id = caller_node_id(request, "assignments")
+    if manager.store.get("nodes", node_id) is None:
+        raise errors.NotFound(f"node {node_id} is not part of this swarm (it was removed)")
     data = await body_json(request)
     since = field(data, "since", int, required=False, default=0)
     wait = min(max(field(data, "wait", float, required=False, default=0.0), 0.0), 25.0)
     net_digest = field(data, "net_digest", str, required=False, default="")
-    return reply(await manager.dispatcher.assignments(ident.node_id, since, wait, net_digest))
+    return reply(await manager.dispatcher.assignments(node_id, since, wait, net_digest))
 
 
 async def dispatcher_status(request: web.Request) -> web.Response:
     manager = manager_of(request)
-    ident = identity_of(request)
-    if ident is None:
-        raise errors.Unauthorized("status reports need the node's certificate")
+    node_id = caller_node_id(request, "status reports")
     data = await body_json(request)
-    await manager.dispatcher.report_status(ident.node_id, field(data, "updates", list))
+    await manager.dispatcher.report_status(node_id, field(data, "updates", list))
     return reply({"ok": True})
 
 
