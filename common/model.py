@@ -208,11 +208,29 @@ class Placement:
 
 
 @dataclass
+class VolumeOptions:
+    """How a named volume is created on a node the first time a task needs it (Docker's
+    Mount.VolumeOptions): labels, and the `local` driver's options (type, device, o)."""
+    labels: dict[str, str] = field(default_factory=dict)
+    driver: str = "local"
+    driver_opts: dict[str, str] = field(default_factory=dict)
+    no_copy: bool = False
+
+
+@dataclass
+class TmpfsOptions:
+    size_bytes: int = 0             # 0: the kernel's default (half the memory)
+    mode: int = 0                   # 0: 1777
+
+
+@dataclass
 class Mount:
     type: str = "volume"            # bind | volume | tmpfs
     source: str = ""
     target: str = ""
     read_only: bool = False
+    volume_options: Optional[VolumeOptions] = None
+    tmpfs_options: Optional[TmpfsOptions] = None
 
 
 @dataclass
@@ -251,6 +269,27 @@ class HealthConfig:
 
 
 @dataclass
+class Ulimit:
+    name: str = ""                  # nofile, nproc, core, ... (setrlimit's names without RLIMIT_)
+    soft: int = 0
+    hard: int = 0
+
+
+@dataclass
+class DNSConfig:
+    nameservers: list[str] = field(default_factory=list)
+    search: list[str] = field(default_factory=list)
+    options: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LogDriver:
+    """json-file (options max-size, max-file) or none."""
+    name: str = "json-file"
+    options: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class ContainerSpec:
     image: str = ""
     command: list[str] = field(default_factory=list)
@@ -266,6 +305,18 @@ class ContainerSpec:
     stop_signal: str = "SIGTERM"
     stop_grace_period: float = 10.0
     healthcheck: Optional[HealthConfig] = None  # None: the image's own, if any
+    # Docker's names and meanings (ContainerSpec in the Engine API)
+    tty: bool = False
+    open_stdin: bool = False
+    init: bool = False              # a tiny init as pid 1 that reaps and forwards signals
+    read_only: bool = False         # the root filesystem
+    cap_add: list[str] = field(default_factory=list)     # "CAP_NET_ADMIN" or "ALL"
+    cap_drop: list[str] = field(default_factory=list)
+    sysctls: dict[str, str] = field(default_factory=dict)
+    ulimits: list[Ulimit] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)      # supplementary groups (names or ids)
+    hosts: list[str] = field(default_factory=list)       # "IP hostname [alias...]" for /etc/hosts
+    dns_config: Optional[DNSConfig] = None
 
 
 @dataclass
@@ -282,6 +333,7 @@ class TaskSpec:
     placement: Placement = field(default_factory=Placement)
     networks: list[NetworkAttachmentConfig] = field(default_factory=list)
     force_update: int = 0
+    log_driver: Optional[LogDriver] = None  # None: json-file without rotation limits
 
 
 SERVICE_MODES = ("replicated", "global", "replicated-job", "global-job")
@@ -354,6 +406,17 @@ class UpdateConfig:
     order: str = "stop-first"       # stop-first | start-first
 
 
+DEPENDENCY_CONDITIONS = ("service_started", "service_healthy", "service_completed_successfully")
+
+
+@dataclass
+class ServiceDependency:
+    """Compose's depends_on, kept by the managers: the tasks of a service that has never had
+    one are not created until each dependency (a service, by name) meets its condition."""
+    service: str = ""
+    condition: str = "service_started"
+
+
 @dataclass
 class ServiceSpec:
     name: str = ""
@@ -363,6 +426,7 @@ class ServiceSpec:
     endpoint_spec: EndpointSpec = field(default_factory=EndpointSpec)
     update_config: UpdateConfig = field(default_factory=UpdateConfig)
     rollback_config: UpdateConfig = field(default_factory=UpdateConfig)
+    depends_on: list[ServiceDependency] = field(default_factory=list)
 
 
 UPDATE_STATES = ("updating", "paused", "completed", "rollback_started", "rollback_paused",

@@ -10,10 +10,11 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # runc, busybox-static, nftables and docker-registry are for containers, images and load
-# balancing; iproute2/iputils-ping/procps for the namespace lab and its tests; iperf3 for
+# balancing; tini is the init of `--init` containers (as docker-init is Docker's);
+# iproute2/iputils-ping/procps for the namespace lab and its tests; iperf3 for
 # bench/network_bench.py.
 APT_PACKAGES=(python3 python3-venv python3-pip iproute2 iputils-ping procps nftables runc
-              busybox-static docker-registry ca-certificates bc iperf3)
+              busybox-static docker-registry ca-certificates bc iperf3 tini)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
