@@ -11,7 +11,7 @@ from typing import Optional
 
 from common import linux
 from common.fsutil import read_json, write_json
-from common.model import Mount
+from common.model import DNSConfig, LogDriver, Mount, Ulimit
 
 
 @dataclass
@@ -35,6 +35,19 @@ class ContainerConfig:
     netns_path: Optional[str] = None          # join this netns; None = a new one (loopback only)
     host_network: bool = False                # share the node's network namespace instead
     extra_binds: list[tuple[str, str, bool]] = field(default_factory=list)  # src, dst, ro
+    # ContainerSpec's options, as Docker means them
+    tty: bool = False
+    open_stdin: bool = False
+    init: bool = False
+    read_only: bool = False
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+    sysctls: dict[str, str] = field(default_factory=dict)
+    ulimits: list[Ulimit] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+    hosts: list[str] = field(default_factory=list)
+    dns: Optional[DNSConfig] = None
+    log_driver: Optional[LogDriver] = None    # None: json-file, no rotation
 
 
 @dataclass
