@@ -3,26 +3,12 @@ from __future__ import annotations
 
 import os
 from typing import Any, Iterator
-from urllib.parse import quote
 
 import click
 
 from common import errors
+from common.apipath import api_path  # noqa: F401  (the CLI modules take it from here)
 from common.unixhttp import DEFAULT_SOCKET, UnixClient
-
-
-def api_path(*segments: str) -> str:
-    """An API path from its segments, each quoted whole: a name the user typed stays one segment
-    and never becomes a query, a fragment or another path ('web2?', 'a/b', '..' stay names).
-    Query values go through `params=`."""
-    return "/" + "/".join(_segment(str(s)) for s in segments)
-
-
-def _segment(text: str) -> str:
-    if text in (".", ".."):
-        # quote() keeps dots, and a client or proxy may resolve a dot segment away
-        return text.replace(".", "%2E")
-    return quote(text, safe="")
 
 
 class Cli:
