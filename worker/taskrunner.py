@@ -47,7 +47,11 @@ def container_config(task: Task, hostname: str,
                 "shoal.node.hostname": hostname, "shoal.image": c.image},
         mounts=list(c.mounts), memory_limit=res.limits.memory_bytes, nano_cpus=res.limits.nano_cpus,
         pids_limit=res.pids_limit, stop_signal=c.stop_signal, stop_grace=c.stop_grace_period,
-        netns_path=None, extra_binds=list(extra_binds or []))
+        netns_path=None, extra_binds=list(extra_binds or []),
+        tty=c.tty, open_stdin=c.open_stdin, init=c.init, read_only=c.read_only,
+        cap_add=list(c.cap_add), cap_drop=list(c.cap_drop), sysctls=dict(c.sysctls),
+        ulimits=list(c.ulimits), groups=list(c.groups), hosts=list(c.hosts), dns=c.dns_config,
+        log_driver=task.spec.log_driver)
 
 
 def with_configs(task: Task) -> Task:

@@ -2,6 +2,8 @@
 field. Nothing half-valid reaches the store."""
 from __future__ import annotations
 
+import difflib
+import ipaddress
 import posixpath
 import re
 import signal
@@ -9,7 +11,9 @@ import signal
 from common import errors, strict
 from common.imageref import parse_ref
 from common.model import (SERVICE_MODES, UPDATE_FAILURE_ACTIONS, UPDATE_ORDERS, ContainerSpec,
-                          HealthConfig, ResourceRequirements, ServiceSpec)
+                          DNSConfig, HealthConfig, LogDriver, Mount, ResourceRequirements,
+                          ServiceSpec, Ulimit)
+from common.units import parse_size
 from manager.scheduler.constraints import parse_constraint, parse_preference
 
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}\Z")
@@ -29,6 +33,32 @@ _USER_PART = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}\Z")
 _HOSTNAME = re.compile(r"^(?=.{1,63}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
                        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$")
 _ENV_NAME = re.compile(r"^[^=\s][^=]*\Z")
+# A DNS name as resolv.conf's search and /etc/hosts take it (Docker's domain rule; hosts names
+# may carry '_' too, as many do).
+_DOMAIN = re.compile(r"^(?=.{1,253}\.?\Z)[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+                     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.?\Z")
+_HOST_NAME = re.compile(r"^(?=.{1,253}\Z)[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?"
+                        r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?)*\Z")
+# Every capability (linux/capability.h), without the CAP_ prefix. The node's copy is
+# worker/executor/ocispec.py's ALL_CAPS (this module may not import the worker).
+CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID",
+                "SETUID", "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST",
+                "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO",
+                "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE",
+                "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE",
+                "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM",
+                "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE")
+# The sysctls a container's own namespaces scope (Docker's and runc's rule): these, fs.mqueue.*
+# and, in a network namespace of the task's own (always, on shoal), net.*.
+IPC_SYSCTLS = ("kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall",
+               "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced")
+SYSCTL_PREFIXES = ("fs.mqueue.", "net.")
+_SYSCTL_KEY = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+\Z")
+ULIMITS = ("core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile",
+           "nproc", "rss", "rtprio", "rttime", "sigpending", "stack")
+RLIM_INFINITY = 2**64 - 1
+LOG_DRIVERS = {"json-file": ("max-size", "max-file"), "none": ()}
+VOLUME_DRIVER_OPTS = ("type", "device", "o")
 
 
 def parse_service_spec(data: object) -> ServiceSpec:
@@ -105,6 +135,8 @@ def validate_service_spec(spec: ServiceSpec) -> None:
     validate_labels(spec.labels, "labels")
     validate_container_spec(spec.task_template.container, "task_template.container")
     validate_resources(spec.task_template.resources, "task_template.resources")
+    if spec.task_template.log_driver is not None:
+        validate_log_driver(spec.task_template.log_driver, "task_template.log_driver")
     rp = spec.task_template.restart_policy
     if rp.condition not in _RESTART_CONDITIONS:
         raise _bad("task_template.restart_policy.condition",
@@ -214,6 +246,152 @@ def validate_container_spec(c: ContainerSpec, where: str) -> None:
                 raise _bad(f"{at}.source", f"invalid volume name {m.source!r}")
         elif m.source:
             raise _bad(f"{at}.source", "a tmpfs mount takes no source")
+        _validate_mount_options(m, at)
+    _validate_capabilities(c.cap_add, f"{where}.cap_add")
+    _validate_capabilities(c.cap_drop, f"{where}.cap_drop")
+    _validate_sysctls(c.sysctls, f"{where}.sysctls")
+    _validate_ulimits(c.ulimits, f"{where}.ulimits")
+    for i, group in enumerate(c.groups):
+        _validate_group(group, f"{where}.groups[{i}]")
+    for i, entry in enumerate(c.hosts):
+        _validate_hosts_entry(entry, f"{where}.hosts[{i}]")
+    if c.dns_config is not None:
+        _validate_dns(c.dns_config, f"{where}.dns_config")
+
+
+def _validate_mount_options(m: Mount, at: str) -> None:
+    """Options go with their own mount type only, as in Docker."""
+    if m.volume_options is not None:
+        if m.type != "volume":
+            raise _bad(f"{at}.volume_options", f"go with type=volume only, not {m.type}")
+        vo = m.volume_options
+        if vo.driver != "local":
+            raise _bad(f"{at}.volume_options.driver", f"{vo.driver!r}: only the local driver "
+                       "exists on shoal nodes (driver=local)")
+        for key in vo.driver_opts:
+            if key not in VOLUME_DRIVER_OPTS:
+                raise _bad(f"{at}.volume_options.driver_opts.{key}", f"the local driver takes "
+                           f"{', '.join(VOLUME_DRIVER_OPTS)} (as mount -t TYPE -o O DEVICE)")
+        validate_labels(vo.labels, f"{at}.volume_options.labels")
+    if m.tmpfs_options is not None:
+        if m.type != "tmpfs":
+            raise _bad(f"{at}.tmpfs_options", f"go with type=tmpfs only, not {m.type}")
+        if m.tmpfs_options.size_bytes < 0:
+            raise _bad(f"{at}.tmpfs_options.size_bytes", "must be bytes >= 0 (0: the kernel's "
+                       "default, half the memory)")
+        if not 0 <= m.tmpfs_options.mode <= 0o7777:
+            raise _bad(f"{at}.tmpfs_options.mode", f"{m.tmpfs_options.mode} (octal "
+                       f"{m.tmpfs_options.mode:o}) is no file mode: at most 0o7777 (4095); 0 "
+                       "means 1777")
+
+
+def _validate_capabilities(names: list[str], where: str) -> None:
+    """Docker's spellings: NET_ADMIN, CAP_NET_ADMIN, any case, or ALL."""
+    for i, name in enumerate(names):
+        text = name.strip().upper()
+        if text == "ALL" or text.removeprefix("CAP_") in CAPABILITIES:
+            continue
+        close = difflib.get_close_matches(text.removeprefix("CAP_"), CAPABILITIES, 1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise _bad(f"{where}[{i}]", f"unknown capability {name!r}: write a capability's name "
+                   f"with or without CAP_ (NET_ADMIN, CAP_SYS_TIME), or ALL{hint}")
+
+
+def _validate_sysctls(sysctls: dict[str, str], where: str) -> None:
+    for key, value in sysctls.items():
+        at = f"{where}.{key}"
+        if not _SYSCTL_KEY.match(key):
+            raise _bad(at, f"{key!r} is no sysctl name (dot-separated, like net.ipv4.ip_forward)")
+        if key not in IPC_SYSCTLS and not key.startswith(SYSCTL_PREFIXES):
+            raise _bad(at, f"{key!r} is not for a container: it may set only what its own "
+                       f"namespaces scope, net.*, fs.mqueue.* and {', '.join(IPC_SYSCTLS)}; "
+                       "set the others on the node")
+        if not value.strip() or "\n" in value:
+            raise _bad(at, "the value must be one non-empty line")
+
+
+def _validate_ulimits(ulimits: list[Ulimit], where: str) -> None:
+    seen: dict[str, int] = {}
+    for i, u in enumerate(ulimits):
+        at = f"{where}[{i}]"
+        if u.name not in ULIMITS:
+            raise _bad(f"{at}.name", f"unknown ulimit {u.name!r}: one of {', '.join(ULIMITS)}")
+        if u.name in seen:
+            raise _bad(f"{at}.name", f"{u.name} is also given at [{seen[u.name]}]")
+        seen[u.name] = i
+        for name in ("soft", "hard"):
+            if not 0 <= getattr(u, name) <= RLIM_INFINITY:
+                raise _bad(f"{at}.{name}", "must be an integer >= 0")
+        if u.soft > u.hard:
+            raise _bad(f"{at}.soft", f"the soft limit {u.soft} is above the hard limit {u.hard}")
+
+
+def _validate_group(group: str, where: str) -> None:
+    """A gid, or a name the node looks up in the image's /etc/group."""
+    if not _USER_PART.match(group):
+        raise _bad(where, f"{group!r} is no group: a name of letters, digits, '_', '.', '-' or "
+                   "a number")
+    if group.isdigit() and int(group) > MAX_ID:
+        raise _bad(where, f"gid {group} is out of range (at most {MAX_ID})")
+
+
+def _validate_hosts_entry(entry: str, where: str) -> None:
+    """Docker's ContainerSpec.Hosts: "IP hostname [alias...]", one /etc/hosts line."""
+    fields = entry.split()
+    if len(fields) < 2 or "\n" in entry:
+        raise _bad(where, f"{entry!r} is not 'IP hostname [alias...]' (e.g. '10.0.0.5 db')")
+    try:
+        ipaddress.ip_address(fields[0])
+    except ValueError:
+        raise _bad(where, f"{fields[0]!r} is no IP address: write 'IP hostname [alias...]' "
+                   "(e.g. '10.0.0.5 db')") from None
+    for name in fields[1:]:
+        if not _HOST_NAME.match(name):
+            raise _bad(where, f"{name!r} is no hostname (letters, digits, '-', '_' in "
+                       "dot-separated labels)")
+
+
+def _validate_dns(dns: DNSConfig, where: str) -> None:
+    for i, ns in enumerate(dns.nameservers):
+        try:
+            ipaddress.ip_address(ns)
+        except ValueError:
+            raise _bad(f"{where}.nameservers[{i}]", f"{ns!r} is no IP address (e.g. 10.0.0.2)") \
+                from None
+    for i, domain in enumerate(dns.search):
+        if domain != "." and not _DOMAIN.match(domain):
+            raise _bad(f"{where}.search[{i}]", f"{domain!r} is no domain name (e.g. "
+                       "example.com, or '.' for none)")
+    for i, option in enumerate(dns.options):
+        at = f"{where}.options[{i}]"
+        if not option or any(ch.isspace() for ch in option):
+            raise _bad(at, f"{option!r}: one resolv.conf option, like ndots:2 or timeout:1")
+        name, sep, value = option.partition(":")
+        if name == "ndots" and not (sep and value.isdigit() and value.isascii()):
+            raise _bad(at, f"{option!r}: ndots takes a number (ndots:2)")
+
+
+def validate_log_driver(ld: LogDriver, where: str) -> None:
+    """json-file (options max-size=SIZE, max-file=N) or none."""
+    if ld.name not in LOG_DRIVERS:
+        raise _bad(f"{where}.name", f"{ld.name!r} is not a log driver here: json-file or none")
+    allowed = LOG_DRIVERS[ld.name]
+    for key, value in ld.options.items():
+        at = f"{where}.options.{key}"
+        if key not in allowed:
+            raise _bad(at, f"{ld.name} takes no option {key!r}" + (
+                f": {' and '.join(allowed)} only" if allowed else ""))
+        if key == "max-size":
+            try:
+                size = parse_size(value)
+            except ValueError:
+                size = 0
+            if size <= 0:
+                raise _bad(at, f"{value!r} is no size above 0: bytes or a number with k, m or "
+                           "g (e.g. 10m)")
+        elif key == "max-file":
+            if not (value.isascii() and value.isdigit()) or int(value) < 1:
+                raise _bad(at, f"{value!r}: the number of log files to keep, an integer >= 1")
 
 
 def _validate_healthcheck(hc: HealthConfig, where: str) -> None:
