@@ -8,7 +8,9 @@ One loop reacts to store changes (coalesced) and reconciles every service:
 - restarts (the restart supervisor): a task that ended, or whose node went down, drained or
   left, is replaced per the restart policy (condition, delay, max attempts in a window);
 - the task reaper: keeps the newest N finished tasks per slot and drops the tasks of removed
-  services once they stopped.
+  services once they stopped;
+- depends_on (dependencies.py): a service that never had a task gets none until its
+  dependencies meet their conditions; their events wake it.
 Tasks are immutable once created: a restart is a new task for the same slot, and the old one is
 told to shut down (desired_state). A replacement never runs beside the task it replaces: while
 that one is still stopping, the new task is created "ready" (its node prepares it) and started
@@ -31,6 +33,7 @@ from manager.scheduler.constraints import node_matches
 from manager.allocator.allocator import Allocator
 from manager.state.replica import Replica, current_cluster
 from manager.state.store import Transaction
+from manager.orchestrator.dependencies import dependency_wait, dependents_by_name
 from manager.orchestrator.updater import Updater, outdated
 
 
@@ -64,6 +67,9 @@ class Orchestrator:
         self._loose: set[str] = set()
         self._everything = True
         self._updaters: dict[str, asyncio.Task] = {}
+        # Dependency name -> ids of the services that depend on it (depends_on). Built from the
+        # store when needed and dropped on any service event, which may change it.
+        self._dependents: Optional[dict[str, set[str]]] = None
 
     def kick(self) -> None:
         self._wake.set()
@@ -122,25 +128,44 @@ class Orchestrator:
     def _note(self, events: list) -> None:
         """Which services (and loose tasks) a batch of store events concerns."""
         store = self.m.store
+        # Names of the services whose tasks or spec changed: their gated dependents may be
+        # free to start now.
+        changed: set[str] = set()
         for e in events:
             if e.table == "services":
                 self._dirty.add(e.obj.id)
+                changed.add(e.obj.spec.name)
+                self._dependents = None
             elif e.table == "tasks":
-                self._note_task(e.obj)
+                self._note_task(e.obj, changed)
             elif e.table == "nodes":
                 # A node's state, availability or labels decide its tasks' fate, and which
                 # nodes the global services run on.
                 for t in store.by_index("tasks", "node_id", e.obj.id):
-                    self._note_task(t)
+                    self._note_task(t, changed)
                 self._dirty.update(s.id for s in store.list("services") if s.spec.mode.is_global)
             else:  # the cluster: its task history limit concerns every service
                 self._everything = True
+        if not self._everything:
+            self._dirty |= self._gated_dependents(changed)
 
-    def _note_task(self, task: Task) -> None:
+    def _note_task(self, task: Task, changed: set[str]) -> None:
         if task.service_id:
             self._dirty.add(task.service_id)
+            changed.add(task.service_name)
         else:
             self._loose.add(task.id)
+
+    def _gated_dependents(self, names: set[str]) -> set[str]:
+        """The services still gated (no task yet) that depend on one of `names`. One that has
+        tasks is never gated again: its dependencies' events are none of its business."""
+        if not names:
+            return set()
+        store = self.m.store
+        if self._dependents is None:
+            self._dependents = dependents_by_name(store.list("services"))
+        return {sid for name in names for sid in self._dependents.get(name, ())
+                if not store.by_index("tasks", "service_id", sid)}
 
     # ---- one round ------------------------------------------------------------------------
     async def reconcile(self) -> None:
@@ -162,6 +187,11 @@ class Orchestrator:
             candidates += [t for tid in loose if (t := store.get("tasks", tid)) is not None]
         for svc in services.values():
             tasks = store.by_index("tasks", "service_id", svc.id)
+            if not tasks and svc.spec.depends_on and dependency_wait(svc, store) is not None:
+                # Gated: no task yet. Its dependencies' events bring it back (_note); with no
+                # task there is nothing to reap, and an update has nothing to replace.
+                self._maybe_update(svc, tasks)
+                continue
             if svc.spec.mode.is_global:
                 ops += self._global(svc, tasks, nodes, now)
             else:
