@@ -32,8 +32,9 @@ case "$ROLE" in manager|worker) ;; *) echo "provision: SHOAL_ROLE=$ROLE is not m
 [ -f "$SRC/pyproject.toml" ] || { echo "provision: no shoal source tree at $SRC" >&2; exit 1; }
 
 # --- Debian packages: only the missing ones, so a prepared image needs no network ---------------
-# ipvsadm is for looking at the IPVS load balancer; shoal itself talks netlink.
-PACKAGES=(python3 python3-venv iproute2 nftables ipvsadm runc busybox-static procps kmod)
+# ipvsadm is for looking at the IPVS load balancer; shoal itself talks netlink. tini is the init
+# of `--init` containers.
+PACKAGES=(python3 python3-venv iproute2 nftables ipvsadm runc busybox-static procps kmod tini)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
