@@ -178,8 +178,18 @@ def service_body(name: str) -> dict:
              configs=[{"config_name": "site", "target": "/site.conf", "uid": "0", "gid": "0",
                        "mode": 0o444, "config_id": ""}],
              healthcheck={"test": ["CMD-SHELL", "true"], "interval": 5.0, "timeout": 1.0,
-                          "start_period": 0.0, "retries": 3})
+                          "start_period": 0.0, "retries": 3},
+             tty=True, open_stdin=True, init=False, read_only=True, cap_add=["NET_ADMIN"],
+             cap_drop=["MKNOD"], sysctls={"net.core.somaxconn": "512"},
+             ulimits=[{"name": "nofile", "soft": 512, "hard": 1024}], groups=["staff", "50"],
+             hosts=["10.1.2.3 db.local"],
+             dns_config={"nameservers": ["10.0.0.2"], "search": ["corp"], "options": ["ndots:2"]})
+    c["mounts"][0]["volume_options"] = {"labels": {"a": "b"}, "driver": "local",
+                                        "driver_opts": {"type": "tmpfs", "device": "tmpfs"},
+                                        "no_copy": False}
+    c["mounts"][1]["tmpfs_options"] = {"size_bytes": 1 << 20, "mode": 0o1777}
     tt = spec["task_template"]
+    tt["log_driver"] = {"name": "json-file", "options": {"max-size": "1m", "max-file": "2"}}
     tt["resources"] = {"limits": {"nano_cpus": 10**8, "memory_bytes": 64 << 20},
                        "reservations": {"nano_cpus": 0, "memory_bytes": 0}, "pids_limit": 64}
     tt["restart_policy"] = {"condition": "on-failure", "delay": 1.0, "max_attempts": 3, "window": 10.0}
@@ -191,6 +201,9 @@ def service_body(name: str) -> dict:
         {"name": "http", "protocol": "tcp", "target_port": 80, "published_port": 0,
          "publish_mode": "ingress"}]}
     spec["labels"] = {"tier": "web"}
+    if name != "target":
+        spec["depends_on"] = [{"service": "target", "condition": "service_healthy"},
+                              {"service": "later", "condition": "service_completed_successfully"}]
     return spec
 
 
@@ -310,7 +323,10 @@ def worker_accepts(task_spec, tmp: Path) -> None:
     name, _, group = (cfg.user or "root").partition(":")
     (rootfs / "etc" / "passwd").write_text(f"root:x:0:0::/root:/bin/sh\n"
                                            f"{name if not name.isdigit() else 'u'}:x:1000:1000::/:/bin/sh\n")
-    (rootfs / "etc" / "group").write_text(f"root:x:0:\n{group if group and not group.isdigit() else 'g'}:x:1000:\n")
+    # the supplementary groups the API accepted by name exist in this image too
+    names = {group if group and not group.isdigit() else "g"} | {g for g in cfg.groups if not g.isdigit()}
+    (rootfs / "etc" / "group").write_text("root:x:0:\n" + "".join(
+        f"{n}:x:{1000 + i}:\n" for i, n in enumerate(sorted(names))))
     _signal(cfg.stop_signal)
     assert math.isfinite(cfg.stop_grace)
     # Bind sources are the node's business (they must exist there); the rest is checked as is.
