@@ -11,7 +11,10 @@ def parse_size(text: str) -> int:
     match = _SIZE.match(text.strip())
     if not match:
         raise ValueError(f"invalid size {text!r}: use bytes or a number with k, m or g (e.g. 64m)")
-    return int(float(match.group(1)) * _FACTORS[match.group(2).lower()])
+    try:
+        return int(float(match.group(1)) * _FACTORS[match.group(2).lower()])
+    except OverflowError:  # "9" * 400 is a float too large for an int
+        raise ValueError(f"invalid size {text[:40]!r}: too large") from None
 
 
 def parse_cpus(text: str) -> int:

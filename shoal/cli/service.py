@@ -8,33 +8,17 @@ import click
 
 from common import errors
 from common.durations import format_duration
-from common.units import parse_cpus, parse_size
 from shoal.cli.client import Cli, api_path, pass_cli
 from shoal.cli.data_objects import parse_reference_option
-from shoal.cli.flag_values import parse_mount, parse_publish
+# SIZE and CPUS are imported from here by container.py and service_update.py too
+from shoal.cli.flag_values import (CPUS, ENV, LABEL, MOUNT, PLACEMENT_PREF, SIZE, merge_env,
+                                   WORDS, parse_mount, parse_publish, read_env_file)
 from shoal.cli.output import print_json, print_listing
 from shoal.cli.network_flags import apply_network_create, network_create_options
 from shoal.cli.swarm import DURATION
-from shoal.cli.service_flags import (apply_health, apply_policies, describe_health, health_options,
-                                     update_policy_options)
-
-
-def _value(parse, what):
-    class _Type(click.ParamType):
-        name = what
-
-        def convert(self, value, param, ctx):
-            if not isinstance(value, str):
-                return value
-            try:
-                return parse(value)
-            except ValueError as exc:
-                self.fail(str(exc), param, ctx)
-    return _Type()
-
-
-SIZE = _value(parse_size, "size")
-CPUS = _value(parse_cpus, "cpus")
+from shoal.cli.service_flags import (BoolValueCommand, apply_container_create, apply_health,
+                                     apply_policies, container_create_options, describe_container,
+                                     describe_health, health_options, update_policy_options)
 
 
 def service_options(fn):
@@ -43,14 +27,18 @@ def service_options(fn):
         click.option("--mode", type=click.Choice(["replicated", "global", "replicated-job", "global-job"]),
                      default="replicated", show_default=True, help="Service mode"),
         click.option("--max-concurrent", type=click.IntRange(min=0), help="Jobs: tasks run at once"),
-        click.option("-e", "--env", multiple=True, help="Set an environment variable (NAME=VALUE)"),
+        click.option("-e", "--env", multiple=True, type=ENV,
+                     help="Set an environment variable (NAME=VALUE; a bare NAME takes this shell's value)"),
         click.option("-w", "--workdir", help="Working directory inside the container"),
         click.option("-u", "--user", help="Username or UID[:GID]"),
         click.option("--hostname", help="Container hostname"),
-        click.option("--entrypoint", help="Overwrite the image's entrypoint (space separated)"),
-        click.option("-l", "--label", multiple=True, help="Service label (KEY=VALUE)"),
-        click.option("--container-label", multiple=True, help="Container label (KEY=VALUE)"),
-        click.option("--mount", multiple=True, help="type=bind|volume|tmpfs,source=...,target=...[,readonly]"),
+        click.option("--entrypoint", type=WORDS,
+                     help="Overwrite the image's entrypoint (split as a shell would)"),
+        click.option("-l", "--label", multiple=True, type=LABEL, help="Service label (KEY=VALUE)"),
+        click.option("--container-label", multiple=True, type=LABEL, help="Container label (KEY=VALUE)"),
+        click.option("--mount", multiple=True, type=MOUNT,
+                     help="type=bind|volume|tmpfs,source=...,target=...[,readonly][,volume-driver=,"
+                          "volume-opt=K=V,volume-label=K=V,volume-nocopy][,tmpfs-size=,tmpfs-mode=]"),
         click.option("--limit-cpu", type=CPUS, help="Limit CPUs (e.g. 0.5)"),
         click.option("--limit-memory", type=SIZE, help="Limit memory (e.g. 64m)"),
         click.option("--limit-pids", type=click.IntRange(min=0), help="Limit the number of processes"),
@@ -62,7 +50,8 @@ def service_options(fn):
         click.option("--restart-max-attempts", type=click.IntRange(min=0), help="Maximum number of restarts"),
         click.option("--restart-window", type=DURATION, help="Window used to evaluate the restart policy"),
         click.option("--constraint", multiple=True, help="Placement constraint (e.g. node.labels.zone==a)"),
-        click.option("--placement-pref", multiple=True, help="Placement preference (spread=node.labels.zone)"),
+        click.option("--placement-pref", multiple=True, type=PLACEMENT_PREF,
+                     help="Placement preference (spread=node.labels.zone)"),
         click.option("--replicas-max-per-node", type=click.IntRange(min=0), help="Maximum tasks per node"),
         click.option("--stop-signal", help="Signal to stop the container (default SIGTERM)"),
         click.option("--stop-grace-period", type=DURATION, help="Time to wait before SIGKILL (default 10s)"),
@@ -75,20 +64,22 @@ def service_options(fn):
     return fn
 
 
-def _labels(values, flag) -> dict:
-    out = {}
-    for v in values:
-        key, _, val = v.partition("=")
-        if not key:
-            raise click.BadParameter(f"{v!r}: expected KEY=VALUE", param_hint=flag)
-        out[key] = val
-    return out
+def _labels(values) -> dict:
+    """KEY=VALUE strings (build_spec's callers outside click) or pairs the LABEL type made."""
+    return dict(v if isinstance(v, tuple) else LABEL.convert(v, None, None) for v in values)
+
+
+def _env(o: dict) -> list[str]:
+    """docker's order: the --env-file lines, then --env; a later name wins."""
+    files = [f if isinstance(f, list) else read_env_file(f) for f in o.get("env_file") or ()]
+    from_files = [line for lines in files for line in lines]
+    return merge_env(from_files + list(o["env"]))
 
 
 def build_spec(name, image, args, o: dict) -> dict:
-    container = {"image": image, "args": list(args), "env": list(o["env"]),
-                 "labels": _labels(o["container_label"], "--container-label"),
-                 "mounts": [parse_mount(m) for m in o["mount"]]}
+    container = {"image": image, "args": list(args), "env": _env(o),
+                 "labels": _labels(o["container_label"]),
+                 "mounts": [m if isinstance(m, dict) else parse_mount(m) for m in o["mount"]]}
     container["secrets"] = [parse_reference_option("secret", s) for s in o.get("secret") or ()]
     container["configs"] = [parse_reference_option("config", s) for s in o.get("config") or ()]
     for key, flag in (("workdir", "dir"), ("user", "user"), ("hostname", "hostname"),
@@ -96,7 +87,7 @@ def build_spec(name, image, args, o: dict) -> dict:
         if o.get(key) is not None:
             container[flag] = o[key]
     if o.get("entrypoint"):
-        container["command"] = o["entrypoint"].split()
+        container["command"] = list(o["entrypoint"])
     resources = {"limits": {"nano_cpus": o.get("limit_cpu") or 0, "memory_bytes": o.get("limit_memory") or 0},
                  "reservations": {"nano_cpus": o.get("reserve_cpu") or 0,
                                   "memory_bytes": o.get("reserve_memory") or 0},
@@ -111,12 +102,14 @@ def build_spec(name, image, args, o: dict) -> dict:
         mode["max_concurrent"] = o["max_concurrent"]
     if mode["mode"] == "replicated-job":
         mode["total_completions"] = mode["replicas"]
+    task = {"container": container, "resources": resources, "restart_policy": restart,
+            "placement": {"constraints": list(o["constraint"]),
+                          "preferences": list(o["placement_pref"]),
+                          "max_replicas": o.get("replicas_max_per_node") or 0}}
+    apply_container_create(task, o)
     return {
-        "name": name, "labels": _labels(o["label"], "--label"),
-        "task_template": {"container": container, "resources": resources, "restart_policy": restart,
-                          "placement": {"constraints": list(o["constraint"]),
-                                        "preferences": list(o["placement_pref"]),
-                                        "max_replicas": o.get("replicas_max_per_node") or 0}},
+        "name": name, "labels": _labels(o["label"]),
+        "task_template": task,
         "mode": mode,
         "endpoint_spec": {"ports": [parse_publish(p) for p in o["publish"]]},
     }
@@ -127,11 +120,13 @@ def service() -> None:
     """Manage swarm services."""
 
 
-@service.command(context_settings={"ignore_unknown_options": False, "allow_interspersed_args": False})
+@service.command(cls=BoolValueCommand,
+                 context_settings={"ignore_unknown_options": False, "allow_interspersed_args": False})
 @click.option("--name", help="Service name (default: derived from the image)")
 @click.option("--secret", "secret", multiple=True, help="Secret to expose: NAME or source=NAME,target=PATH,uid=,gid=,mode=")
 @click.option("--config", "config", multiple=True, help="Config to expose: NAME or source=NAME,target=PATH,uid=,gid=,mode=")
 @service_options
+@container_create_options
 @network_create_options
 @health_options
 @update_policy_options
@@ -320,6 +315,8 @@ def inspect(cli: Cli, pretty, services) -> None:
                    f"order={rc['order']} failure_action={rc['failure_action']} "
                    f"monitor={format_duration(rc['monitor'])} max_failure_ratio={rc['max_failure_ratio']:g}")
         click.echo(f"Healthcheck:    {describe_health(c.get('healthcheck'))}")
+        for label, text in describe_container(spec["task_template"]):
+            click.echo(f"{label + ':':<16}{text}")
         us = s["update_status"]
         if us["state"]:
             click.echo(f"Update Status:  {us['state']}: {us['message']}")
