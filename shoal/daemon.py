@@ -62,6 +62,7 @@ class Daemon:
         self._unix_runner: Optional[web.AppRunner] = None
         self.images = None
         self.executor = None
+        self.volumes = None
         self.insecure_registries: frozenset[str] = frozenset()
         self.lb_backend = "auto"      # the routing mesh's load balancer: auto | ipvs | nftables
         self.role_lock = asyncio.Lock()
@@ -77,6 +78,9 @@ class Daemon:
         from worker.images import ImageStore
         self.images = ImageStore(self.files.root / "images")
         self.executor = Executor(self.files.root / "executor", self.images)
+        from worker.volumes import VolumeStore, containers_using
+        self.volumes = VolumeStore(self.executor.volumes_dir,
+                                   users=containers_using(self.executor))
         if self.state.in_swarm and not autolock.comes_up_locked(self):
             await self.start_roles()
         await self._serve_unix()

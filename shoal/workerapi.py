@@ -1,9 +1,9 @@
-"""This node's containers, images and task logs: on the local socket for the CLI
-(`container`, `image`), and /worker/logs on 2377 for managers gathering `service logs`."""
+"""This node's containers, images, volumes and task logs: on the local socket for the CLI
+(`container`, `image`, `volume`), and /worker/logs on 2377 for managers gathering `service logs`."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field as dc_field
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -14,6 +14,7 @@ from common.imageref import parse_ref
 from common import httpstreams as streams
 from common.httpserver import CTX, body_json, field, query_flag, reply
 from worker.restarts import Restarts
+from worker.volumes import VolumeStore
 
 
 def _daemon(request: web.Request):
@@ -186,6 +187,68 @@ async def image_remove(request: web.Request) -> web.Response:
     return reply({"removed": request.match_info["ref"]})
 
 
+# ---- volumes (worker/volumes.py): node-local, as Docker's local driver --------------------------
+@dataclass
+class VolumeCreateRequest:
+    name: str = ""                    # "": an anonymous volume with a random name
+    driver: str = "local"
+    driver_opts: dict[str, str] = dc_field(default_factory=dict)
+    labels: dict[str, str] = dc_field(default_factory=dict)
+
+
+@dataclass
+class VolumePruneRequest:
+    all: bool = False                 # named volumes too, not only anonymous ones
+    filters: dict[str, list[str]] = dc_field(default_factory=dict)
+
+
+def _volumes(request: web.Request) -> VolumeStore:
+    store = getattr(_daemon(request), "volumes", None)
+    if store is None:
+        raise errors.Unavailable("this node's volume store is not running")
+    return store
+
+
+def _query_filters(request: web.Request) -> dict[str, list[str]]:
+    """`?filters={"label": ["a=b"], "dangling": ["true"]}`, Docker's form."""
+    raw = request.query.get("filters")
+    if not raw:
+        return {}
+    try:
+        data = strict.loads(raw)
+    except errors.InvalidArgument as exc:
+        raise errors.InvalidArgument(
+            f"query parameter filters is not valid JSON ({exc.message}): send a map like "
+            '{"label": ["app=web"], "dangling": ["true"]}', field="filters") from None
+    return strict.decode(dict[str, list[str]], data, "filters")
+
+
+async def volumes_list(request: web.Request) -> web.Response:
+    return reply([v.view() for v in _volumes(request).list(_query_filters(request))])
+
+
+async def volume_create(request: web.Request) -> web.Response:
+    req = strict.decode(VolumeCreateRequest, await body_json(request, required=False))
+    return reply(_volumes(request).create(req.name, req.driver, req.driver_opts,
+                                          req.labels).view())
+
+
+async def volume_inspect(request: web.Request) -> web.Response:
+    return reply(_volumes(request).get(request.match_info["name"]).view())
+
+
+async def volume_remove(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    removed = await _volumes(request).remove(name, force=query_flag(request, "force"))
+    return reply({"removed": name if removed else None})
+
+
+async def volume_prune(request: web.Request) -> web.Response:
+    req = strict.decode(VolumePruneRequest, await body_json(request, required=False))
+    deleted, freed = await _volumes(request).prune(all=req.all, filters=req.filters)
+    return reply({"deleted": deleted, "reclaimed": freed})
+
+
 def _local(*handlers):
     # These act on this node itself: never forwarded to the leader.
     for h in handlers:
@@ -193,7 +256,8 @@ def _local(*handlers):
 
 
 _local(containers_list, container_inspect, container_exec, container_logs, images_list,
-       image_import, image_pull, image_remove, task_logs)
+       image_import, image_pull, image_remove, task_logs, volumes_list, volume_create,
+       volume_inspect, volume_remove, volume_prune)
 
 
 def local_routes() -> list[web.RouteDef]:
@@ -205,6 +269,11 @@ def local_routes() -> list[web.RouteDef]:
             web.post("/images/import", image_import),
             web.post("/images/pull", image_pull),
             web.delete("/images/{ref:.+}", image_remove),
+            web.get("/volumes", volumes_list),
+            web.post("/volumes/create", volume_create),
+            web.post("/volumes/prune", volume_prune),
+            web.get("/volumes/{name}", volume_inspect),
+            web.delete("/volumes/{name}", volume_remove),
             web.get("/worker/logs", task_logs)]
 
 

@@ -101,6 +101,8 @@ from shoal.cli.data_objects import config as _config, secret as _secret  # noqa:
 main.add_command(_secret)
 main.add_command(_config)
 from shoal.cli.network import network as _network; main.add_command(_network)  # noqa: E402,E702
+from shoal.cli.volume import volume as _volume; main.add_command(_volume)  # noqa: E402,E702
+from shoal.cli.stack import stack as _stack; main.add_command(_stack)  # noqa: E402,E702
 _service.node_ps_command(_node.node)
 try:
     from shoal.cli.lab import lab as _lab
