@@ -145,6 +145,15 @@ class Checker:
         self.expected(path, "a mapping", value)
         return None
 
+    def items(self, path: Path, value: Any) -> list:
+        """A list whose items are checked by the caller (ports, volumes, secrets, ...)."""
+        if value is None:
+            return []
+        if isinstance(value, list):
+            return value
+        self.expected(path, "a list", value)
+        return []
+
     def string_list(self, path: Path, value: Any) -> list[str]:
         if isinstance(value, str):
             return [value]

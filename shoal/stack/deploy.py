@@ -22,7 +22,8 @@ from common import errors, strict
 from common.model import ServiceSpec
 from manager.specs.services import validate_service_spec
 from common.apipath import api_path
-from shoal.stack.convert import NAMESPACE_LABEL, DataPlan, StackPlan
+from shoal.stack.convert import NAMESPACE_LABEL
+from shoal.stack.plan import DataPlan, StackPlan
 from shoal.stack.problems import ComposeError, Problem
 
 # A secret's content is never readable through the API, so a redeploy could not tell that the
