@@ -11,7 +11,8 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from shoal.stack.convert import IMAGE_LABEL, NAMESPACE_LABEL, convert, refuse_unsupported
+from shoal.stack.convert import NAMESPACE_LABEL, convert, refuse_unsupported
+from shoal.stack.service import IMAGE_LABEL
 from shoal.stack.deploy import comparable, content_digest, same_content
 from shoal.stack.interpolate import substitute
 from shoal.stack.problems import ComposeError
@@ -409,7 +410,7 @@ _values = st.recursive(_scalars, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.dictionaries(_keys, inner, max_size=5)), max_leaves=25)
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=int(__import__("os").environ.get("COMPOSE_FUZZ", "600")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(doc=st.dictionaries(st.sampled_from(["services", "networks", "volumes", "secrets",
                                             "configs", "version", "x-a", "bogus"]),
                            st.one_of(_values, st.dictionaries(st.text(max_size=6), _values,
