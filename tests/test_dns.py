@@ -124,3 +124,15 @@ def test_live_query_in_namespace(tmp_path):
     finally:
         nsutil.remove(ns)
         nsutil.release_dir(str(tmp_path / "ns"))
+
+
+def test_a_task_with_its_own_nameservers_forwards_to_them():
+    """As Docker's embedded DNS: `--dns` (compose `dns:`) are the upstreams of the task's resolver
+    on an overlay; IPv6 ones are skipped (the resolver forwards over IPv4); none: the node's."""
+    from common.model import ContainerSpec, DNSConfig, Task, TaskSpec
+    from worker.network.node import _task_upstreams
+    task = Task(id="t", spec=TaskSpec(container=ContainerSpec(
+        dns_config=DNSConfig(nameservers=["10.9.8.7", "fd00::1", "1.1.1.1"]))))
+    assert _task_upstreams(task) == [("10.9.8.7", 53), ("1.1.1.1", 53)]
+    plain = Task(id="u")
+    assert _task_upstreams(plain) == dns.upstreams_from_resolv_conf()

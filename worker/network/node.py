@@ -225,7 +225,7 @@ class NodeNetworks:
                 if tn.dns is None:
                     # on a port of its own: the task may run a DNS server on 53 itself
                     tn.dns = DnsServer(ServiceTable(), DNS_ADDRESS, 0, netns=netns,
-                                       upstreams=upstreams_from_resolv_conf())
+                                       upstreams=_task_upstreams(task))
                     await tn.dns.start()
                 if tn.lb is None:
                     tn.lb = TaskNftables(netns, redirects=((DNS_ADDRESS, 53, tn.dns.bound[1]),))
@@ -402,3 +402,15 @@ def _drop_gateway_link(task_id: str) -> None:
         if br is not None and not any(link.get_attr("IFLA_MASTER") == br
                                       for link in node.get_links()):
             node.link("del", index=br)
+
+
+def _task_upstreams(task: Task) -> list[tuple[str, int]]:
+    """Where the task's embedded DNS sends names it does not know: the task's own nameservers
+    (`--dns`, compose's `dns:`), as Docker's embedded DNS does, else the node's."""
+    dns = task.spec.container.dns_config
+    servers = []
+    for server in (dns.nameservers if dns else []):
+        with contextlib.suppress(ValueError):
+            if ipaddress.ip_address(server).version == 4:
+                servers.append((server, 53))
+    return servers or upstreams_from_resolv_conf()
