@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -21,11 +22,13 @@ from worker.executor.cgroups import cgroup_mounts, cgroup_prefix_for
 from worker.executor.container import (ContainerConfig, ContainerInfo, ExitInfo, LogLine,
                                        _alive, _Container, _plain_config, _start_time,
                                        _suppress_os, _write_small)
+from worker.executor.console import stop_pump
 from worker.executor.exits import reap_orphans, watch
-from worker.executor.logs import STREAMS, _LogTail, _parse_record, _tail_offset, copy_logs
+from worker.executor.logs import (STREAMS, LogReader, _LogTail, copy_logs, log_base, log_end,
+                                  log_policy, policy_of, refuse_reading)
 from worker.executor.ocispec import _signal, runtime_spec, stop_grace
 from worker.executor.rootfs import _mount_overlay, _unmount
-from worker.executor.runc import _last_line, run_runc, runc_create, runtime_path
+from worker.executor.runc import Stdio, _last_line, run_runc, runc_create, runtime_path
 from worker.images import Image, ImageStore, finish_then_cancel, remove_tree
 
 log = logging.getLogger("shoal.executor")
@@ -100,6 +103,7 @@ class Executor:
         if config.id in self._containers or (self.containers_dir / config.id).exists():
             raise errors.Conflict(f"container {config.id} already exists on this node",
                                   field="id")
+        policy = log_policy(config.log_driver)
         image = self.images.require(config.image)
         layers = self.images.layer_dirs(image)
         runc = self._runtime_path()
@@ -120,9 +124,10 @@ class Executor:
             _mount_overlay(path / "rootfs", layers, path / "upper", path / "work")
             spec = self._spec(config, image, path, meta["cgroup"])
             write_json(path / "config.json", spec)
-            for stream in STREAMS:
-                (path / f"{stream}.log").touch(mode=0o640)
-            await runc_create(runc, self.state_dir, c)
+            if policy.keep:
+                for stream in STREAMS:
+                    (path / f"{stream}.log").touch(mode=0o640)
+            await runc_create(runc, self.state_dir, c, self._stdio(c, spec))
         except BaseException:
             c.exited.set()
             await self._teardown(c)
@@ -169,12 +174,10 @@ class Executor:
                                          f"{_last_line(err)}")
             with _suppress_os():
                 os.unlink(c.dir / "exit.json")
+            await stop_pump(c.dir)  # the last run's terminal, should it still be open
             c.past_exits[c.run] = c.exit_info or ExitInfo(
                 exit_code=None, oom_killed=False, message="exit unknown")
-            try:
-                c.log_ends[c.run] = os.path.getsize(c.dir / "container.log")
-            except OSError:
-                c.log_ends[c.run] = 0
+            c.log_ends[c.run] = log_end(c)
             for old in [r for r in c.past_exits if r < c.run - 16]:
                 c.past_exits.pop(old, None)
                 c.log_ends.pop(old, None)
@@ -185,7 +188,8 @@ class Executor:
             c.meta["restart_count"] = c.meta.get("restart_count", 0) + 1
             write_json(c.dir / "shoal.json", c.meta)
             try:
-                await runc_create(self._runtime_path(), self.state_dir, c)
+                spec = read_json(c.dir / "config.json", {}) or {}
+                await runc_create(self._runtime_path(), self.state_dir, c, self._stdio(c, spec))
                 self._arm(c)
                 return await self._runc_start(c)
             except BaseException as exc:
@@ -203,14 +207,27 @@ class Executor:
     def _spec(self, cfg: ContainerConfig, image: Image, path: Path, cgroup: str) -> dict:
         return runtime_spec(cfg, image, path, cgroup, self.volumes_dir)
 
+    @staticmethod
+    def _stdio(c: _Container, spec: dict) -> Stdio:
+        """The init's stdio: its log files (none with log driver "none"), a terminal when
+        the spec asks for one (runc then needs a console socket), stdin kept open or not."""
+        keep = policy_of(c).keep
+        return Stdio(terminal=bool((spec.get("process") or {}).get("terminal")),
+                     open_stdin=bool(c.config.get("open_stdin")),
+                     stdout=c.dir / "stdout.log" if keep else None,
+                     stderr=c.dir / "stderr.log" if keep else None)
+
     # ---- exit watching ----------------------------------------------------------------------
     def _arm(self, c: _Container) -> None:
         """Watch the init's exit and tail its logs (idempotent)."""
         if c.removed:
             return
-        if c.tailer is None:
+        policy = policy_of(c)
+        if not policy.keep:  # log driver "none": there is nothing to copy
+            c.tail_done.set()
+        elif c.tailer is None:
             try:
-                c.tail = _LogTail(c.dir)
+                c.tail = _LogTail(c.dir, policy)
             except FileNotFoundError:  # the directory is going away
                 c.tail_done.set()
                 return
@@ -301,6 +318,7 @@ class Executor:
         if c.tail is not None:  # a tailer cancelled before it ran never closes its files
             c.tail.close()
         c.tail_done.set()
+        await stop_pump(c.dir)
         if c.exit_info is None:  # nobody may wait forever on a container that is gone
             c.exit_info = ExitInfo(exit_code=None, oom_killed=False,
                                    message="removed before its exit could be observed")
@@ -452,42 +470,49 @@ class Executor:
         only tells a formatter whether to show it (kept in the signature for the API layer's
         convenience)."""
         c = self._get(cid)
+        refuse_reading(c)
         self._arm(c)
-        if c.tail is not None:
-            with _suppress_os():
-                # what the container wrote up to now, not 250 ms ago (all of it once it exited)
-                c.tail.pump(c.exited.is_set())
+        await self._catch_up(c)
         tail_done = c.tail_done  # following ends with this run: a restart makes a new event
         my_run = c.run if run is None else run
         ended_before = my_run < c.run
-        path = c.dir / "container.log"
+        reader = LogReader(c.dir, lambda: log_base(c))
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            return
-        try:
-            offset = 0 if tail is None else _tail_offset(fd, tail)
-            pending = b""
+            if tail is not None:
+                reader.seek_tail(tail)
             while True:
                 done = ended_before or tail_done.is_set()
                 end = c.log_ends.get(my_run) if follow or run is not None else None
-                size = 1 << 16 if end is None else min(1 << 16, end - offset)
-                chunk = os.pread(fd, size, offset) if size > 0 else b""
-                if chunk:
-                    offset += len(chunk)
-                    data = pending + chunk
-                    lines = data.split(b"\n")
-                    pending = lines.pop()
-                    for raw in lines:
-                        line = _parse_record(raw)
-                        if line is not None:
-                            yield line
+                lines = reader.read(end)
+                if lines is not None:
+                    for line in lines:
+                        yield line
                     continue
                 if not follow or done:
                     return
                 await asyncio.sleep(0.1)
         finally:
-            os.close(fd)
+            reader.close()
+
+    @staticmethod
+    async def _catch_up(c: _Container) -> None:
+        """Have the log hold what the container wrote up to now, not 250 ms ago; all of it
+        once it exited (a big backlog is left to the tailer's batches, which yield to the
+        loop, rather than copied here in one go)."""
+        tail = c.tail
+        if tail is None:
+            return
+        with _suppress_os():
+            _, more = tail.pump(tail.source_done(c.exited.is_set()))
+            if more and c.exited.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(c.tail_done.wait(), 10)
+
+    def check_logs(self, cid: str) -> None:
+        """FailedPrecondition, as Docker answers, for a container whose log driver keeps no
+        log: for an API to refuse before it starts streaming (logs() raises it on its first
+        step, which a streaming answer has already begun)."""
+        refuse_reading(self._get(cid))
 
     # ---- runc -------------------------------------------------------------------------------
     def _runtime_path(self) -> str:

@@ -6,9 +6,12 @@ import json
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from common import errors
+from worker.executor.console import ConsoleSocket, open_stdin, start_pump
 from worker.executor.container import _Container, _start_time
 from worker.images import finish_then_cancel
 
@@ -43,31 +46,40 @@ async def run_runc(runtime: str, state_dir: Path, *args: str,
     return await finish_then_cancel(run())
 
 
-async def runc_create(runc: str, state_dir: Path, c: _Container) -> None:
-    """`runc create` the bundle in c.dir, its stdio straight to its log files; records the
-    init's pid and start time in state.json."""
+@dataclass(frozen=True)
+class Stdio:
+    """What the container's init gets as stdio (lifecycle decides, from its config)."""
+    terminal: bool = False            # process.terminal: a pty, its master sent to us
+    open_stdin: bool = False          # stdin kept open (a FIFO) rather than /dev/null
+    stdout: Optional[Path] = None     # appended to; None: /dev/null (log driver "none")
+    stderr: Optional[Path] = None
+
+
+async def runc_create(runc: str, state_dir: Path, c: _Container, stdio: Stdio = Stdio()) -> None:
+    """`runc create` the bundle in c.dir, its stdio straight to its log files (or its
+    terminal to a pump that appends to them: console.py); records the init's pid and start
+    time in state.json."""
     pid_file = c.dir / "init.pid"
     runc_log = c.dir / "runc.log"
 
     async def run() -> int:
-        out = os.open(c.dir / "stdout.log", os.O_WRONLY | os.O_APPEND)
-        err = os.open(c.dir / "stderr.log", os.O_WRONLY | os.O_APPEND)
+        console = ConsoleSocket() if stdio.terminal else None
         try:
-            # Detached, stdio passed through: the container writes its log files itself.
-            proc = await asyncio.create_subprocess_exec(
-                runc, "--root", str(state_dir), "--log", str(runc_log),
-                "--log-format", "json", "create", "--bundle", str(c.dir),
-                "--pid-file", str(pid_file), c.id,
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+            proc = await _spawn_create(runc, state_dir, c, stdio, console, pid_file, runc_log)
+            receiving = asyncio.ensure_future(console.receive()) if console else None
+            try:
+                rc = await _wait_create(proc)
+                if rc == 0 and receiving is not None:
+                    master = await _terminal(c, receiving)
+                    receiving = None  # start_pump owns it now, even if it fails
+                    start_pump(c.dir, master, stdio.stdout)
+                return rc
+            finally:
+                if receiving is not None:
+                    _drop(receiving)
         finally:
-            os.close(out)
-            os.close(err)
-        try:
-            return await asyncio.wait_for(proc.wait(), 60)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
-            return -1
+            if console is not None:
+                console.close()
 
     rc = await finish_then_cancel(run())
     if rc != 0:
@@ -77,6 +89,67 @@ async def runc_create(runc: str, state_dir: Path, c: _Container) -> None:
     c.pid = int(pid_file.read_text().strip())
     c.pid_start = _start_time(c.pid)
     c.save_state()
+
+
+async def _spawn_create(runc: str, state_dir: Path, c: _Container, stdio: Stdio,
+                        console: Optional[ConsoleSocket], pid_file: Path,
+                        runc_log: Path) -> asyncio.subprocess.Process:
+    args = [runc, "--root", str(state_dir), "--log", str(runc_log), "--log-format", "json",
+            "create", "--bundle", str(c.dir), "--pid-file", str(pid_file)]
+    if console is not None:
+        args += ["--console-socket", console.path]
+    fds = _open_stdio(c, stdio)
+    try:
+        # Detached, stdio passed through: the container writes its log files itself. (With
+        # a terminal, runc gives the init the pty instead; its own messages still go here.)
+        return await asyncio.create_subprocess_exec(*args, c.id, stdin=fds[0], stdout=fds[1],
+                                                    stderr=fds[2])
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _open_stdio(c: _Container, stdio: Stdio) -> list[int]:
+    fds: list[int] = []
+    try:
+        if stdio.open_stdin and not stdio.terminal:
+            fds.append(open_stdin(c.dir))
+        else:
+            fds.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+        for path in (stdio.stdout, stdio.stderr):
+            fds.append(os.open(path if path is not None else os.devnull,
+                               os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC))
+    except OSError:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
+
+
+async def _wait_create(proc: asyncio.subprocess.Process) -> int:
+    try:
+        return await asyncio.wait_for(proc.wait(), 60)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return -1
+
+
+async def _terminal(c: _Container, receiving: asyncio.Future) -> int:
+    """The terminal's master: runc sent it before `runc create` returned."""
+    try:
+        return await asyncio.wait_for(receiving, 10)
+    except (asyncio.TimeoutError, OSError) as exc:
+        raise errors.FailedPrecondition(f"container {c.id}: runc sent no terminal: "
+                                        f"{str(exc) or 'timed out'}") from None
+
+
+def _drop(receiving: asyncio.Future) -> None:
+    """A terminal nobody takes (the create failed) is closed, not leaked."""
+    if not receiving.done():
+        receiving.cancel()
+    elif not receiving.cancelled() and receiving.exception() is None:
+        os.close(receiving.result())
 
 
 def _runc_error(runc_log: Path, rc: int) -> str:
