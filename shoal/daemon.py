@@ -78,9 +78,7 @@ class Daemon:
         from worker.images import ImageStore
         self.images = ImageStore(self.files.root / "images")
         self.executor = Executor(self.files.root / "executor", self.images)
-        from worker.volumes import VolumeStore, containers_using
-        self.volumes = VolumeStore(self.executor.volumes_dir,
-                                   users=containers_using(self.executor))
+        self.volumes = self.executor.volumes
         if self.state.in_swarm and not autolock.comes_up_locked(self):
             await self.start_roles()
         await self._serve_unix()

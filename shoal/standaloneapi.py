@@ -92,8 +92,12 @@ async def _attached(request: web.Request, agent, created: dict, remove: bool) ->
         await streams.write_record(resp, record)
 
     async def output() -> None:
-        async for line in executor.logs(task_id, follow=True, run=0):
-            await send({"t": line.ts, "s": line.stream, "l": line.line})
+        try:
+            async for line in executor.logs(task_id, follow=True, run=0):
+                await send({"t": line.ts, "s": line.stream, "l": line.line})
+        except errors.FailedPrecondition:
+            pass  # a `none` log driver: there is no output to show, only the exit
+
     try:
         await send(created)
         if not await _unless_client_leaves(request, output()):

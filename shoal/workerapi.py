@@ -109,6 +109,7 @@ async def container_logs(request: web.Request) -> web.StreamResponse:
     c = _find_container(request, request.match_info["ref"])
     tail, follow = streams.query_tail(request), query_flag(request, "follow")
     ex = _daemon(request).executor
+    ex.check_logs(c.id)  # before the answer starts: a `none` log driver keeps nothing to read
 
     async def lines():
         async for line in ex.logs(c.id, tail=tail, follow=follow, timestamps=True):
@@ -123,6 +124,9 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
     known = {c.id for c in ex.list()}
     follow = query_flag(request, "follow")
     tail = streams.query_tail(request)
+    for tid in task_ids:
+        if tid in known:
+            ex.check_logs(tid)  # a `none` log driver: say so, rather than an empty answer
 
     async def lines():
         queue: asyncio.Queue = asyncio.Queue(maxsize=1000)

@@ -316,6 +316,7 @@ def worker_accepts(task_spec, tmp: Path) -> None:
     from worker.executor import Executor, _signal
     from worker.images import Image
     from worker.taskrunner import container_config
+    from worker.volumes import VolumeStore
     task = Task(id="t" * 25, service_name="fuzzed", slot=1, spec=task_spec)
     cfg = container_config(task, "node1")
     rootfs = tmp / "bundle" / "rootfs"
@@ -333,6 +334,7 @@ def worker_accepts(task_spec, tmp: Path) -> None:
     cfg.mounts = [mt for mt in cfg.mounts if mt.type != "bind"]
     ex = Executor.__new__(Executor)
     ex.volumes_dir = tmp / "volumes"
+    ex.volumes = VolumeStore(ex.volumes_dir, users=lambda name: [])
     image = Image(ref=cfg.image, id="sha256:" + "0" * 64, config={}, layers=[], size=0, created="")
     # Secrets and configs arrive as read-only binds onto their targets.
     source = tmp / "data-file"

@@ -320,7 +320,7 @@ def test_bind_volume_and_tmpfs_mounts(images_root, ex_root, tmp_path):
         assert info.exit_code == 0, lines
         assert [e.line for e in lines] == ["hi from the host", "tmpfs-ok", "ro-ok", "s3cret"]
         assert (host_dir / "by-container").read_text() == "written\n"
-        assert (ex_root / "volumes" / "data" / "file").read_text() == "v\n"  # named: kept
+        assert (ex_root / "volumes" / "data" / "_data" / "file").read_text() == "v\n"  # named: kept
         with pytest.raises(errors.InvalidArgument, match="does not exist on this node"):
             await ex.create(config("badbind", "true", mounts=[
                 Mount(type="bind", source=str(tmp_path / "missing"), target="/x")]))

@@ -10,6 +10,7 @@ from common.model import DNSConfig, Mount, TmpfsOptions, Ulimit
 from worker.executor import ContainerConfig, ocispec
 from worker.executor.ocispec import runtime_spec
 from worker.images import Image
+from worker.volumes import VolumeStore
 
 
 def _config(**changes) -> ContainerConfig:
@@ -35,10 +36,10 @@ def test_a_secret_onto_a_directory_of_the_image_is_refused_by_name(tmp_path):
     image = Image(ref="busybox:1", id="sha256:" + "0" * 64, config={}, layers=[], size=0, created="")
     with pytest.raises(errors.InvalidArgument) as exc:
         runtime_spec(_config(extra_binds=[(str(secret), "/srv/conf", True)]), image,
-                     tmp_path / "bundle", "/shoal/t", tmp_path / "volumes")
+                     tmp_path / "bundle", "/shoal/t", VolumeStore(tmp_path / "volumes", users=lambda name: []))
     assert "'/srv/conf' is a directory in image busybox:1" in exc.value.message
     spec = runtime_spec(_config(extra_binds=[(str(secret), "/srv/conf/app.ini", True)]), image,
-                        tmp_path / "bundle", "/shoal/t", tmp_path / "volumes")
+                        tmp_path / "bundle", "/shoal/t", VolumeStore(tmp_path / "volumes", users=lambda name: []))
     assert any(m["destination"] == "/srv/conf/app.ini" for m in spec["mounts"])
 
 
@@ -55,7 +56,8 @@ def _spec(tmp_path, image: Image = IMAGE, **changes) -> dict:
         (etc / "passwd").write_text("root:x:0:0::/root:/bin/sh\n"
                                     "app:x:1000:1000::/home/app:/bin/sh\n")
         (etc / "group").write_text("root:x:0:\napp:x:1000:\nstaff:x:50:app\nvideo:x:44:\n")
-    return runtime_spec(_config(**changes), image, bundle, "/shoal/t", tmp_path / "volumes")
+    return runtime_spec(_config(**changes), image, bundle, "/shoal/t",
+                        VolumeStore(tmp_path / "volumes", users=lambda name: []))
 
 
 def _mount(spec: dict, destination: str) -> dict:

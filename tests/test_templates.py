@@ -193,3 +193,19 @@ def test_a_manager_can_check_a_spec_with_sample_values():
     with pytest.raises(errors.InvalidArgument, match="Node.Nope") as exc:
         templates.expand_container_spec(bad, templates.sample_values())
     assert exc.value.field == "mounts[0].source"
+
+
+def test_the_managers_check_templates_and_what_they_expand_to():
+    """As SwarmKit: a template hostname or volume name passes the API's checks when what it
+    expands to would; an unknown placeholder is refused naming the field."""
+    from common import errors as errs
+    from common.model import ContainerSpec, Mount
+    from manager.specs.services import validate_container_spec
+    ok = ContainerSpec(image="busybox:1", hostname="{{.Node.Hostname}}-{{.Task.Slot}}",
+                       env=["NODE={{.Node.ID}}"],
+                       mounts=[Mount(type="volume", source="data-{{.Task.Slot}}", target="/d")])
+    validate_container_spec(ok, "task_template.container")
+    bad = ContainerSpec(image="busybox:1", env=["A={{.Node.Nope}}"])
+    with pytest.raises(errs.InvalidArgument) as exc:
+        validate_container_spec(bad, "task_template.container")
+    assert "task_template.container.env[0]" in exc.value.message and "Node.Nope" in exc.value.message

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import platform
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Awaitable, Callable, Optional
 
 from common import codec, errors
 from common.aio import cancel_and_wait
-from common.model import TASK_STATE_RANK, HealthConfig, SecretReference, Task
+from common.model import TASK_STATE_RANK, HealthConfig, Platform, SecretReference, Task
 from worker import health
 from worker.executor import ContainerConfig, Executor, ExitInfo
 from worker.images import ImageStore
 from worker.restarts import Restarts
 from worker.secrets import SecretCache, SecretMounts
+from worker.templates import expand_container_spec
 
 if TYPE_CHECKING:
     from worker.network.node import NodeNetworks
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("shoal.tasks")
 
 Report = Callable[[dict], None]
+NODE_PLATFORM = Platform(os="linux", architecture=platform.machine())
 
 # How long a task with network attachments keeps running after it was told to stop, so that no
 # node still balances new connections to it when its container stops (see TaskController._drain).
@@ -149,6 +152,10 @@ class TaskController:
                     if not task.desired_up:
                         return  # _drive reports the shutdown
                 try:
+                    # Swarm's templates ({{.Node.ID}}, ...) take this node's values; a bad one
+                    # rejects the task before anything is set up for it.
+                    task = expand_container_spec(task, task.node_id, self.runner.hostname,
+                                                 NODE_PLATFORM)
                     binds = self.runner.secret_mounts.prepare(with_configs(task), self.runner.secrets)
                     netns, net_binds = await self.runner.attach_networks(task)
                     cfg = container_config(task, self.runner.hostname, binds + net_binds)

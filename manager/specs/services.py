@@ -8,7 +8,7 @@ import posixpath
 import re
 import signal
 
-from common import errors, strict
+from common import errors, strict, templates
 from common.imageref import parse_ref
 from common.model import (SERVICE_MODES, UPDATE_FAILURE_ACTIONS, UPDATE_ORDERS, ContainerSpec,
                           DNSConfig, HealthConfig, LogDriver, Mount, ResourceRequirements,
@@ -206,6 +206,12 @@ def validate_container_spec(c: ContainerSpec, where: str) -> None:
     """What a container needs to run, a service's or a standalone one; errors name the field
     under `where`. The node runs the same checks again (worker/executor/ocispec.py); these make a
     request fail at once instead of every task of it on every node."""
+    # As SwarmKit: templates must parse, and the rest is checked on what a node would get from
+    # them ({{.Node.Hostname}} is not a hostname, but what it expands to must be).
+    try:
+        c = templates.expand_container_spec(c, templates.sample_values())
+    except errors.InvalidArgument as exc:
+        raise _bad(f"{where}.{exc.field}", exc.message.split(": ", 1)[-1]) from None
     if not c.image.strip():
         raise _bad(f"{where}.image", "an image is required (e.g. busybox:1)")
     try:

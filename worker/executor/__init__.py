@@ -1,4 +1,5 @@
-"""Containers, run by an OCI runtime (`runc`), with no helper process per container.
+"""Containers, run by an OCI runtime (`runc`), with no helper process per container, except a
+`cat` that copies a tty container's terminal into its log (console.py).
 
 Under the executor's root:
 
@@ -10,8 +11,14 @@ Under the executor's root:
         rootfs/              overlayfs: the image's layers + upper/ (+ work/)
         stdout.log stderr.log  the container's own stdio, written by the container directly
         container.log        the same lines as JSON {"t": epoch, "s": stream, "l": text}
+        container.log.1..N   rotated logs (json-file max-size / max-file)
         logpos.json          how far container.log has consumed stdout.log / stderr.log
-    volumes/<name>/          named local volumes (kept when containers go)
+        console.json         the tty pump's pid and start time (tty containers)
+        stdin.fifo           the kept-open stdin of an open_stdin container
+    volumes/<name>/          named local volumes (kept when containers go; worker/volumes.py):
+        _data/               what containers mount
+        opts.json            driver, options, labels (0600)
+    volumes/.layout.json     volumes made by older code, whose data is <name>/ itself
     runc-state/              runc's --root: several daemons on one machine never see each
                              other's containers
 
@@ -34,6 +41,7 @@ reverse):
     exits       exit watching: the init's pidfd, its status by waitpid, orphaned zombies
     logs        copying stdout.log/stderr.log into container.log; its records, tail offsets
     runc        running the runtime against our --root, and its error messages
+    console     a tty container's terminal: the console socket and the pump into its log
     ocispec     the OCI runtime spec: command, user (looked up in the image), env, mounts,
                 namespaces, limits; signals and the stop grace period (pure functions)
     rootfs      the overlayfs root filesystem, mounted and unmounted

@@ -30,6 +30,7 @@ from worker.executor.ocispec import _signal, runtime_spec, stop_grace
 from worker.executor.rootfs import _mount_overlay, _unmount
 from worker.executor.runc import Stdio, _last_line, run_runc, runc_create, runtime_path
 from worker.images import Image, ImageStore, finish_then_cancel, remove_tree
+from worker.volumes import VolumeStore, containers_using
 
 log = logging.getLogger("shoal.executor")
 
@@ -55,6 +56,8 @@ class Executor:
         for d in (self.containers_dir, self.volumes_dir, self.state_dir):
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(self.containers_dir, 0o700)
+        # named volumes; in use while any container of this executor mounts them
+        self.volumes = VolumeStore(self.volumes_dir, users=containers_using(self))
         self.cgroup_prefix = cgroup_prefix_for(self.root)
         linux.become_subreaper()
         self._containers: dict[str, _Container] = {}
@@ -205,7 +208,7 @@ class Executor:
 
     # ---- the runtime spec -------------------------------------------------------------------
     def _spec(self, cfg: ContainerConfig, image: Image, path: Path, cgroup: str) -> dict:
-        return runtime_spec(cfg, image, path, cgroup, self.volumes_dir)
+        return runtime_spec(cfg, image, path, cgroup, self.volumes)
 
     @staticmethod
     def _stdio(c: _Container, spec: dict) -> Stdio:

@@ -18,9 +18,9 @@ from common.model import DNSConfig, Mount, TmpfsOptions, Ulimit
 from worker.executor.cgroups import _swap_accounting
 from worker.executor.container import ContainerConfig
 from worker.images import Image
+from worker.volumes import VolumeStore
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_VOLUME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 # Docker's default capability set.
 DEFAULT_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
@@ -96,8 +96,8 @@ def stop_grace(value: object) -> float:
 
 # ---- the runtime spec -----------------------------------------------------------------------
 def runtime_spec(cfg: ContainerConfig, image: Image, path: Path, cgroup: str,
-                 volumes_dir: Path) -> dict:
-    """config.json for the bundle at `path`; named volumes live under `volumes_dir`."""
+                 volumes: VolumeStore) -> dict:
+    """config.json for the bundle at `path`; named volumes come from `volumes`."""
     rootfs = path / "rootfs"
     ic = image.config or {}
     entrypoint = list(cfg.command) if cfg.command else list(ic.get("Entrypoint") or [])
@@ -145,7 +145,7 @@ def runtime_spec(cfg: ContainerConfig, image: Image, path: Path, cgroup: str,
     if sysctls:
         linux["sysctl"] = sysctls
     # Last: the mounts write files and make volume directories, which a refusal above spares.
-    mounts = BASE_MOUNTS + _mounts(cfg, path, volumes_dir)
+    mounts = BASE_MOUNTS + _mounts(cfg, path, volumes)
     if init_binary:
         mounts.append({"destination": INIT_PATH, "type": "bind", "source": init_binary,
                        "options": ["rbind", "rprivate", "ro"]})
@@ -192,7 +192,7 @@ def _namespaces(cfg: ContainerConfig) -> list[dict]:
     return namespaces
 
 
-def _mounts(cfg: ContainerConfig, path: Path, volumes_dir: Path) -> list[dict]:
+def _mounts(cfg: ContainerConfig, path: Path, volumes: VolumeStore) -> list[dict]:
     out: list[dict] = []
     for i, m in enumerate(cfg.mounts):
         m = m if isinstance(m, Mount) else Mount(**m)
@@ -207,13 +207,12 @@ def _mounts(cfg: ContainerConfig, path: Path, volumes_dir: Path) -> list[dict]:
                         "options": ["rbind", "rprivate", ro]})
         elif m.type == "volume":
             if m.source:
-                if not _VOLUME_RE.match(m.source):
-                    raise errors.InvalidArgument(f"volume name {m.source!r}: letters, "
-                                                 "digits, '_', '.', '-' only", field="mounts")
-                src = volumes_dir / m.source
+                # made on first use with the mount's options (a stack's labels and driver
+                # options), mounted again after a reboot; ensure() checks the name
+                src = volumes.ensure(m.source, m.volume_options)
             else:  # anonymous: lives and dies with the container
                 src = path / "volumes" / str(i)
-            src.mkdir(parents=True, exist_ok=True, mode=0o755)
+                src.mkdir(parents=True, exist_ok=True, mode=0o755)
             out.append({"destination": target, "type": "bind", "source": str(src),
                         "options": ["rbind", "rprivate", ro]})
         elif m.type == "tmpfs":
