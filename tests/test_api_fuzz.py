@@ -332,6 +332,13 @@ def worker_accepts(task_spec, tmp: Path) -> None:
     assert math.isfinite(cfg.stop_grace)
     # Bind sources are the node's business (they must exist there); the rest is checked as is.
     cfg.mounts = [mt for mt in cfg.mounts if mt.type != "bind"]
+    # So are limits above the node daemon's own (it refuses them by name): fuzz the rest.
+    import resource
+    for u in cfg.ulimits:
+        cap = resource.getrlimit(getattr(resource, f"RLIMIT_{u.name.upper()}", resource.RLIMIT_NOFILE))[1]
+        if cap != resource.RLIM_INFINITY:
+            u.hard = min(u.hard, cap)
+            u.soft = min(u.soft, u.hard)
     ex = Executor.__new__(Executor)
     ex.volumes_dir = tmp / "volumes"
     ex.volumes = VolumeStore(ex.volumes_dir, users=lambda name: [])
@@ -341,8 +348,19 @@ def worker_accepts(task_spec, tmp: Path) -> None:
     source.write_text("x")
     refs = list(task_spec.container.secrets) + list(task_spec.container.configs)
     cfg.extra_binds = [(str(source), r.target, True) for r in refs]
-    spec = ex._spec(cfg, image, tmp / "bundle", "/shoal/x")
+    try:
+        spec = ex._spec(cfg, image, tmp / "bundle", "/shoal/x")
+    finally:
+        _unmount_under(tmp / "volumes")  # a volume with driver options is really mounted
     json.dumps(spec, allow_nan=False)
+
+
+def _unmount_under(root: Path) -> None:
+    from common import linux
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    for point in sorted((p for p in points if p.startswith(f"{root}/")), key=len, reverse=True):
+        linux.umount(point, 2)  # MNT_DETACH
 
 
 def _strict_json(raw: bytes) -> Any:

@@ -404,7 +404,14 @@ _keys = st.one_of(st.sampled_from(["image", "ports", "deploy", "replicas", "volu
                                    "networks", "environment", "healthcheck", "depends_on",
                                    "resources", "limits", "mode", "test", "target", "source",
                                    "command", "ulimits", "tmpfs", "logging", "extra_hosts",
-                                   "placement", "external", "file", "content", "labels"]),
+                                   "placement", "external", "file", "content", "labels", "bind",
+                                   "volume", "env_file", "required", "path", "aliases",
+                                   "condition", "soft", "hard", "driver_opts", "ipam", "config",
+                                   "subnet", "restart_policy", "update_config", "spread",
+                                   "preferences", "constraints", "size", "options", "driver",
+                                   "name", "interval", "retries", "disable", "published",
+                                   "protocol", "links", "sysctls", "dns", "profiles", "tmpfs",
+                                   "uid", "mode", "cpus", "memory", "pids", "reservations"]),
                   st.text(max_size=8))
 _values = st.recursive(_scalars, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.dictionaries(_keys, inner, max_size=5)), max_leaves=25)

@@ -47,6 +47,7 @@ UNSUPPORTED = {
     "credential_spec": "credential specs are a Windows feature",
     "mac_address": "MAC addresses are assigned by shoal",
     "domainname": "a NIS domain name is not set",
+    "external_links": "containers outside the stack are not linked (use an external network)",
     "post_start": "lifecycle hooks are not run",
     "pre_stop": "lifecycle hooks are not run",
     "extends": "extends is not read: merge files with several -c instead",
@@ -65,9 +66,6 @@ NO_EFFECT = {
     "expose": "a service's ports are reachable on its networks without it",
     "platform": "the node's platform is used",
     "pull_policy": "the node pulls an image it does not have",
-    "stop_grace_period": None, "restart": None, "build": None, "links": None,
-    "external_links": "containers outside the stack are not linked",
-    "profiles": None, "scale": None,
 }
 
 SERVICE_KEYS = tuple(sorted({
@@ -76,7 +74,7 @@ SERVICE_KEYS = tuple(sorted({
     "hostname", "stop_signal", "stop_grace_period", "tty", "stdin_open", "init", "read_only",
     "cap_add", "cap_drop", "sysctls", "ulimits", "dns", "dns_search", "dns_opt", "extra_hosts",
     "group_add", "tmpfs", "logging", "depends_on", "cpus", "mem_limit", "mem_reservation",
-    "pids_limit", *UNSUPPORTED, *NO_EFFECT}))
+    "pids_limit", "restart", "build", "links", "profiles", "scale", *UNSUPPORTED, *NO_EFFECT}))
 DEPLOY_KEYS = ("mode", "replicas", "endpoint_mode", "labels", "resources", "restart_policy",
                "update_config", "rollback_config", "placement")
 

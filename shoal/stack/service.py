@@ -15,9 +15,8 @@ from common.model import (DEPENDENCY_CONDITIONS, ConfigReference, ContainerSpec,
 from shoal.stack.checks import Checker
 from shoal.stack.keys import DEPLOY_KEYS, NO_EFFECT, SERVICE_KEYS, UNSUPPORTED, is_set
 from shoal.stack.merge import mapping_from_list
-from shoal.stack.problems import Collector, Path
-
 from shoal.stack.plan import DataPlan, StackPlan
+from shoal.stack.problems import Collector, Path
 
 if TYPE_CHECKING:
     from shoal.stack.project import Project
@@ -49,6 +48,7 @@ class ServiceConversion:
         for name, reason in NO_EFFECT.items():
             if reason and name in svc and is_set(svc[name]):
                 self.warn((*path, name), f"ignored: {reason}")
+        self._links(path, svc.get("links"))
         image = svc.get("image")
         if image is None:
             if "build" in svc:
@@ -119,6 +119,18 @@ class ServiceConversion:
                                                 deploy.get("rollback_config"), rollback=True),
             depends_on=self._depends_on((*path, "depends_on"), svc.get("depends_on") or {}))
         return spec
+
+    def _links(self, path: Path, links: Any) -> None:
+        """A link to a service of the stack is its name, which resolves on a shared network
+        anyway; a link under another name would not resolve."""
+        for i, link in enumerate(self.check.string_list((*path, "links"), links or [])):
+            service, _, alias = link.partition(":")
+            if alias and alias != service:
+                self.unsupported((*path, "links", i), f"the alias {alias!r} would not resolve: "
+                                 f"add it to the service {service}'s networks: aliases")
+            else:
+                self.warn((*path, "links", i), "ignored: services on a shared network reach "
+                          "each other by name")
 
     def _environment(self, path: Path, svc: dict) -> list[str]:
         env: dict[str, str] = {}
@@ -208,7 +220,7 @@ class ServiceConversion:
                 if text is None:
                     continue
                 mount.source = self.relative(text)
-                bind = vol.get("bind") or {}
+                bind = self.check.mapping((*at, "bind"), vol.get("bind") or {}) or {}
                 if bind.get("propagation") not in (None, "rprivate", "private"):
                     self.unsupported((*at, "bind", "propagation"), "bind mounts are rprivate")
             elif kind == "volume" and source:
@@ -221,7 +233,8 @@ class ServiceConversion:
                     continue
                 mount.source = self.plan.volumes[text]
                 options = self._volume_options.get(text)
-                nocopy = bool((vol.get("volume") or {}).get("nocopy", False))
+                volume = self.check.mapping((*at, "volume"), vol.get("volume") or {}) or {}
+                nocopy = bool(volume.get("nocopy", False))
                 if options is not None or nocopy:
                     mount.volume_options = VolumeOptions(
                         labels=dict(options.labels) if options else {}, driver="local",
