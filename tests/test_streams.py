@@ -25,9 +25,14 @@ CID = "c0ffee" * 10 + "abcd"
 class FakeExecutor:
     """One container with two log lines; `vanish` makes it go once a stream has begun."""
 
-    def __init__(self, vanish: bool = False) -> None:
+    def __init__(self, vanish: bool = False, no_log: bool = False) -> None:
         self.vanish = vanish
+        self.no_log = no_log      # as the `none` log driver: nothing kept to read
         self.asked: list[dict] = []
+
+    def check_logs(self, cid) -> None:
+        if self.no_log:
+            raise errors.FailedPrecondition("configured logging driver does not support reading")
 
     def list(self) -> list[ContainerInfo]:
         return [ContainerInfo(id=CID, labels={"shoal.task.name": "web.1"}, state="running", pid=1)]
@@ -93,6 +98,24 @@ def test_task_logs_check_tail_before_streaming():
                     await _plain_refusal(resp, "tail")
             async with client.get(f"/worker/logs?task={CID}&follow=perhaps") as resp:
                 await _plain_refusal(resp, "follow")
+        finally:
+            await client.close()
+    asyncio.run(main())
+
+
+def test_logs_of_a_container_that_keeps_none_are_refused_before_streaming():
+    """The `none` log driver: Docker's answer, as a plain 412, for a container's and a task's
+    logs alike (a service's logs were once silently empty)."""
+    async def main():
+        ex = FakeExecutor(no_log=True)
+        client = await _node_api(ex)
+        try:
+            for path in (f"/containers/{CID}/logs", f"/worker/logs?task={CID}"):
+                async with client.get(path) as resp:
+                    body = await resp.json()
+                assert resp.status == 412, body
+                assert "does not support reading" in body["message"]
+            assert ex.asked == []
         finally:
             await client.close()
     asyncio.run(main())
