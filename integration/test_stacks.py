@@ -175,6 +175,25 @@ def test_a_docker_stack_file_deploys_and_converges(lab, workdir):
                timeout=20, what="web on the published port of worker1, from manager2")
 
 
+# ---- a deploy the managers refuse midway is undone -----------------------------------------------
+def test_a_deploy_refused_midway_leaves_nothing_behind(lab, workdir):
+    """The port conflict is only found when the managers allocate it, after the stack's network
+    and secret were created: the deploy removes them again."""
+    (workdir / "clash.yml").write_text(
+        "services:\n  first:\n    image: busybox:1\n    command: [sleep, '100000']\n"
+        "    secrets: [s]\n  second:\n    image: busybox:1\n    command: [sleep, '100000']\n"
+        "    ports: ['8080:80']\nsecrets:\n  s: {file: ./db_password.txt}\n")
+    res = stack(lab, "deploy", "-c", str(workdir / "clash.yml"), "clash", check=False)
+    assert res.returncode == 1 and "8080" in res.stderr and "already published" in res.stderr, \
+        res.stdout + res.stderr
+    assert "undoing" in res.stdout
+    assert "clash" not in {s["name"] for s in lab.cli_json("manager1", "stack", "ls")}
+    for kind in ("network", "secret", "service"):
+        left = [o["spec"]["name"] for o in lab.cli_json("manager1", kind, "ls")
+                if o["spec"]["name"].startswith("clash_")]
+        assert not left, (kind, left)
+
+
 # ---- 7. templates in a global service ---------------------------------------------------------
 def test_a_global_service_sees_its_own_node_id(lab):
     nodes = {n["hostname"]: n["id"] for n in lab.cli_json("manager1", "node", "ls")}
