@@ -1,12 +1,19 @@
 """Small helpers the multi-host tests share."""
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import shutil
+import tempfile
 import time
-from typing import Callable, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeVar
 
 import pytest
+
+if TYPE_CHECKING:
+    from shoal.lab.netlab import Lab
 
 T = TypeVar("T")
 
@@ -42,3 +49,32 @@ def leader_of(lab, host: str) -> str | None:
         if n["manager_status"] == "leader":
             return name
     return None
+
+
+@contextlib.contextmanager
+def busybox_lab(prefix: str, *, managers: int, workers: int,
+                tags: Iterable[str] = ("busybox:1",)) -> Iterator["Lab"]:
+    """A lab whose every host has busybox imported under `tags`, with a 1 s heartbeat. Always
+    torn down, and the per-task tmpfs of secrets and configs (under /run, outside the lab's
+    directories) with it."""
+    from shoal.lab.netlab import Lab
+    from tests import imagebuild
+    from worker.secrets import SecretMounts
+    d = Path(tempfile.mkdtemp(prefix="shoal-img-"))
+    lab = Lab(unique_lab_name(prefix))
+    try:
+        layout = imagebuild.build_busybox_oci_layout(d / "busybox", tag="1")
+        lab.up(managers=managers, workers=workers)
+        lab.cli("manager1", "swarm", "update", "--dispatcher-heartbeat", "1s")
+        for h in lab.hosts():
+            for tag in tags:
+                lab.cli(h.name, "image", "import", str(layout), tag, timeout=120)
+        yield lab
+    finally:
+        hosts = []
+        with contextlib.suppress(Exception):
+            hosts = lab.hosts()
+        lab.down()
+        for h in hosts:
+            SecretMounts(h.data_root).cleanup_all()
+        shutil.rmtree(d, ignore_errors=True)

@@ -7,15 +7,11 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
 
-from integration.helpers import needs_root, unique_lab_name, wait_until
-from shoal.lab.netlab import Lab
+from integration.helpers import busybox_lab, needs_root, wait_until
 from tests import imagebuild
-from worker.secrets import SecretMounts
 
 pytestmark = [needs_root, pytest.mark.lab,
               pytest.mark.skipif(shutil.which("runc") is None, reason="runc is not installed"),
@@ -27,25 +23,8 @@ CONTENT = "server {\n  listen 8080;\n}\n"
 
 @pytest.fixture(scope="module")
 def lab():
-    d = Path(tempfile.mkdtemp(prefix="shoal-img-"))
-    lab = Lab(unique_lab_name("cfg"))
-    try:
-        layout = imagebuild.build_busybox_oci_layout(d / "busybox", tag="1")
-        lab.up(managers=1, workers=1)
-        lab.cli("manager1", "swarm", "update", "--dispatcher-heartbeat", "1s")
-        for h in lab.hosts():
-            lab.cli(h.name, "image", "import", str(layout), IMAGE, timeout=120)
+    with busybox_lab("cfg", managers=1, workers=1, tags=[IMAGE]) as lab:
         yield lab
-    finally:
-        hosts = []
-        try:
-            hosts = lab.hosts()
-        except Exception:
-            pass
-        lab.down()
-        for h in hosts:  # configs share the secrets' per-task tmpfs under /run
-            SecretMounts(h.data_root).cleanup_all()
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_config_end_to_end(lab):

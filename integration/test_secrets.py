@@ -11,16 +11,14 @@ import os
 import secrets as pysecrets
 import shutil
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from integration.helpers import needs_root, unique_lab_name, wait_until
-from shoal.lab.netlab import Lab
+from integration.helpers import busybox_lab, needs_root, wait_until
 from tests import imagebuild
-from worker.secrets import SecretMounts, run_dir_for
+from worker.secrets import run_dir_for
 
 pytestmark = [needs_root, pytest.mark.lab,
               pytest.mark.skipif(shutil.which("runc") is None, reason="runc is not installed"),
@@ -48,25 +46,8 @@ ASSIGNMENTS_PROBE = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def lab():
-    d = Path(tempfile.mkdtemp(prefix="shoal-img-"))
-    lab = Lab(unique_lab_name("sec"))
-    try:
-        layout = imagebuild.build_busybox_oci_layout(d / "busybox", tag="1")
-        lab.up(managers=3, workers=3)
-        lab.cli("manager1", "swarm", "update", "--dispatcher-heartbeat", "1s")
-        for h in lab.hosts():
-            lab.cli(h.name, "image", "import", str(layout), IMAGE, timeout=120)
+    with busybox_lab("sec", managers=3, workers=3, tags=[IMAGE]) as lab:
         yield lab
-    finally:
-        hosts = []
-        try:
-            hosts = lab.hosts()
-        except Exception:
-            pass
-        lab.down()
-        for h in hosts:  # the secrets' tmpfs live under /run, outside the lab's directories
-            SecretMounts(h.data_root).cleanup_all()
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def assignments(lab, host: str) -> dict:

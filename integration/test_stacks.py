@@ -10,17 +10,14 @@ import os
 import shutil
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-from integration.helpers import needs_root, unique_lab_name, wait_until
+from integration.helpers import busybox_lab, needs_root, wait_until
 from shoal.lab import processes
-from shoal.lab.netlab import Lab
 from tests import imagebuild
-from worker.secrets import SecretMounts
 
 pytestmark = [needs_root, pytest.mark.lab,
               pytest.mark.skipif(shutil.which("runc") is None, reason="runc is not installed"),
@@ -99,25 +96,9 @@ def workdir():
 
 
 @pytest.fixture(scope="module")
-def lab(workdir):
-    lab = Lab(unique_lab_name("stk"))
-    try:
-        layout = imagebuild.build_busybox_oci_layout(workdir / "busybox", tag="1")
-        lab.up(managers=3, workers=3)
-        lab.cli("manager1", "swarm", "update", "--dispatcher-heartbeat", "1s")
-        for h in lab.hosts():
-            for tag in ("busybox:1", "busybox:2"):
-                lab.cli(h.name, "image", "import", str(layout), tag, timeout=120)
+def lab():
+    with busybox_lab("stk", managers=3, workers=3, tags=["busybox:1", "busybox:2"]) as lab:
         yield lab
-    finally:
-        hosts = []
-        try:
-            hosts = lab.hosts()
-        except Exception:
-            pass
-        lab.down()
-        for h in hosts:
-            SecretMounts(h.data_root).cleanup_all()
 
 
 def stack(lab, *args: str, check: bool = True, timeout: float = 180, env: dict | None = None):
