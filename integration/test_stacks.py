@@ -286,6 +286,18 @@ def test_unsupported_keys_refuse_before_anything_exists(lab, workdir):
     assert "Stack bad is running" in res.stdout
     stack(lab, "rm", "bad")
 
+    # what only the cluster can tell: an external secret that does not exist, a spec the
+    # managers' own checks refuse; named with file and line, before anything is created
+    (workdir / "ext.yml").write_text(
+        "services:\n  web:\n    image: busybox:1\n    cap_add: [NOT_A_CAP]\n    secrets: [k]\n"
+        "secrets:\n  k: {external: true}\n")
+    res = stack(lab, "deploy", "-c", str(workdir / "ext.yml"), "ext", check=False)
+    assert res.returncode == 1 and "nothing was changed" in res.stderr, res.stderr
+    assert "ext.yml:7:3: secrets.k: external secret 'k' does not exist" in res.stderr, res.stderr
+    assert "ext.yml:2:3: services.web: the managers would refuse it" in res.stderr
+    assert "NOT_A_CAP" in res.stderr
+    assert not [n for n in lab.cli_json("manager1", "network", "ls") if n["spec"]["name"].startswith("ext_")]
+
     (workdir / "broken.yml").write_text("services:\n  web:\n    image: [busybox\n")
     res = stack(lab, "deploy", "-c", str(workdir / "broken.yml"), "broken", check=False)
     assert res.returncode == 1 and "YAML syntax error" in res.stderr

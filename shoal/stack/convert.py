@@ -29,7 +29,7 @@ class Converter(ServiceConversion):
         self.problems = Collector(project.marks)
         self.problems.problems.extend(project.problems)
         self.check = Checker(self.problems)
-        self.plan = StackPlan(namespace, warnings=list(project.warnings))
+        self.plan = StackPlan(namespace, warnings=list(project.warnings), marks=project.marks)
         self._volume_options: dict[str, VolumeOptions] = {}  # compose key -> how to create it
         self.profiles = {p for p in project.env.get("COMPOSE_PROFILES", "").split(",") if p}
 

@@ -86,7 +86,8 @@ class Deployer:
                 validate_service_spec(strict.decode(ServiceSpec, asdict(spec)))
             except errors.ShoalError as exc:
                 path = self.plan.service_paths[name]
-                problems.append(Problem(path, exc.message, None))
+                problems.append(Problem(path, f"the managers would refuse it: {exc.message}",
+                                        self.plan.marks.at(path)))
         networks, secrets = self._listing("networks"), self._listing("secrets")
         configs, services = self._listing("configs"), self._listing("services")
         for net in self.plan.networks.values():
@@ -115,7 +116,9 @@ class Deployer:
                 problems.append(Problem(self.plan.service_paths[name], f"service {name!r} exists "
                                         "and is not part of this stack"))
         if problems:
-            raise ComposeError(problems, "the stack cannot be deployed as it is; nothing was "
+            marked = [p if p.mark else Problem(p.path, p.message, self.plan.marks.at(p.path))
+                      for p in problems]
+            raise ComposeError(marked, "the stack cannot be deployed as it is; nothing was "
                                "changed:")
         return networks, secrets, configs, services
 

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from common.model import ServiceSpec
-from shoal.stack.problems import Path, Problem
+from shoal.stack.problems import Marks, Path, Problem
 
 
 @dataclass
@@ -38,3 +38,4 @@ class StackPlan:
     volumes: dict[str, str] = field(default_factory=dict)            # compose key -> volume name
     warnings: list[str] = field(default_factory=list)
     unsupported: list[Problem] = field(default_factory=list)
+    marks: Marks = field(default_factory=Marks)   # where each key was written, for later errors
