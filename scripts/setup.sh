@@ -31,6 +31,21 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
 fi
 
+# The docker CLI, for the tests of the Docker Engine API (integration/test_docker_cli.py): only
+# the `docker` binary of Debian's docker.io, unpacked beside the system and never installed, so
+# no dockerd, containerd or docker group ever comes with it.
+DOCKER_CLI_DIR=/opt/shoal-test/docker-cli
+if [ ! -x "$DOCKER_CLI_DIR/usr/bin/docker" ]; then
+    echo "setup: unpacking the docker CLI (Debian's docker.io) into $DOCKER_CLI_DIR"
+    tmp=$(mktemp -d)
+    ( cd "$tmp" && apt-get download -qq docker.io >/dev/null 2>&1 ) || {
+        apt-get update -qq && ( cd "$tmp" && apt-get download -qq docker.io >/dev/null ); }
+    rm -rf "$DOCKER_CLI_DIR.new"; mkdir -p "$DOCKER_CLI_DIR.new"
+    dpkg-deb -x "$tmp"/docker.io_*.deb "$DOCKER_CLI_DIR.new"
+    rm -rf "$tmp" "$DOCKER_CLI_DIR"
+    mv "$DOCKER_CLI_DIR.new" "$DOCKER_CLI_DIR"
+fi
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv

@@ -1,6 +1,7 @@
 """shoald: the node daemon. Every node runs one; it composes the roles the node has.
 
 - the local API on a root-only Unix socket (what the CLI talks to),
+- the Docker Engine API on a second root-only Unix socket (shoal/dockerapi/),
 - once in a swarm: the 2377 endpoint with mutual TLS, the agent (heartbeats, role changes,
   certificate renewal), and on managers the raft-backed manager.
 """
@@ -43,14 +44,17 @@ log = logging.getLogger("shoal.daemon")
 # whose long poll is cut simply asks again, of another manager if this one is gone.
 SHUTDOWN_GRACE = 2.0
 
+DEFAULT_DOCKER_SOCKET = "/run/shoal/docker.sock"
+
 
 class Daemon:
     def __init__(self, data_root: Path, advertise_addr: str, listen_addr: str, socket_path: str,
-                 hostname: str) -> None:
+                 hostname: str, docker_socket_path: Optional[str] = None) -> None:
         self.files = NodeFiles(data_root)
         self.default_advertise_addr = advertise_addr
         self.default_listen_addr = listen_addr
         self.socket_path = socket_path
+        self.docker_socket_path = docker_socket_path  # None: no Docker API
         self.hostname = hostname
         self.state = NodeState()
         self.manager: Optional[Manager] = None
@@ -60,6 +64,7 @@ class Daemon:
         self._clients: dict[str, ApiClient] = {}
         self._tcp_runner: Optional[web.AppRunner] = None
         self._unix_runner: Optional[web.AppRunner] = None
+        self._docker_runner: Optional[web.AppRunner] = None
         self.images = None
         self.executor = None
         self.volumes = None
@@ -81,6 +86,9 @@ class Daemon:
         self.volumes = self.executor.volumes
         if self.state.in_swarm and not autolock.comes_up_locked(self):
             await self.start_roles()
+        # The Docker socket first: the lab and scripts wait on shoal's socket as the sign of
+        # readiness, and both should answer by then.
+        await self._serve_docker()
         await self._serve_unix()
         log.info("shoald ready on unix://%s (data root %s)", self.socket_path, self.files.root)
         await self.stopping.wait()
@@ -92,6 +100,18 @@ class Daemon:
             await self._unix_runner.cleanup()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
+        if self._docker_runner is not None:
+            await self._docker_runner.cleanup()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.docker_socket_path)
+
+    async def _serve_docker(self) -> None:
+        if not self.docker_socket_path:
+            return
+        from shoal.dockerapi import app as dockerapi
+        self._docker_runner = await dockerapi.serve(self, self.docker_socket_path,
+                                                    SHUTDOWN_GRACE)
+        log.info("Docker Engine API on unix://%s", self.docker_socket_path)
 
     async def _serve_unix(self) -> None:
         from shoal import localapi, standaloneapi, workerapi
@@ -241,6 +261,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="IP:PORT for cluster traffic (default 0.0.0.0:2377)")
     parser.add_argument("--socket", default=os.environ.get("SHOAL_SOCKET", DEFAULT_SOCKET),
                         help="path of the local API socket")
+    parser.add_argument("--docker-socket", default=DEFAULT_DOCKER_SOCKET, metavar="PATH",
+                        help="path of the Docker Engine API socket (root only); an empty "
+                             "value serves none")
     parser.add_argument("--hostname", default=socket.gethostname(), help="node name to report")
     parser.add_argument("--insecure-registry", action="append", default=[], metavar="HOST:PORT",
                         help="registry reached over plain HTTP (repeatable)")
@@ -261,7 +284,8 @@ def main(argv: list[str] | None = None) -> None:
     if os.geteuid() != 0:
         parser.error("shoald must run as root (it manages namespaces, mounts and containers)")
     os.umask(0o022)
-    daemon = Daemon(Path(args.data_root), args.advertise_addr, listen, args.socket, args.hostname)
+    daemon = Daemon(Path(args.data_root), args.advertise_addr, listen, args.socket, args.hostname,
+                    args.docker_socket or None)
     daemon.insecure_registries = frozenset(args.insecure_registry)
     daemon.lb_backend = args.lb_backend
 

@@ -593,7 +593,8 @@ def shoald(tmp_path):
     log = open(tmp_path / "shoald.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "shoal.daemon", "--data-root", str(data), "--socket", str(sock),
-         "--hostname", "voltest"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+         "--docker-socket", str(tmp_path / "docker.sock"), "--hostname", "voltest"],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while True:

@@ -30,8 +30,9 @@ def find_service(manager, ref: str) -> Service:
     return svc
 
 
-def service_view(manager, svc: Service) -> dict:
-    plain = codec.to_plain(svc)
+def replicas_status(manager, svc: Service) -> dict:
+    """Tasks running, desired and completed: `service ls`'s REPLICAS (and Docker's
+    ServiceStatus, shoal/dockerapi)."""
     tasks = manager.store.by_index("tasks", "service_id", svc.id)
     live = [t for t in tasks if t.desired_up]
     mode = svc.spec.mode
@@ -41,11 +42,16 @@ def service_view(manager, svc: Service) -> dict:
         desired = mode.total_completions or mode.replicas
     else:
         desired = mode.replicas
-    plain["replicas_status"] = {
+    return {
         "running": sum(1 for t in live if t.status.state == "running"),
         "completed": sum(1 for t in tasks if t.status.state == "complete"),
         "desired": desired,
     }
+
+
+def service_view(manager, svc: Service) -> dict:
+    plain = codec.to_plain(svc)
+    plain["replicas_status"] = replicas_status(manager, svc)
     # Only while gated: why a service has no task yet is otherwise a mystery.
     wait = dependency_wait(svc, manager.store)
     if wait is not None:

@@ -122,7 +122,7 @@ def ls_cmd(name, fmt):
 @click.pass_context
 @_errors
 def exec_cmd(ctx, name, host, cmd):
-    """Run CMD inside HOST (SHOAL_SOCKET set; `shoal` runs this CLI).
+    """Run CMD inside HOST (SHOAL_SOCKET and DOCKER_HOST set; `shoal` runs this CLI).
 
     Example: shoal lab exec manager1 -- shoal node ls
     """

@@ -14,7 +14,7 @@ from common import linux
 from common.errors import ShoalError
 from common.unixhttp import UnixClient
 from shoal.lab.errors import LabError
-from shoal.lab.naming import NETNS_DIR
+from shoal.lab.naming import NETNS_DIR, docker_socket_path
 from shoal.lab.processes import Children, child_env, tail
 
 READY_TIMEOUT = 20.0
@@ -25,7 +25,8 @@ DaemonArgv = Callable[..., list]
 
 def default_daemon_argv(*, host: str, address: str, data_root: str, socket: str) -> list[str]:
     return [sys.executable, "-m", "shoal.daemon", "--data-root", data_root,
-            "--advertise-addr", address, "--socket", socket, "--hostname", host]
+            "--advertise-addr", address, "--socket", socket,
+            "--docker-socket", docker_socket_path(socket), "--hostname", host]
 
 
 def daemon_argv_for(factory: DaemonArgv | None, name: str, h: dict) -> list[str]:
@@ -40,8 +41,9 @@ def daemon_argv_for(factory: DaemonArgv | None, name: str, h: dict) -> list[str]
 def spawn(lab: str, name: str, h: dict, argv: list[str], children: Children) -> int:
     """Start the host's daemon detached and record it in `h` (lab.json's record, to be written
     by the caller) and `children`. Does not wait for readiness."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(h["socket"])
+    for key in ("socket", "docker_socket"):
+        with contextlib.suppress(FileNotFoundError, KeyError):
+            os.unlink(h[key])
     Path(h["data_root"]).mkdir(parents=True, exist_ok=True, mode=0o700)
     with open(h["log"], "ab") as log:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")

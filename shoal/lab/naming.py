@@ -53,6 +53,13 @@ def host_order(item: tuple[str, dict]) -> tuple[int, int]:
     return (ROLES.index(h["role"]), h["index"])
 
 
+def docker_socket_path(socket: str) -> str:
+    """The host's Docker API socket, beside its shoal socket (HOST.sock -> HOST.docker.sock):
+    derived, so a daemon argv factory that knows only `socket` can still place it."""
+    base = socket[:-len(".sock")] if socket.endswith(".sock") else socket
+    return f"{base}.docker.sock"
+
+
 def new_host_record(lab: str, state_dir: Path, run_dir: Path, hosts: dict,
                     role: str) -> tuple[str, dict]:
     """The next free managerN/workerN of `role`, added to `hosts` (lab.json's) and returned."""
@@ -72,6 +79,7 @@ def new_host_record(lab: str, state_dir: Path, run_dir: Path, hosts: dict,
         "data_root": str(state_dir / name),
         "log": str(state_dir / name / "shoald.log"),
         "socket": str(run_dir / f"{name}.sock"),
+        "docker_socket": docker_socket_path(str(run_dir / f"{name}.sock")),
         "pid": None, "daemon": "created", "partitioned": False, "argv": None,
     }
     hosts[name] = h

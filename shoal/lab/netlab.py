@@ -264,7 +264,8 @@ class Lab:
 
     def exec(self, host: str, argv: list[str], *, check: bool = False, timeout: float = 60,
              input: bytes | str | None = None) -> subprocess.CompletedProcess:
-        """Run argv in the host's namespace with SHOAL_SOCKET set; stdout/stderr as text."""
+        """Run argv in the host's namespace with SHOAL_SOCKET and DOCKER_HOST set; stdout/stderr
+        as text."""
         require_root()
         full, env = self.command(host, argv)
         return processes.run(host, argv, full, env, check=check, timeout=timeout, input=input)

@@ -56,7 +56,11 @@ def host_command(lab: str, host: str, h: dict, argv: Iterable[str]) -> tuple[lis
     argv = map_argv(argv)
     if not argv:
         raise LabError("no command given: e.g. `shoal lab exec manager1 -- shoal node ls`")
-    env = child_env({"SHOAL_SOCKET": h["socket"], "SHOAL_LAB": lab, "SHOAL_LAB_HOST": host})
+    extra = {"SHOAL_SOCKET": h["socket"], "SHOAL_LAB": lab, "SHOAL_LAB_HOST": host}
+    if h.get("docker_socket"):
+        # The docker CLI (and Docker's SDKs) reach this host's shoald as they would dockerd.
+        extra["DOCKER_HOST"] = f"unix://{h['docker_socket']}"
+    env = child_env(extra)
     return ["ip", "netns", "exec", h["namespace"], *argv], env
 
 

@@ -28,6 +28,7 @@ class HostInfo:
     index: int = 0
     data_root: str = ""
     socket: str = ""
+    docker_socket: str = ""     # the Docker Engine API (shoal/dockerapi)
     log: str = ""
 
     def to_dict(self) -> dict:
@@ -102,4 +103,5 @@ def host_info(name: str, h: dict, alive: Callable[[int | None, dict], bool]) -> 
     return HostInfo(name=name, role=h["role"], namespace=h["namespace"],
                     address=h["address"], pid=pid, state=state,
                     partitioned=bool(h.get("partitioned")), index=h["index"],
-                    data_root=h["data_root"], socket=h["socket"], log=h["log"])
+                    data_root=h["data_root"], socket=h["socket"],
+                    docker_socket=h.get("docker_socket", ""), log=h["log"])
