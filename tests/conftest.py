@@ -11,6 +11,15 @@ from worker.executor import Executor
 from worker.images import ImageStore
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_subreaper_afterwards():
+    """An executor makes this process a child subreaper (as shoald must be); the next test
+    module should not inherit that."""
+    yield
+    from common import linux
+    linux.become_subreaper(False)
+
+
 @pytest.fixture
 def ex_root(tmp_path, images_root) -> Path:
     """The executor's root; whatever a (failed) test leaves running there is removed. Each

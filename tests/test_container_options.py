@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import imagebuild as ib  # tests/ is on sys.path under pytest (rootdir layout)
-from common import errors, linux, strict
+from common import errors, strict
 from common.model import (DNSConfig, LogDriver, Mount, ServiceSpec, Task, TaskSpec, TmpfsOptions,
                           Ulimit)
 from manager.specs import services as specs
@@ -181,13 +181,6 @@ def test_container_config_maps_every_option_of_the_task():
 
 
 # ---- real containers ----------------------------------------------------------------------------
-@pytest.fixture(scope="module", autouse=True)
-def _no_subreaper_afterwards():
-    """The executor makes this process a child subreaper; later modules should not inherit it."""
-    yield
-    linux.become_subreaper(False)
-
-
 @pytest.fixture(scope="module")
 def images_root(tmp_path_factory) -> Path:
     """busybox:1, with a `staff` group (gid 50) in its /etc/group."""

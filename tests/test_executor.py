@@ -27,14 +27,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _no_subreaper_afterwards():
-    """The executor makes this process a child subreaper (as shoald must be); other test
-    modules in this pytest process should not inherit that."""
-    yield
-    linux.become_subreaper(False)
-
-
 @pytest.fixture(scope="module")
 def images_root(tmp_path_factory) -> Path:
     """One image store for the module (images: busybox:1, and env:1 with image settings)."""

@@ -91,13 +91,6 @@ def images_root(tmp_path_factory) -> Path:
     return base / "store"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _no_subreaper_afterwards():
-    yield
-    import ctypes
-    ctypes.CDLL(None, use_errno=True).prctl(36, 0, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-
-
 async def start(ex: Executor, cid: str, *command: str, image: str = "busybox:1") -> None:
     await ex.create(ContainerConfig(id=cid, name=f"svc.1.{cid}", image=image, command=list(command),
                                     stop_grace=0.5))

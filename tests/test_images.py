@@ -33,15 +33,6 @@ def run(coro):
     return asyncio.run(coro)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _no_subreaper_afterwards():
-    """The executor (used by one test here) makes this process a child subreaper, as shoald
-    must be; later test modules should not inherit that."""
-    yield
-    import ctypes
-    ctypes.CDLL(None, use_errno=True).prctl(36, 0, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-
-
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
     if not ib.LocalRegistry.available():

@@ -34,12 +34,6 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _no_subreaper_afterwards():
-    yield
-    linux.become_subreaper(False)
-
-
 @pytest.fixture(scope="module")
 def images_root(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("images")
