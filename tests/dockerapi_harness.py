@@ -14,6 +14,7 @@ from common.model import (Cluster, ManagerStatus, Network, NetworkAttachment,
                           ServiceMode, ServiceSpec, Task, TaskStatus, NODE_ROLE_MANAGER)
 from common import codec
 from common.nodestate import NodeState
+from manager.allocator.allocator import Allocator
 from manager.state.store import Transaction
 from shoal.dockerapi.app import make_app
 from tests.store_manager import StoreManager
@@ -27,6 +28,12 @@ class DockerTestManager(StoreManager):
     def __init__(self) -> None:
         super().__init__()
         self.leader_raft = "10.0.0.1:2378"
+        # What the writes use: the real allocator on the store, a disk that never fills.
+        self.allocator = Allocator(self.store)
+        self.disk_guard = _RoomyDisk()
+
+    def require_leader(self) -> None:
+        pass
 
     def reachability(self) -> dict[str, str]:
         return {"10.0.0.1:2378": "leader", "10.0.0.2:2378": "reachable"}
@@ -37,6 +44,11 @@ class DockerTestManager(StoreManager):
     def cluster(self) -> Optional[Cluster]:
         clusters = self.store.list("clusters")
         return clusters[0] if clusters else None
+
+
+class _RoomyDisk:
+    def check(self) -> None:
+        pass
 
 
 class FakeFiles:

@@ -242,8 +242,8 @@ def test_bad_filters_are_400_or_404_naming_the_problem(path, needle):
 def test_unknown_endpoints_are_page_not_found_and_known_ones_501():
     assert call("GET", "/nope") [0:3:2] == (404, {"message": "page not found"})
     assert call("GET", "/v1.41/nope")[0:3:2] == (404, {"message": "page not found"})
-    status, _, body = call("POST", "/v1.41/services/create")
-    assert status == 501 and "POST /services/create" in body["message"]
+    status, _, body = call("GET", "/v1.41/tasks/task1/logs")
+    assert status == 501 and "GET /tasks/task1/logs" in body["message"]
     status, _, body = call("GET", "/v1.41/containers/json")
     assert status == 501 and "GET /containers/json" in body["message"]
     assert call("DELETE", "/nodes/n3")[0] == 501

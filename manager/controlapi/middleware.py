@@ -69,11 +69,51 @@ _SYSTEM_WRITES = ("/dispatcher/heartbeat", "/dispatcher/status", "/dispatcher/as
                   "/certificates/")
 
 
-def _asks_for_a_change(request: web.Request) -> bool:
+def _asks_for_a_change_to(method: str, path: str) -> bool:
     """A write a user asked for, other than a removal or a stop (see manager/diskguard.py)."""
-    if request.method in ("GET", "HEAD", "DELETE") or request.path.endswith("/stop"):
+    if method in ("GET", "HEAD", "DELETE") or path.endswith("/stop"):
         return False
-    return not request.path.startswith(_SYSTEM_WRITES) and request.path != "/join/ca"
+    return not path.startswith(_SYSTEM_WRITES) and path != "/join/ca"
+
+
+def leader_to_forward_to(ctx, manager) -> str | None:
+    """None when this manager is the leader; else the leader's API address, once it is known
+    and connected (Unavailable otherwise)."""
+    if manager.is_leader:
+        return None
+    leader = manager.leader_api_addr()
+    if leader is None or leader == ctx.state.api_addr:
+        raise errors.Unavailable(manager.no_leader_reason())
+    if not manager.leader_connected():
+        raise errors.Unavailable(manager.leader_unreachable_reason())
+    return leader
+
+
+async def forward_to_leader(ctx, manager, leader: str, method: str, path_qs: str, raw: bytes,
+                            headers: dict[str, str]) -> tuple[int, bytes]:
+    """A control API request sent on to the leader: its status and body."""
+    client = ctx.peer_client(leader)
+    # Fail fast when the leader is cut off: a client should hear "no quorum", not hang. A new
+    # connection gives up after 1 s; a pooled one to a leader that has just been cut off would
+    # wait for the whole timeout, so the forward also ends once raft loses the leader.
+    client.connect_timeout = 1.0
+    forward = asyncio.ensure_future(client.request_raw(
+        method, path_qs, raw=raw, timeout=30.0, headers=headers))
+    try:
+        while not (await asyncio.wait({forward}, timeout=0.25))[0]:
+            if not manager.leader_connected():
+                raise errors.Unavailable(
+                    f"{manager.leader_unreachable_reason()} (lost while forwarding this request, "
+                    f"which may or may not have been applied)")
+        return forward.result()
+    finally:
+        forward.cancel()  # done: no effect; abandoned: closes its connection
+
+
+def check_disk_for(manager, method: str, path: str) -> None:
+    """On the leader: refuse a change a user asked for when the disk is about to fill."""
+    if _asks_for_a_change_to(method, path):
+        manager.disk_guard.check()
 
 
 @web.middleware
@@ -82,33 +122,14 @@ async def forward_middleware(request: web.Request, handler):
     if not _leader_only(request) or getattr(handler, "local_only", False):
         return await handler(request)
     manager = manager_of(request)
-    if manager.is_leader:
-        if _asks_for_a_change(request):
-            manager.disk_guard.check()
+    leader = leader_to_forward_to(ctx, manager)
+    if leader is None:
+        check_disk_for(manager, request.method, request.path)
         return await handler(request)
-    leader = manager.leader_api_addr()
-    if leader is None or leader == ctx.state.api_addr:
-        raise errors.Unavailable(manager.no_leader_reason())
-    if not manager.leader_connected():
-        raise errors.Unavailable(manager.leader_unreachable_reason())
     ident = identity_of(request)
     headers = {FORWARDED_NODE_HEADER: ident.node_id if ident and not request.get(FORWARDED_LOCAL) else ""}
-    client = ctx.peer_client(leader)
-    # Fail fast when the leader is cut off: a client should hear "no quorum", not hang. A new
-    # connection gives up after 1 s; a pooled one to a leader that has just been cut off would
-    # wait for the whole timeout, so the forward also ends once raft loses the leader.
-    client.connect_timeout = 1.0
-    forward = asyncio.ensure_future(client.request_raw(
-        request.method, request.path_qs, raw=await request.read(), timeout=30.0, headers=headers))
-    try:
-        while not (await asyncio.wait({forward}, timeout=0.25))[0]:
-            if not manager.leader_connected():
-                raise errors.Unavailable(
-                    f"{manager.leader_unreachable_reason()} (lost while forwarding this request, "
-                    f"which may or may not have been applied)")
-        status, data = forward.result()
-    finally:
-        forward.cancel()  # done: no effect; abandoned: closes its connection
+    status, data = await forward_to_leader(ctx, manager, leader, request.method,
+                                           request.path_qs, await request.read(), headers)
     return web.Response(status=status, body=data, content_type="application/json")
 
 

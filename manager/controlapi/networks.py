@@ -19,7 +19,7 @@ from manager.state.store import Transaction
 DRIVERS = ("overlay",)
 
 
-def _find_network(manager, ref: str) -> Network:
+def find_network(manager, ref: str) -> Network:
     net = manager.store.find("networks", ref)
     if net is None:
         raise errors.NotFound(f"no such network: {ref}")
@@ -76,9 +76,9 @@ def _services_using(manager, net: Network) -> list:
     return out
 
 
-async def network_create(request: web.Request) -> web.Response:
-    manager = manager_of(request)
-    data = await body_json(request)
+async def create_network(manager, data: dict) -> Network:
+    """A new overlay network from a decoded body (shoal's NetworkSpec, or {"spec": ...}): the
+    one way a network is created (shoal's API and the Docker API's)."""
     spec = parse_network_spec(data.get("spec", data))
     manager.require_leader()
     async with manager.allocator.lock:     # two creates must not pick the same subnet or VNI
@@ -92,6 +92,11 @@ async def network_create(request: web.Request) -> web.Response:
         net = plan_network(manager.store, cluster.spec.networking, spec, new_id())
         net.meta.created_at = net.meta.updated_at = time.time()
         await manager.propose(Transaction().create("networks", net))
+    return net
+
+
+async def network_create(request: web.Request) -> web.Response:
+    net = await create_network(manager_of(request), await body_json(request))
     return reply({"id": net.id}, status=201)
 
 
@@ -103,12 +108,11 @@ async def network_list(request: web.Request) -> web.Response:
 
 async def network_inspect(request: web.Request) -> web.Response:
     manager = manager_of(request)
-    return reply(network_view(manager, _find_network(manager, request.match_info["ref"])))
+    return reply(network_view(manager, find_network(manager, request.match_info["ref"])))
 
 
-async def network_remove(request: web.Request) -> web.Response:
-    manager = manager_of(request)
-    net = _find_network(manager, request.match_info["ref"])
+async def remove_network(manager, ref: str) -> Network:
+    net = find_network(manager, ref)
     users = _services_using(manager, net)
     if users:
         names = ", ".join(sorted(s.spec.name for s in users))
@@ -128,6 +132,11 @@ async def network_remove(request: web.Request) -> web.Response:
             f"network {net.spec.name!r} still has {len(active)} active endpoint(s) of tasks being "
             "shut down: try again in a few seconds", field="network")
     await manager.propose(Transaction().delete("networks", net.id, expect_version=net.meta.version))
+    return net
+
+
+async def network_remove(request: web.Request) -> web.Response:
+    net = await remove_network(manager_of(request), request.match_info["ref"])
     return reply({"id": net.id})
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import AsyncIterator
 
 import aiohttp
 from aiohttp import web
@@ -59,9 +60,10 @@ def service_view(manager, svc: Service) -> dict:
     return plain
 
 
-async def service_create(request: web.Request) -> web.Response:
-    manager = manager_of(request)
-    data = await body_json(request)
+async def create_service(manager, data: dict) -> Service:
+    """A new service from a decoded body (shoal's spec, or {"spec": ...}): checked, named
+    uniquely, allocated and stored. The one way a service is created (shoal's API and the
+    Docker API's translation both call it, on the leader)."""
     spec = parse_service_spec(data.get("spec", data))
     # Secrets first: a config may not take a target one of the secrets has.
     SECRETS.resolve_refs(manager, spec)
@@ -80,6 +82,11 @@ async def service_create(request: web.Request) -> web.Response:
     except BaseException:
         manager.allocator.release_service(svc)
         raise
+    return svc
+
+
+async def service_create(request: web.Request) -> web.Response:
+    svc = await create_service(manager_of(request), await body_json(request))
     return reply({"id": svc.id}, status=201)
 
 
@@ -94,17 +101,10 @@ async def service_inspect(request: web.Request) -> web.Response:
     return reply(service_view(manager, find_service(manager, request.match_info["ref"])))
 
 
-async def service_update(request: web.Request) -> web.Response:
-    manager = manager_of(request)
-    svc = manager.store.get("services", find_service(manager, request.match_info["ref"]).id)
-    version = query_int(request, "version")
-    if version is None:
-        raise errors.InvalidArgument("the 'version' query parameter is required: read the service "
-                                     "and send the version you changed", field="version")
-    if version != svc.meta.version:
-        raise errors.Conflict(f"service {svc.spec.name} changed since version {version} (now "
-                              f"{svc.meta.version}); read it again and retry")
-    data = await body_json(request)
+async def update_service(manager, ref: str, version, data: dict) -> Service:
+    """`ref`'s spec replaced by the decoded body's, if `version` is still the service's."""
+    svc = manager.store.get("services", find_service(manager, ref).id)
+    _check_version(svc, version)
     spec = parse_service_spec(data.get("spec", data))
     # Secrets first: a config may not take a target one of the secrets has.
     SECRETS.resolve_refs(manager, spec)
@@ -125,7 +125,26 @@ async def service_update(request: web.Request) -> web.Response:
     manager.require_leader()
     manager.allocator.allocate_service(svc, old)
     await manager.propose(Transaction().update("services", svc))
-    return reply(service_view(manager, manager.store.get("services", svc.id)))
+    return manager.store.get("services", svc.id)
+
+
+def _check_version(svc: Service, version) -> None:
+    if version is None:
+        raise errors.InvalidArgument("the 'version' query parameter is required: read the service "
+                                     "and send the version you changed", field="version")
+    if version != svc.meta.version:
+        raise errors.Conflict(f"service {svc.spec.name} changed since version {version} (now "
+                              f"{svc.meta.version}); read it again and retry")
+
+
+async def service_update(request: web.Request) -> web.Response:
+    manager = manager_of(request)
+    # The version is checked before the body is read, as ever.
+    find_service(manager, request.match_info["ref"])
+    version = query_int(request, "version")
+    svc = await update_service(manager, request.match_info["ref"], version,
+                               await body_json(request))
+    return reply(service_view(manager, svc))
 
 
 def _publishing_changes(old: ServiceSpec, new: ServiceSpec) -> bool:
@@ -133,10 +152,12 @@ def _publishing_changes(old: ServiceSpec, new: ServiceSpec) -> bool:
     return bool(ingress_ports(old.endpoint_spec.ports)) != bool(ingress_ports(new.endpoint_spec.ports))
 
 
-async def service_rollback(request: web.Request) -> web.Response:
-    """Back to the previous spec; a second rollback swaps back again (like docker)."""
-    manager = manager_of(request)
-    svc = manager.store.get("services", find_service(manager, request.match_info["ref"]).id)
+async def rollback_service(manager, ref: str, version=None) -> Service:
+    """Back to the previous spec; a second rollback swaps back again (like docker). With a
+    `version` (the Docker API always sends one), a stale one is refused."""
+    svc = manager.store.get("services", find_service(manager, ref).id)
+    if version is not None:
+        _check_version(svc, version)
     if svc.previous_spec is None:
         raise errors.FailedPrecondition(f"service {svc.spec.name} has no previous spec to roll "
                                         "back to (it was never updated)")
@@ -149,12 +170,18 @@ async def service_rollback(request: web.Request) -> web.Response:
     manager.require_leader()
     manager.allocator.allocate_service(svc, old)
     await manager.propose(Transaction().update("services", svc))
-    return reply(service_view(manager, manager.store.get("services", svc.id)))
+    return manager.store.get("services", svc.id)
 
 
-async def service_remove(request: web.Request) -> web.Response:
+async def service_rollback(request: web.Request) -> web.Response:
     manager = manager_of(request)
-    svc = find_service(manager, request.match_info["ref"])
+    svc = await rollback_service(manager, request.match_info["ref"],
+                                 query_int(request, "version"))
+    return reply(service_view(manager, svc))
+
+
+async def remove_service(manager, ref: str) -> Service:
+    svc = find_service(manager, ref)
     txn = Transaction().delete("services", svc.id)
     # Every task is told to stop in the same transaction; the reaper drops them once stopped.
     now = time.time()
@@ -165,21 +192,23 @@ async def service_remove(request: web.Request) -> web.Response:
             t.meta.updated_at = now
             txn.update("tasks", t, check_version=False)
     await manager.propose(txn)
+    return svc
+
+
+async def service_remove(request: web.Request) -> web.Response:
+    svc = await remove_service(manager_of(request), request.match_info["ref"])
     return reply({"id": svc.id})
 
 
-async def service_logs(request: web.Request) -> web.StreamResponse:
-    """Every task's log lines, gathered from the nodes that ran them (mutual TLS to each)."""
-    manager = manager_of(request)
-    svc = find_service(manager, request.match_info["ref"])
-    # Checked here, before the stream starts (manager.streams), not by each node later.
-    follow = query_flag(request, "follow")
-    tail = streams.query_tail(request)
+async def gather_logs(ctx, manager, svc: Service, follow: bool,
+                      tail: int | None) -> AsyncIterator[dict]:
+    """Every task's log entries ({t, s, l, task, node, task_id, node_id}, or {error, node}),
+    gathered from the nodes that ran them (mutual TLS to each): as they come with `follow`,
+    else all of them in time order. shoal's API and the Docker API's both stream these."""
     by_node: dict[str, list[Task]] = {}
     for t in manager.store.by_index("tasks", "service_id", svc.id):
         if t.node_id and t.status.container_id:
             by_node.setdefault(t.node_id, []).append(t)
-    resp = await streams.start_ndjson(request)
     queue: asyncio.Queue = asyncio.Queue(maxsize=1000)
     done = object()
 
@@ -190,7 +219,7 @@ async def service_logs(request: web.Request) -> web.StreamResponse:
         try:
             if node is None or not node.status.addr:
                 raise errors.Unavailable("node is gone")
-            client = request.app[CTX].peer_client(f"{node.status.addr}:{API_PORT}")
+            client = ctx.peer_client(f"{node.status.addr}:{API_PORT}")
             params = [("follow", "true" if follow else "false"),
                       ("tail", "all" if tail is None else str(tail))] + \
                 [("task", t.id) for t in tasks]
@@ -201,7 +230,8 @@ async def service_logs(request: web.Request) -> web.StreamResponse:
                         entry = json.loads(raw)
                         if "error" in entry:  # the node's stream failed (manager.streams)
                             raise errors.Unavailable(str(entry["error"]))
-                        entry.update(task=names.get(entry.pop("task_id"), "?"), node=hostname)
+                        entry.update(task=names.get(entry["task_id"], "?"), node=hostname,
+                                     node_id=node_id)
                         await queue.put(entry)
             finally:
                 stream.release()
@@ -219,16 +249,34 @@ async def service_logs(request: web.Request) -> web.StreamResponse:
             if item is done:
                 remaining -= 1
             elif follow:
-                await resp.write(json.dumps(item).encode() + b"\n")
+                yield item
             else:
                 pending.append(item)
         for item in sorted(pending, key=lambda e: e.get("t", 0)):
+            yield item
+    finally:
+        for p in pumps:
+            p.cancel()
+
+
+async def service_logs(request: web.Request) -> web.StreamResponse:
+    """Every task's log lines, gathered from the nodes that ran them (mutual TLS to each)."""
+    manager = manager_of(request)
+    svc = find_service(manager, request.match_info["ref"])
+    # Checked here, before the stream starts (manager.streams), not by each node later.
+    follow = query_flag(request, "follow")
+    tail = streams.query_tail(request)
+    resp = await streams.start_ndjson(request)
+    entries = gather_logs(request.app[CTX], manager, svc, follow, tail)
+    try:
+        async for item in entries:
+            item.pop("task_id", None)
+            item.pop("node_id", None)
             await resp.write(json.dumps(item).encode() + b"\n")
     except (ConnectionResetError, ConnectionError):
         pass
     finally:
-        for p in pumps:
-            p.cancel()
+        await entries.aclose()
     return resp
 
 

@@ -1,8 +1,10 @@
 """The Docker Engine API, served on a second Unix socket (/run/shoal/docker.sock).
 
 A translation layer: every answer is read from the same store, through the same lookups
-(manager/controlapi) as shoal's own API, and turned into Docker's JSON by translate/. Nothing
-here keeps state or rules of its own.
+(manager/controlapi) as shoal's own API, and turned into Docker's JSON by translate/; every
+write is translated into shoal's spec and run by the control API's own functions, on the
+leader (leader.py forwards it there, in shoal's words, from a follower). Nothing here keeps
+state or rules of its own.
 
     app          the socket's application: routing, the /v1.NN prefix, errors in Docker's shape
     versioning   API versions, the prefix, _ping and its headers
@@ -12,7 +14,13 @@ here keeps state or rules of its own.
     access       which node may answer what (managers answer cluster reads)
     info         /version and /info
     swarm, nodes, services, tasks   the cluster reads
+    service_writes   services create, update (and rollback=previous), delete
+    logs         a service's logs as Docker's multiplexed frames
+    data_objects, networks   secrets and configs, networks: reads and writes
+    leader       writes run on the leader, or forwarded to it as shoal's own socket does
     unsupported  what Docker serves and this API does not yet: a 501 naming it
     translate/   shoal's objects as Docker's JSON (values: times, durations, versions;
-                 nodes, services, tasks, swarm)
+                 nodes, services, tasks, swarm, objects), and back (reader: Docker's JSON
+                 read strictly, naming fields; service_spec: a ServiceSpec as shoal's;
+                 objects: secret, config and network bodies)
 """

@@ -21,7 +21,8 @@ from aiohttp import web
 from common import errors as shoal_errors
 from common.httpserver import CTX
 from common.version import __version__
-from shoal.dockerapi import info, nodes, services, swarm, tasks, unsupported, versioning
+from shoal.dockerapi import (data_objects, info, logs, networks, nodes, service_writes, services, swarm,
+                             tasks, unsupported, versioning)
 from shoal.dockerapi.errors import PAGE_NOT_FOUND, DockerError, answer, from_shoal
 
 log = logging.getLogger("shoal.dockerapi")
@@ -30,6 +31,7 @@ Handler = Callable[[web.Request, dict[str, str]], Awaitable[web.StreamResponse]]
 
 # A path parameter: one segment, as Docker's router takes it.
 _ID = r"(?P<id>[^/]+)"
+_KIND = r"/(?P<kind>secrets|configs)"
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,22 @@ ROUTES: tuple[Route, ...] = (
     _route("GET", r"/nodes", nodes.node_list),
     _route("GET", rf"/nodes/{_ID}", nodes.node_inspect),
     _route("GET", r"/services", services.service_list),
+    _route("POST", r"/services/create", service_writes.service_create),
     _route("GET", rf"/services/{_ID}", services.service_inspect),
+    _route("POST", rf"/services/{_ID}/update", service_writes.service_update),
+    _route("GET", rf"/services/{_ID}/logs", logs.service_logs),
+    _route("DELETE", rf"/services/{_ID}", service_writes.service_delete),
     _route("GET", r"/tasks", tasks.task_list),
     _route("GET", rf"/tasks/{_ID}", tasks.task_inspect),
+    _route("GET", _KIND, data_objects.listing),
+    _route("POST", rf"{_KIND}/create", data_objects.create),
+    _route("GET", rf"{_KIND}/{_ID}", data_objects.inspect),
+    _route("POST", rf"{_KIND}/{_ID}/update", data_objects.update),
+    _route("DELETE", rf"{_KIND}/{_ID}", data_objects.delete),
+    _route("GET", r"/networks", networks.listing),
+    _route("POST", r"/networks/create", networks.create),
+    _route("GET", rf"/networks/{_ID}", networks.inspect),
+    _route("DELETE", rf"/networks/{_ID}", networks.delete),
 )
 
 

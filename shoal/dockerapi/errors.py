@@ -48,6 +48,11 @@ _STATUS = {
 }
 
 
+def status_of(status: int) -> int:
+    """Docker's status for one of shoal's."""
+    return _STATUS.get(status, 500)
+
+
 def from_shoal(exc: errors.ShoalError) -> DockerError:
     if isinstance(exc, errors.NotAManager):
         return DockerError(503, NOT_A_MANAGER)

@@ -46,11 +46,11 @@ async def task_list(request: web.Request, params: dict[str, str]) -> web.Respons
     else:
         tasks = store.list("tasks")
     stale: set[str] = set()
+    services = {s.id: s for s in store.list("services")}
     if "_up-to-date" in f:
         # The updater's notion of an outdated task, asked of every task (swarmkit's filter
         # drops old tasks whatever their desired state: `service create`'s progress counts
         # only tasks of the current spec).
-        services = {s.id: s for s in store.list("services")}
         for t in tasks:
             svc = services.get(t.service_id)
             if svc is not None and outdated(svc, [_as_up(t)]):
@@ -60,7 +60,8 @@ async def task_list(request: web.Request, params: dict[str, str]) -> web.Respons
     for t in sorted(tasks, key=lambda t: (t.service_name, t.slot, t.node_id, t.meta.created_at)):
         if t.standalone:
             continue  # `container run`'s tasks are containers to Docker, not swarm tasks
-        if not (f.prefix("id", t.id) and f.prefix("name", t.name) and f.labels("label", {})
+        if not (f.prefix("id", t.id) and f.prefix("name", t.name)
+                and f.labels("label", _service_labels(services, t))
                 and (not node_ids or t.node_id in node_ids)
                 and (not service_ids or t.service_id in service_ids)
                 and (not desired or t.desired_state in desired)
@@ -69,6 +70,13 @@ async def task_list(request: web.Request, params: dict[str, str]) -> web.Respons
             continue
         out.append(task_json(t, networks.get))
     return json_answer(out)
+
+
+def _service_labels(services: dict, t: Task) -> dict[str, str]:
+    """What Docker's `label` filter of tasks matches: the labels of the task's service (its
+    ServiceAnnotations), so `docker stack ps` finds a stack's tasks."""
+    svc = services.get(t.service_id)
+    return svc.spec.labels if svc is not None else {}
 
 
 def _as_up(t: Task) -> Task:

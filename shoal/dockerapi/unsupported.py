@@ -13,15 +13,7 @@ _ENDPOINTS: tuple[tuple[frozenset[str], re.Pattern], ...] = tuple(
         ("GET", r"/swarm/unlockkey"),
         ("POST", rf"/nodes/{_ID}/update"),
         ("DELETE", rf"/nodes/{_ID}"),
-        ("POST", r"/services/create"),
-        ("POST", rf"/services/{_ID}/update"),
-        ("DELETE", rf"/services/{_ID}"),
-        ("GET", rf"/services/{_ID}/logs"),
         ("GET", rf"/tasks/{_ID}/logs"),
-        ("GET", r"/(?:secrets|configs|networks)"),
-        ("POST", r"/(?:secrets|configs|networks)/create"),
-        ("GET DELETE", rf"/(?:secrets|configs|networks)/{_ID}"),
-        ("POST", rf"/(?:secrets|configs)/{_ID}/update"),
         ("POST", rf"/networks/{_ID}/(?:connect|disconnect)"),
         ("POST", r"/networks/prune"),
         ("GET", r"/events"),
@@ -41,5 +33,6 @@ def is_docker_endpoint(method: str, path: str) -> bool:
 
 def message(method: str, path: str) -> str:
     return (f"{method} {path} is part of the Docker Engine API that shoal does not serve yet "
-            "(this socket answers _ping, version, info, swarm, and reads of nodes, services "
-            "and tasks; shoal's own CLI does the rest)")
+            "(this socket answers _ping, version, info, swarm, reads of nodes and tasks, "
+            "services with their logs, secrets, configs and networks; shoal's own CLI does "
+            "the rest)")

@@ -1,0 +1,91 @@
+"""GET /services/{id}/logs: the service's log lines from every node that ran its tasks
+(manager/controlapi/services.gather_logs, as shoal's own API), written as dockerd writes them:
+8-byte-header frames (stream, 0, 0, 0, big-endian length) unless the service has a TTY, each
+line led by its timestamp (`timestamps`) and by the `com.docker.swarm.*` details (`details`)
+the docker CLI reads to name each line's task and node."""
+from __future__ import annotations
+
+import logging
+import struct
+
+from aiohttp import web
+
+from common import errors
+from manager.controlapi.services import gather_logs
+from shoal.dockerapi.access import daemon_of, manager_of
+from shoal.dockerapi.errors import bad_request
+from shoal.dockerapi.query import flag
+from shoal.dockerapi.services import lookup
+from shoal.dockerapi.translate.values import rfc3339
+
+log = logging.getLogger("shoal.dockerapi")
+
+_STREAMS = {"stdout": 1, "stderr": 2}
+
+
+def frame(stream: int, payload: bytes) -> bytes:
+    """One frame of Docker's multiplexed stream (stdcopy)."""
+    return struct.pack(">BxxxL", stream, len(payload)) + payload
+
+
+def line(entry: dict, service_id: str, timestamps: bool, details: bool) -> bytes:
+    text = str(entry.get("l", ""))
+    if not text.endswith("\n"):
+        text += "\n"
+    head = ""
+    if timestamps:
+        head += rfc3339(float(entry.get("t", 0))) + " "
+    if details:
+        head += (f"com.docker.swarm.node.id={entry.get('node_id', '')},"
+                 f"com.docker.swarm.service.id={service_id},"
+                 f"com.docker.swarm.task.id={entry.get('task_id', '')} ")
+    return (head + text).encode("utf-8", "replace")
+
+
+def _since(request: web.Request) -> float:
+    raw = request.query.get("since", "")
+    if not raw:
+        return 0.0
+    try:
+        return float(raw)
+    except ValueError:
+        raise bad_request(f"invalid value for \"since\": {raw!r} is no Unix time") from None
+
+
+async def service_logs(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
+    manager = manager_of(request)
+    svc = lookup(manager, params["id"])
+    wanted = {name for name in _STREAMS if flag(request, name)}
+    if not wanted:
+        raise bad_request("Bad parameters: you must choose at least one stream")
+    tail_raw = request.query.get("tail", "all") or "all"
+    if tail_raw == "all" or tail_raw.startswith("-"):
+        tail = None
+    elif tail_raw.isascii() and tail_raw.isdigit() and len(tail_raw) <= 9:
+        tail = int(tail_raw)
+    else:
+        raise bad_request(f"invalid value for \"tail\": {tail_raw!r}")
+    since = _since(request)
+    follow, timestamps, details = (flag(request, "follow"), flag(request, "timestamps"),
+                                   flag(request, "details"))
+    tty = svc.spec.task_template.container.tty
+    resp = web.StreamResponse(headers={"Content-Type": "application/vnd.docker.raw-stream" if tty
+                                       else "application/vnd.docker.multiplexed-stream"})
+    await resp.prepare(request)
+    entries = gather_logs(daemon_of(request), manager, svc, follow, tail)
+    try:
+        async for entry in entries:
+            if "error" in entry:
+                log.info("logs of service %s: node %s: %s", svc.spec.name, entry.get("node"),
+                         entry["error"])
+                continue
+            stream = entry.get("s", "stdout")
+            if stream not in wanted or float(entry.get("t", 0)) < since:
+                continue
+            payload = line(entry, svc.id, timestamps, details)
+            await resp.write(payload if tty else frame(_STREAMS.get(stream, 1), payload))
+    except (ConnectionResetError, ConnectionError, errors.ShoalError):
+        pass
+    finally:
+        await entries.aclose()
+    return resp
