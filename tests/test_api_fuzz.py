@@ -550,6 +550,9 @@ SWARM_JUNK = [
 def test_swarm_update_junk_is_refused_and_the_leader_keeps_scheduling(cluster):
     """Defect 5 and must-show 4: each value is refused naming its field; afterwards a new
     service still gets its tasks."""
+    # The module's cluster may have taken valid updates from the fuzzing before: what counts is
+    # that the refused ones changed nothing.
+    before = codec.to_plain(cluster.m.cluster().spec)
     for section, name, value in SWARM_JUNK:
         cluster_obj = cluster.m.cluster()
         spec = codec.to_plain(cluster_obj.spec)
@@ -564,7 +567,7 @@ def test_swarm_update_junk_is_refused_and_the_leader_keeps_scheduling(cluster):
         spec = {**codec.to_plain(cluster.m.cluster().spec), **junk}
         status, answer = cluster.run(_send(cluster, "", "/swarm/update", {"spec": spec}))
         assert status == 400 and "spec." in answer["message"], answer
-    assert cluster.m.cluster().spec.orchestration.task_history_retention_limit == 5
+    assert codec.to_plain(cluster.m.cluster().spec) == before
 
     async def scheduled() -> None:
         body = {"spec": {"name": "after-junk", "mode": {"replicas": 2},
