@@ -5,16 +5,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from common import strict
 from manager.controlapi import data_objects as shoal_objects
 from manager.specs.configs import CONFIGS
 from manager.specs.data_objects import DataKind
 from manager.specs.secrets import SECRETS
 from shoal.dockerapi import filters, leader
 from shoal.dockerapi.access import manager_of
+from shoal.dockerapi.query import json_body
 from shoal.dockerapi.errors import bad_request, json_answer, not_found
 from shoal.dockerapi.translate.objects import data_object, data_object_spec
-from shoal.dockerapi.translate.reader import bad
 
 _ACCEPTED = ("id", "name", "names", "label")
 
@@ -30,19 +29,9 @@ def _lookup(kind: DataKind, manager, ref: str):
     return obj
 
 
-async def _body(request: web.Request) -> dict:
-    raw = await request.read()
-    if not raw:
-        raise bad_request("the request needs a JSON body")
-    data = strict.loads(raw)
-    if not isinstance(data, dict):
-        raise bad("body", "must be a JSON object")
-    return data
-
-
 async def create(request: web.Request, params: dict[str, str]) -> web.Response:
     kind = _kind(params)
-    spec = data_object_spec(await _body(request))
+    spec = data_object_spec(await json_body(request))
 
     async def local(manager) -> dict:
         return {"id": (await shoal_objects.create_object(kind, manager, spec)).id}
@@ -77,7 +66,7 @@ async def update(request: web.Request, params: dict[str, str]) -> web.Response:
     if not value.isdecimal() or not value.isascii() or len(value) > 19:
         raise bad_request(f"invalid {kind.noun} version {value!r}")
     version = int(value)
-    spec = data_object_spec(await _body(request))
+    spec = data_object_spec(await json_body(request))
 
     async def local(manager) -> dict:
         await shoal_objects.update_object_labels(kind, manager, obj.id, version, spec)

@@ -9,13 +9,12 @@ import time
 
 from aiohttp import web
 
-from common import strict
 from manager.controlapi import networks as shoal_networks
 from shoal.dockerapi import filters, leader
 from shoal.dockerapi.access import manager_of
-from shoal.dockerapi.errors import DockerError, bad_request, json_answer, not_found
+from shoal.dockerapi.query import json_body
+from shoal.dockerapi.errors import DockerError, json_answer, not_found
 from shoal.dockerapi.translate.objects import network as network_json, network_spec
-from shoal.dockerapi.translate.reader import bad
 
 _ACCEPTED = ("name", "id", "label", "driver", "scope", "type", "dangling")
 # How long a delete waits for the tasks of removed services to let go of the network (dockerd
@@ -52,13 +51,7 @@ def _match(f: filters.Filters, key: str, value: str) -> bool:
 
 
 async def create(request: web.Request, params: dict[str, str]) -> web.Response:
-    raw = await request.read()
-    if not raw:
-        raise bad_request("the request needs a JSON body")
-    data = strict.loads(raw)
-    if not isinstance(data, dict):
-        raise bad("body", "must be a JSON object")
-    spec = network_spec(data)
+    spec = network_spec(await json_body(request))
 
     async def local(manager) -> dict:
         return {"id": (await shoal_networks.create_network(manager, spec)).id}

@@ -5,24 +5,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from common import strict
 from manager.controlapi import services as shoal_services
 from shoal.dockerapi import leader
 from shoal.dockerapi.errors import bad_request, json_answer
 from shoal.dockerapi.services import lookup
 from shoal.dockerapi.access import manager_of
-from shoal.dockerapi.translate.reader import bad
+from shoal.dockerapi.query import json_body
 from shoal.dockerapi.translate.service_spec import docker_path, service_spec
-
-
-async def _body(request: web.Request) -> dict:
-    raw = await request.read()
-    if not raw:
-        raise bad_request("the request needs a JSON body (a ServiceSpec)")
-    data = strict.loads(raw)
-    if not isinstance(data, dict):
-        raise bad("body", "must be a JSON object (a ServiceSpec)")
-    return data
 
 
 def _version(request: web.Request) -> int:
@@ -34,7 +23,7 @@ def _version(request: web.Request) -> int:
 
 
 async def service_create(request: web.Request, params: dict[str, str]) -> web.Response:
-    spec = service_spec(await _body(request))
+    spec = service_spec(await json_body(request, "a ServiceSpec"))
 
     async def local(manager) -> dict:
         svc = await shoal_services.create_service(manager, spec)
@@ -61,7 +50,7 @@ async def service_update(request: web.Request, params: dict[str, str]) -> web.Re
         await leader.write(request, "POST", path, None, local, docker_path,
                            leader.changed("services", svc.id))
     else:
-        spec = service_spec(await _body(request))
+        spec = service_spec(await json_body(request, "a ServiceSpec"))
 
         async def local(manager) -> dict:
             await shoal_services.update_service(manager, svc.id, version, spec)
