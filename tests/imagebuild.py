@@ -228,6 +228,25 @@ def build_busybox_oci_layout(dest_dir: Path, tag: str = "1",
     return dest_dir
 
 
+def busybox_store(base: Path, more_images: Mapping[str, Mapping] = {}, **layout_kwargs) -> Path:
+    """A worker's image store at base/store holding busybox:1 (its layout built with
+    `layout_kwargs`) and each of `more_images` (a ref with its config overrides), imported
+    as a worker imports an archive; returns the store's root."""
+    import asyncio
+
+    from worker.images import ImageStore
+    layout = build_busybox_oci_layout(base / "oci", "1", **layout_kwargs)
+    for ref, overrides in more_images.items():
+        build_busybox_oci_layout(layout, ref, config_overrides=overrides)
+
+    async def load() -> None:
+        store = ImageStore(base / "store")
+        for ref in ("busybox:1", *more_images):
+            await store.import_archive(layout, ref)
+    asyncio.run(load())
+    return base / "store"
+
+
 def layout_image(layout: Path, tag: str = "1") -> dict:
     """What a built layout holds for `tag`: manifest/config digests, layer digests, diff ids."""
     layout = Path(layout)

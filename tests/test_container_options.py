@@ -184,13 +184,8 @@ def test_container_config_maps_every_option_of_the_task():
 @pytest.fixture(scope="module")
 def images_root(tmp_path_factory) -> Path:
     """busybox:1, with a `staff` group (gid 50) in its /etc/group."""
-    base = tmp_path_factory.mktemp("images")
-    layout = ib.build_busybox_oci_layout(base / "oci", "1", extra_files={"etc/group": GROUP_FILE})
-
-    async def load():
-        await ImageStore(base / "store").import_archive(layout, "busybox:1")
-    asyncio.run(load())
-    return base / "store"
+    return ib.busybox_store(tmp_path_factory.mktemp("images"),
+                            extra_files={"etc/group": GROUP_FILE})
 
 
 def _cfg(cid: str, script: str, **kw: Any) -> ContainerConfig:

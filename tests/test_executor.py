@@ -30,18 +30,9 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def images_root(tmp_path_factory) -> Path:
     """One image store for the module (images: busybox:1, and env:1 with image settings)."""
-    base = tmp_path_factory.mktemp("images")
-    layout = ib.build_busybox_oci_layout(base / "oci", "1")
-    ib.build_busybox_oci_layout(layout, "env:1", config_overrides={
+    return ib.busybox_store(tmp_path_factory.mktemp("images"), {"env:1": {
         "Env": [ib.DEFAULT_PATH, "A=image", "B=image"], "WorkingDir": "/srv/app",
-        "Entrypoint": ["sh", "-c"], "Cmd": ["echo from-image-cmd"]})
-
-    async def load():
-        store = ImageStore(base / "store")
-        await store.import_archive(layout, "busybox:1")
-        await store.import_archive(layout, "env:1")
-    asyncio.run(load())
-    return base / "store"
+        "Entrypoint": ["sh", "-c"], "Cmd": ["echo from-image-cmd"]}})
 
 
 def run(coro):

@@ -36,13 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def images_root(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("images")
-    layout = ib.build_busybox_oci_layout(base / "oci", "1")
-
-    async def load():
-        await ImageStore(base / "store").import_archive(layout, "busybox:1")
-    asyncio.run(load())
-    return base / "store"
+    return ib.busybox_store(tmp_path_factory.mktemp("images"))
 
 
 @pytest.fixture

@@ -365,14 +365,7 @@ def test_prune_removes_unused_anonymous_volumes_or_all_with_all(store, users, vd
 def images_root(tmp_path_factory) -> Path:
     if not ib.busybox_available():
         pytest.skip("needs busybox-static (/bin/busybox)")
-    from worker.images import ImageStore
-    base = tmp_path_factory.mktemp("images")
-    layout = ib.build_busybox_oci_layout(base / "oci", "1")
-
-    async def load():
-        await ImageStore(base / "store").import_archive(layout, "busybox:1")
-    asyncio.run(load())
-    return base / "store"
+    return ib.busybox_store(tmp_path_factory.mktemp("images"))
 
 
 @pytest.fixture(scope="module", autouse=True)
