@@ -283,6 +283,24 @@ def test_registry_pull_and_missing_image_is_rejected(lab, image_dir, tmp_path):
         proc.wait(timeout=10)
 
 
+def test_creating_a_service_of_an_image_that_exists_nowhere_ends_with_the_reason(lab):
+    # Docker's progress display waits forever here; shoal's gives up once every slot has been
+    # rejected for the same reason a few times in a row, and says why.
+    started = time.monotonic()
+    res = lab.cli("manager1", "service", "create", "--name", "nowhere", "--replicas", "2",
+                  "busybox:nothere", "sleep", "1000", check=False, timeout=240)
+    print(f"service create gave up after {time.monotonic() - started:.1f} s:\n{res.stdout}{res.stderr}")
+    try:
+        assert res.returncode != 0, res.stdout
+        assert "service nowhere cannot start" in res.stderr, res.stderr
+        assert "busybox:nothere not found on this node" in res.stderr, res.stderr
+        assert "shoal service rm nowhere" in res.stderr
+        # the reason was on screen while it waited, slot by slot
+        assert "rejected" in res.stdout and "busybox:nothere" in res.stdout, res.stdout
+    finally:
+        lab.cli("manager1", "service", "rm", "nowhere", check=False)
+
+
 # 10 ------------------------------------------------------------------------------------------
 def test_scale_up_down_and_rm_leaves_nothing(lab):
     for count in (30, 0, 6):

@@ -8,6 +8,7 @@ import click
 
 from common import errors
 from common.durations import format_duration
+from shoal.cli import progress
 from shoal.cli.client import Cli, api_path, pass_cli
 from shoal.cli.data_objects import parse_reference_option
 # SIZE and CPUS are imported from here by container.py and service_update.py too
@@ -156,38 +157,50 @@ def _state_cell(t: dict) -> str:
 
 
 def wait_converged(cli: Cli, service_id: str, quiet: bool, timeout: float = 300.0) -> None:
-    """Live progress until every slot runs (or, for jobs, completed), like docker's."""
+    """Live progress until every slot runs (or, for jobs, completed), like docker's; each
+    slot's latest error as it happens, and an end with the reason once every slot keeps being
+    rejected for it (Docker waits forever there)."""
     tty = sys.stdout.isatty() and not quiet
     drawn = 0
-    last_summary = None
+    printed: set[str] = set()
     deadline = time.monotonic() + timeout
     while True:
         svc = cli.call("GET", api_path("services", service_id))
-        tasks = cli.call("GET", "/tasks", params={"service": service_id, "desired_state": "running,ready"})
+        every_task = cli.call("GET", "/tasks", params={"service": service_id})
+        tasks = [t for t in every_task if t["desired_state"] in ("running", "ready")]
         status = svc["replicas_status"]
         job = svc["spec"]["mode"]["mode"].endswith("-job")
         done = status["completed"] if job else status["running"]
         desired = status["desired"]
-        lines = [f"overall progress: {done} out of {desired} tasks"]
-        for t in sorted(tasks, key=lambda t: (t["slot"], t["node_hostname"])):
-            label = f"{t['slot']}/{desired}" if t["slot"] else t["node_hostname"]
-            msg = t["status"]["err"] or t["status"]["message"]
-            lines.append(f"{label}: {t['status']['state']:<10} {msg}")
+        summary = f"overall progress: {done} out of {desired} tasks"
+        slots = progress.slot_lines(every_task, desired)
         if tty:
             if drawn:
                 sys.stdout.write(f"\x1b[{drawn}A")
-            for line in lines:
+            for line in [summary, *(s.text() for s in slots)]:
                 sys.stdout.write("\x1b[2K" + line[:150] + "\n")
             sys.stdout.flush()
-            drawn = len(lines)
-        elif not quiet and lines[0] != last_summary:
-            click.echo(lines[0])
-            last_summary = lines[0]
+            drawn = 1 + len(slots)
+        elif not quiet:
+            # without a terminal: each new summary, and each slot's error once
+            news = [summary, *(f"{s.label}: {s.error}" for s in slots if s.error)]
+            for line in news:
+                if line not in printed:
+                    click.echo(line)
+                    printed.add(line)
         converged = done >= desired and (job or len(tasks) == desired or svc["spec"]["mode"]["mode"] == "global")
         if converged:
             if not quiet:
                 click.echo("verify: Service converged")
             return
+        hopeless = progress.stuck(every_task, desired)
+        if hopeless is not None:
+            name = svc["spec"]["name"]
+            raise errors.FailedPrecondition(
+                f"service {name} cannot start: every task was rejected "
+                f"{hopeless.times} times in a row: {hopeless.describe()}. The service is still "
+                f"there and keeps retrying: fix the cause and run 'shoal service update --force "
+                f"{name}', or remove it with 'shoal service rm {name}'")
         if time.monotonic() > deadline:
             raise errors.Unavailable(f"the service did not converge within {format_duration(timeout)}: "
                                      "see 'shoal service ps' for why (the service is still there)")
