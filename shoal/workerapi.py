@@ -10,9 +10,11 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from common import errors, strict
+from common import registryauth
 from common.imageref import parse_ref
 from common import httpstreams as streams
 from common.httpserver import CTX, body_json, field, query_flag, reply
+from worker.images import registry
 from worker.restarts import Restarts
 from worker.volumes import VolumeStore
 
@@ -182,8 +184,22 @@ async def image_pull(request: web.Request) -> web.Response:
     insecure = set(d.insecure_registries)
     if field(data, "insecure", bool, required=False, default=False):
         insecure.add(ref.split("/", 1)[0])
-    img = await d.images.pull(ref, insecure_registries=frozenset(insecure))
+    # the caller's credentials for this pull only: in memory, never written or logged
+    creds = registryauth.credentials_from_plain(data.get("auth"), "auth")
+    img = await d.images.pull(ref, insecure_registries=frozenset(insecure), credentials=creds)
     return reply({"ref": img.ref, "id": img.id, "size": img.size})
+
+
+async def registry_login(request: web.Request) -> web.Response:
+    """Check credentials on a registry from this node, as `docker login` asks its daemon."""
+    d = _daemon(request)
+    data = await body_json(request)
+    host = registryauth.registry_key(field(data, "registry", str))
+    creds = registryauth.credentials_from_plain(field(data, "auth", dict), "auth")
+    insecure = host in d.insecure_registries or field(data, "insecure", bool, required=False,
+                                                      default=False)
+    await registry.check_login(host, creds, insecure=insecure)
+    return reply({"registry": host, "status": "Login Succeeded"})
 
 
 async def image_remove(request: web.Request) -> web.Response:
@@ -260,7 +276,7 @@ def _local(*handlers):
 
 
 _local(containers_list, container_inspect, container_exec, container_logs, images_list,
-       image_import, image_pull, image_remove, task_logs, volumes_list, volume_create,
+       image_import, image_pull, image_remove, registry_login, task_logs, volumes_list, volume_create,
        volume_inspect, volume_remove, volume_prune)
 
 
@@ -273,6 +289,7 @@ def local_routes() -> list[web.RouteDef]:
             web.post("/images/import", image_import),
             web.post("/images/pull", image_pull),
             web.delete("/images/{ref:.+}", image_remove),
+            web.post("/registry/login", registry_login),
             web.get("/volumes", volumes_list),
             web.post("/volumes/create", volume_create),
             web.post("/volumes/prune", volume_prune),

@@ -395,16 +395,84 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def _x509_name(cn: str):
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _pem_key(key) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _pem_cert(cert) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def htpasswd_line(user: str, password: str) -> str:
+    """An htpasswd entry with a bcrypt hash, as docker-registry's htpasswd auth wants."""
+    import warnings
+    with warnings.catch_warnings():
+        # crypt (libxcrypt's bcrypt) rather than a new dependency for one test hash
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+        return f"{user}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n"
+
+
+def registry_tls_files(dest: Path, ip: str) -> tuple[Path, Path, Path]:
+    """A test CA, and a server certificate it signed for `ip`: (ca.crt, server.crt,
+    server.key) under dest."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(_x509_name("shoal test registry CA"))
+          .issuer_name(_x509_name("shoal test registry CA")).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now)
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(_x509_name(ip)).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    dest.mkdir(parents=True, exist_ok=True)
+    paths = dest / "ca.crt", dest / "server.crt", dest / "server.key"
+    paths[0].write_bytes(_pem_cert(ca))
+    paths[1].write_bytes(_pem_cert(cert))
+    paths[2].write_bytes(_pem_key(key))
+    os.chmod(paths[2], 0o600)
+    return paths
+
+
 class LocalRegistry:
     """`docker-registry serve` on 127.0.0.1:<free port>, storage in `workdir` (its default
     config listens on every interface: never use that). Use as a context manager or call
-    start()/stop(); `host` is "127.0.0.1:PORT", `url` its plain-HTTP base URL."""
+    start()/stop(); `host` is "127.0.0.1:PORT", `url` its base URL.
 
-    def __init__(self, workdir: Path, host: str = "127.0.0.1") -> None:
+    With `tls` (certificate and key PEM files) it speaks HTTPS only; with `htpasswd` (a file of
+    bcrypt entries) every request needs basic auth. Stopped and started again on the same
+    workdir, it keeps its images: push to it open, then restart it locked."""
+
+    def __init__(self, workdir: Path, host: str = "127.0.0.1", *,
+                 tls: Optional[tuple[Path, Path]] = None, htpasswd: Optional[Path] = None,
+                 port: Optional[int] = None) -> None:
         self.workdir = Path(workdir)
-        self.port = free_port(host)
+        self.port = port or free_port(host)
         self.host = f"{host}:{self.port}"
-        self.url = f"http://{self.host}"
+        self.tls = tls
+        self.htpasswd = htpasswd
+        self.url = f"{'https' if tls else 'http'}://{self.host}"
         self.proc: Optional[subprocess.Popen] = None
 
     @staticmethod
@@ -412,16 +480,23 @@ class LocalRegistry:
         return os.access(REGISTRY_BIN, os.X_OK)
 
     def start(self, timeout: float = 10.0) -> "LocalRegistry":
+        import ssl
         import time
+        import urllib.error
         import urllib.request
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "config.yml"
+        tls = (f", tls: {{certificate: {self.tls[0]}, key: {self.tls[1]}}}" if self.tls else "")
+        auth = (f"auth: {{htpasswd: {{realm: shoal-test, path: {self.htpasswd}}}}}\n"
+                if self.htpasswd else "")
         config.write_text(
             "version: 0.1\n"
             "log: {level: error, accesslog: {disabled: true}}\n"
             f"storage: {{filesystem: {{rootdirectory: {self.workdir / 'data'}}}, "
             "delete: {enabled: true}}\n"
-            f"http: {{addr: {self.host}}}\n")
+            f"http: {{addr: {self.host}{tls}}}\n" + auth)
+        # the probe only asks whether it answers: no CA, no credentials
+        probe_ctx = ssl._create_unverified_context() if self.tls else None
         log = open(self.workdir / "registry.log", "wb")
         self.proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -429,9 +504,12 @@ class LocalRegistry:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                with urllib.request.urlopen(f"{self.url}/v2/", timeout=1) as r:
+                with urllib.request.urlopen(f"{self.url}/v2/", timeout=1, context=probe_ctx) as r:
                     if r.status == 200:
                         return self
+            except urllib.error.HTTPError as exc:
+                if exc.code == 401 and self.htpasswd:
+                    return self
             except OSError:
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:

@@ -7,7 +7,9 @@ import time
 
 import click
 
+from common.imageref import parse_ref
 from common.model import RESTART_POLICIES
+from common.registryauth import DockerConfig
 from common.units import format_size
 from shoal.cli.client import Cli, api_path, pass_cli
 from shoal.cli.output import print_json, print_listing
@@ -214,8 +216,14 @@ def image_import(cli: Cli, path, ref) -> None:
 @click.argument("ref")
 @pass_cli
 def image_pull(cli: Cli, insecure_registry, ref) -> None:
-    """Pull an image from a registry (distribution API v2)."""
-    img = cli.call("POST", "/images/pull", {"ref": ref, "insecure": insecure_registry}, timeout=900)
+    """Pull an image from a registry (distribution API v2), with your `shoal login`
+    credentials for it if you have any."""
+    body: dict = {"ref": ref, "insecure": insecure_registry}
+    host = parse_ref(ref).host
+    creds = DockerConfig().credentials(host) if host else None
+    if creds is not None:
+        body["auth"] = creds.plain()
+    img = cli.call("POST", "/images/pull", body, timeout=900)
     click.echo(f"Pulled {img['ref']} ({img['id'][:19]})")
 
 

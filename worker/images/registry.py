@@ -1,4 +1,9 @@
-"""Images from a registry: the distribution API v2 client, anonymous bearer tokens, pull."""
+"""Images from a registry: the distribution API v2 client (basic auth and bearer tokens, with
+credentials or without; TLS trusting Docker's certs.d layout too), pull.
+
+Credentials come with one pull and live in memory for it only: never written, never logged,
+never part of an error.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -8,19 +13,51 @@ import logging
 import os
 import re
 import secrets
+import ssl
 from pathlib import Path
 from typing import Optional
 
 from common import errors
+from common.registryauth import Credentials
 from common.imageref import parse_ref
 from worker.images.manifests import (ACCEPT, INDEX_TYPES, MAX_MANIFEST_BYTES, _check_manifest,
                                      Image, _hex, _parse_json, _sha256, pick_platform)
 
 log = logging.getLogger("shoal.images")
 
+# Docker's /etc/docker/certs.d, for shoal: HOST:PORT/ca.crt is a CA the registry at HOST:PORT
+# may be signed by, trusted next to the system's.
+DEFAULT_CERTS_DIR = Path("/etc/shoal/certs.d")
+
+
+def ssl_context_for(host: str, certs_dir: Path) -> Optional[ssl.SSLContext]:
+    """The TLS context for `host`: None (the default) unless certs_dir has a CA for it."""
+    if "/" in host or host in (".", ".."):
+        return None
+    ca = Path(certs_dir) / host / "ca.crt"
+    if not ca.is_file():
+        return None
+    ctx = ssl.create_default_context()
+    try:
+        ctx.load_verify_locations(cafile=str(ca))
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise errors.FailedPrecondition(f"{ca} is not a PEM CA certificate ({exc}): fix or "
+                                        "remove it", field="image") from None
+    return ctx
+
+
+def auth_hint(host: str) -> str:
+    # Services cannot carry credentials yet (--with-registry-auth is to come), but a node uses
+    # an image it already has: pulling it there by hand is the way today.
+    return (f"registry {host} requires authentication: run 'shoal login {host}', then "
+            f"'shoal image pull' on the node (services cannot pass credentials to their "
+            f"nodes yet)")
+
 
 # ---- pull ---------------------------------------------------------------------------------
-async def pull(store, ref: str, *, insecure_registries: frozenset[str] = frozenset()) -> Image:
+async def pull(store, ref: str, *, insecure_registries: frozenset[str] = frozenset(),
+               credentials: Optional[Credentials] = None,
+               certs_dir: Path = DEFAULT_CERTS_DIR) -> Image:
     r = parse_ref(ref)
     norm = str(r)
     if not r.host:
@@ -32,7 +69,9 @@ async def pull(store, ref: str, *, insecure_registries: frozenset[str] = frozens
     import aiohttp  # only pulls need it; the unpack helper process stays light
     timeout = aiohttp.ClientTimeout(total=None, connect=15, sock_connect=15, sock_read=120)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        reg = RegistryClient(session, r.host, r.repo, r.host in insecure_registries)
+        reg = RegistryClient(session, r.host, r.repo, r.host in insecure_registries,
+                             credentials=credentials,
+                             ssl_context=ssl_context_for(r.host, certs_dir))
         manifest_bytes, manifest_digest = await reg.manifest(r.digest or r.tag, norm)
         manifest = _parse_json(manifest_bytes, f"image {norm}: manifest")
         media = manifest.get("mediaType", "")
@@ -67,6 +106,23 @@ async def pull(store, ref: str, *, insecure_registries: frozenset[str] = frozens
     return store._record(config_desc["digest"], config, diff_ids, [norm], manifest_digest)
 
 
+async def check_login(host: str, credentials: Credentials, *, insecure: bool,
+                      certs_dir: Path = DEFAULT_CERTS_DIR) -> None:
+    """Prove `credentials` on the registry's /v2/ (as `docker login` does), or raise saying
+    why: the registry is unreachable, refuses them, or needs no login at all is fine."""
+    import aiohttp
+    timeout = aiohttp.ClientTimeout(total=60, connect=15)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        reg = RegistryClient(session, host, "", insecure, credentials=credentials,
+                             ssl_context=ssl_context_for(host, certs_dir))
+        resp = await reg._request(f"{reg.base}/v2/", f"the login to {host}")
+        try:
+            if resp.status != 200:
+                await reg._fail(resp, f"the login to {host}", f"the API root of {host}")
+        finally:
+            resp.release()
+
+
 # ---- registry client ----------------------------------------------------------------------
 _CHALLENGE_RE = re.compile(r'([A-Za-z][\w-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))')
 
@@ -85,25 +141,39 @@ def parse_www_authenticate(header: str) -> tuple[str, dict[str, str]]:
 
 class RegistryClient:
     """One repository on one registry, for one pull: HTTPS unless the registry is listed as
-    insecure (then plain HTTP), anonymous bearer tokens on demand."""
+    insecure (then plain HTTP); basic auth or a bearer token when the registry asks for one,
+    with the pull's credentials or anonymously."""
 
-    def __init__(self, session, host: str, repo: str, insecure: bool) -> None:
+    def __init__(self, session, host: str, repo: str, insecure: bool, *,
+                 credentials: Optional[Credentials] = None,
+                 ssl_context: Optional[ssl.SSLContext] = None) -> None:
         self.session = session
         self.host = host
         self.repo = repo
         self.insecure = insecure
         self.base = f"{'http' if insecure else 'https'}://{host}"
-        self.token: Optional[str] = None
+        self.credentials = credentials
+        self.ssl = ssl_context if ssl_context is not None and not insecure else True
+        self.authorization: Optional[str] = None  # the header that answered the challenge
+
+    def _refused(self, what: str, status: int) -> errors.ShoalError:
+        if self.credentials is None:
+            return errors.PermissionDenied(f"cannot pull {what}: {auth_hint(self.host)}",
+                                           field="image")
+        return errors.PermissionDenied(
+            f"cannot pull {what}: registry {self.host} refused the credentials of "
+            f"{self.credentials.username} (HTTP {status}): check the password and run "
+            f"'shoal login {self.host}' again", field="image")
 
     async def _request(self, url: str, what: str, headers: Optional[dict] = None):
         """GET with the bearer-token dance; returns an open response (caller releases it)."""
         import aiohttp
         headers = dict(headers or {})
         for attempt in range(2):
-            if self.token:
-                headers["Authorization"] = f"Bearer {self.token}"
+            if self.authorization:
+                headers["Authorization"] = self.authorization
             try:
-                resp = await self.session.get(url, headers=headers)
+                resp = await self.session.get(url, headers=headers, ssl=self.ssl)
             except aiohttp.ClientSSLError as exc:
                 raise errors.Unavailable(
                     f"cannot pull {what}: registry {self.host} does not speak verifiable HTTPS "
@@ -115,29 +185,46 @@ class RegistryClient:
                     f"{self.host})" if _looks_like_tls_mismatch(exc) else "")
                 raise errors.Unavailable(f"cannot pull {what}: registry {self.host} is "
                                          f"unreachable ({_reason(exc)}){hint}", field="image")
-            if resp.status != 401 or attempt == 1:
+            if resp.status != 401:
                 return resp
             challenge = resp.headers.get("WWW-Authenticate", "")
             resp.release()
+            if attempt == 1:
+                raise self._refused(what, 401)
             scheme, params = parse_www_authenticate(challenge)
-            if scheme != "bearer" or "realm" not in params:
+            if scheme == "basic":
+                if self.credentials is None:
+                    raise self._refused(what, 401)
+                self.authorization = self.credentials.basic()
+            elif scheme == "bearer" and "realm" in params:
+                self.authorization = "Bearer " + await self._fetch_token(params, what)
+            else:
                 raise errors.PermissionDenied(
-                    f"cannot pull {what}: registry {self.host} asks for {scheme or 'unknown'} "
-                    "authentication; shoal pulls anonymously (bearer tokens only)", field="image")
-            self.token = await self._fetch_token(params, what)
+                    f"cannot pull {what}: registry {self.host} asks for "
+                    f"{scheme or 'an unknown'} authentication; shoal speaks basic and bearer",
+                    field="image")
         raise AssertionError("unreachable")
 
     async def _fetch_token(self, params: dict[str, str], what: str) -> str:
         import aiohttp
         query = {k: params[k] for k in ("service",) if params.get(k)}
-        query["scope"] = params.get("scope") or f"repository:{self.repo}:pull"
+        scope = params.get("scope") or (f"repository:{self.repo}:pull" if self.repo else "")
+        if scope:
+            query["scope"] = scope
+        headers = {}
+        if self.credentials is not None:
+            query["account"] = self.credentials.username
+            headers["Authorization"] = self.credentials.basic()
         try:
-            async with self.session.get(params["realm"], params=query) as resp:
+            async with self.session.get(params["realm"], params=query, headers=headers,
+                                        ssl=self.ssl) as resp:
                 body = await resp.read()
+                if resp.status in (401, 403):
+                    raise self._refused(what, resp.status)
                 if resp.status != 200:
                     raise errors.PermissionDenied(
                         f"cannot pull {what}: the token service {params['realm']} refused "
-                        f"anonymous access to {query['scope']} (HTTP {resp.status})",
+                        f"access to {scope or 'the registry'} (HTTP {resp.status})",
                         field="image")
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise errors.Unavailable(f"cannot pull {what}: token service {params['realm']} is "
@@ -162,10 +249,11 @@ class RegistryClient:
         if resp.status == 404 or {"MANIFEST_UNKNOWN", "NAME_UNKNOWN", "BLOB_UNKNOWN"} & set(codes):
             raise errors.NotFound(f"{thing} not found on registry {self.host}", field="image")
         if resp.status == 401 or resp.status == 403:
+            if self.credentials is not None:
+                raise self._refused(what, resp.status)
             raise errors.PermissionDenied(
                 f"cannot pull {what}: access denied by registry {self.host} (HTTP {resp.status}):"
-                " the repository does not exist or needs credentials (shoal pulls anonymously)",
-                field="image")
+                f" the repository does not exist, or {auth_hint(self.host)}", field="image")
         raise errors.Unavailable(f"cannot pull {what}: registry {self.host} answered HTTP "
                                  f"{resp.status} for {thing} ({', '.join(codes) or 'no detail'})",
                                  field="image")

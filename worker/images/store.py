@@ -254,6 +254,7 @@ class ImageStore:
         return await importers.import_archive(self, path, ref)
 
     # -- pull --
-    async def pull(self, ref: str, *, insecure_registries: frozenset[str] = frozenset()) -> Image:
-        """Pull from the registry `ref` names (worker/images/registry.py)."""
-        return await registry.pull(self, ref, insecure_registries=insecure_registries)
+    async def pull(self, ref: str, **options) -> Image:
+        """Pull from the registry `ref` names (worker/images/registry.py: insecure registries,
+        credentials, the certs.d directory)."""
+        return await registry.pull(self, ref, **options)
