@@ -205,6 +205,9 @@ class Placement:
     constraints: list[str] = field(default_factory=list)
     preferences: list[str] = field(default_factory=list)
     max_replicas: int = 0
+    # the image's platforms (Docker's clients fill them from the registry): a task goes only
+    # to a node of one of them; empty: any node
+    platforms: list[Platform] = field(default_factory=list)
 
 
 @dataclass
@@ -442,6 +445,15 @@ class UpdateStatus:
 
 
 @dataclass
+class SentSpec:
+    """A service spec as a client of the Docker Engine API sent it (shoal/dockerapi), as JSON
+    text, with the digest of the ServiceSpec it became: it stands for the service's spec or
+    previous spec only while that digest matches, so a change made otherwise shows through."""
+    json: str = ""
+    digest: str = ""
+
+
+@dataclass
 class Service:
     id: str
     meta: Meta = field(default_factory=Meta)
@@ -449,6 +461,9 @@ class Service:
     previous_spec: Optional[ServiceSpec] = None
     update_status: UpdateStatus = field(default_factory=UpdateStatus)
     endpoint: Endpoint = field(default_factory=Endpoint)
+    # Docker's "spec as the client sent it" for the spec and the previous spec (two at most);
+    # empty for a service made through shoal's own API.
+    sent_specs: list[SentSpec] = field(default_factory=list)
 
 
 # Task states only move forward; their order is their rank.
@@ -569,6 +584,31 @@ class Config:
     spec: ConfigSpec = field(default_factory=ConfigSpec)
 
 
+@dataclass
+class ClientCert:
+    """A client certificate issued for remote access (`shoal swarm client-cert`). The remote
+    listener accepts a client certificate only while its record is here and not revoked, so a
+    revocation reaches every manager with the replica."""
+    id: str
+    meta: Meta = field(default_factory=Meta)
+    name: str = ""
+    serial: str = ""           # hex, as in the certificate
+    not_after: float = 0.0
+    revoked_at: float = 0.0    # 0: in force
+
+
+@dataclass
+class RegistryAuth:
+    """The registry credentials a service was deployed with (`--with-registry-auth`): kept
+    apart from its spec so that no view of the service shows them, and handed only to the
+    nodes that run its tasks, for their pulls from that one registry."""
+    id: str                    # the service's id
+    meta: Meta = field(default_factory=Meta)
+    registry: str = ""         # HOST[:PORT] of the service's image: never sent anywhere else
+    username: str = ""
+    password: str = field(default="", repr=False)
+
+
 # Table name -> object class; the store's tables and the codec's type tags.
 TABLES: dict[str, type] = {
     "clusters": Cluster,
@@ -578,4 +618,6 @@ TABLES: dict[str, type] = {
     "networks": Network,
     "secrets": Secret,
     "configs": Config,
+    "client_certs": ClientCert,
+    "registry_auths": RegistryAuth,
 }

@@ -29,6 +29,10 @@ from common.errors import InvalidArgument, Unauthorized
 ROLE_MANAGER = "swarm-manager"
 ROLE_WORKER = "swarm-worker"
 ROLES = (ROLE_MANAGER, ROLE_WORKER)
+# A user's client certificate for remote access (shoal/dockerapi/remote.py). Not in ROLES:
+# it is never a node, so 2377's `peer_identity` refuses it.
+ROLE_CLIENT = "swarm-client"
+DEFAULT_CLIENT_VALIDITY_SECONDS = 30 * 86400
 
 ROOT_CN = "shoal-root-ca"
 DEFAULT_NODE_VALIDITY_SECONDS = 90 * 86400
@@ -38,6 +42,8 @@ CLOCK_SKEW = timedelta(minutes=1)
 
 # Node ids end up in CN (at most 64 characters by X.509) and in a DNS SAN.
 _NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+# A client's CN is NAME.ID (ID: 25 characters, common/ids.py), within X.509's 64.
+CLIENT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,37}\Z")
 
 
 def _now() -> datetime:
@@ -138,20 +144,7 @@ class RootCA:
             raise InvalidArgument(
                 f"invalid role {role!r}: must be {ROLE_MANAGER!r} or {ROLE_WORKER!r}", field="role")
         _check_node_id(node_id)
-        try:
-            csr = x509.load_pem_x509_csr(csr_pem)
-            valid = csr.is_signature_valid
-            public_key = csr.public_key()
-        except (ValueError, TypeError) as e:
-            raise InvalidArgument(f"certificate signing request is not readable: {e}",
-                                  field="csr") from None
-        if not valid:
-            raise InvalidArgument(
-                "certificate signing request has an invalid signature: it must be signed by the "
-                "key it asks a certificate for", field="csr")
-        if not isinstance(public_key, ec.EllipticCurvePublicKey):
-            raise InvalidArgument("certificate signing request must carry an ECDSA public key",
-                                  field="csr")
+        public_key = _csr_public_key(csr_pem)
         try:
             ips = [ipaddress.ip_address(ip) for ip in ip_sans]
         except ValueError as e:
@@ -331,3 +324,123 @@ def peer_identity(ssl_object: Any) -> NodeIdentity | None:
     if not der:
         return None
     return identity_from_der(der)
+
+
+# ---- client certificates (remote access) ----------------------------------------------------
+
+def check_client_name(name: Any) -> str:
+    if not isinstance(name, str) or not CLIENT_NAME_RE.match(name):
+        raise InvalidArgument(
+            f"invalid client name {name!r}: use 1-38 letters, digits, '_' or '-', starting with "
+            "a letter or digit", field="name")
+    return name
+
+
+def make_client_csr(key_pem: bytes, name: str) -> bytes:
+    """A CSR for a client certificate; as for nodes, the CA decides the subject."""
+    check_client_name(name)
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+           .sign(_load_key(key_pem), hashes.SHA256()))
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+@dataclass(frozen=True)
+class ClientIdentity:
+    name: str
+    client_id: str
+    cluster_id: str
+    serial: str          # hex: ties the certificate to its record in the store
+
+
+def client_cn(name: str, client_id: str) -> str:
+    return f"{name}.{client_id}"
+
+
+def issue_client(ca: RootCA, csr_pem: bytes, name: str, client_id: str, cluster_id: str,
+                 validity_seconds: float = DEFAULT_CLIENT_VALIDITY_SECONDS) -> tuple[bytes, str]:
+    """A client certificate (CN=NAME.ID, OU=swarm-client, O=cluster) and its serial in hex.
+
+    Client authentication only: a client certificate can never serve as a node.
+    """
+    check_client_name(name)
+    if not re.fullmatch(r"[a-z0-9]{25}", client_id or ""):
+        raise InvalidArgument(f"invalid client id {client_id!r}", field="id")
+    public_key = _csr_public_key(csr_pem)
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
+    ca_key = _load_key(ca.key_pem)
+    now = _now()
+    not_after = min(now + timedelta(seconds=validity_seconds), ca_cert.not_valid_after_utc)
+    serial = x509.random_serial_number()
+    subject = x509.Name([
+        x509.NameAttribute(NameOID.COMMON_NAME, client_cn(name, client_id)),
+        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ROLE_CLIENT),
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, cluster_id),
+    ])
+    cert = (x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(ca_cert.subject)
+            .public_key(public_key)
+            .serial_number(serial)
+            .not_valid_before(now - CLOCK_SKEW)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM), format(serial, "x")
+
+
+def _csr_public_key(csr_pem: bytes) -> ec.EllipticCurvePublicKey:
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+        valid = csr.is_signature_valid
+        public_key = csr.public_key()
+    except (ValueError, TypeError) as e:
+        raise InvalidArgument(f"certificate signing request is not readable: {e}",
+                              field="csr") from None
+    if not valid:
+        raise InvalidArgument(
+            "certificate signing request has an invalid signature: it must be signed by the "
+            "key it asks a certificate for", field="csr")
+    if not isinstance(public_key, ec.EllipticCurvePublicKey):
+        raise InvalidArgument("certificate signing request must carry an ECDSA public key",
+                              field="csr")
+    return public_key
+
+
+def peer_certificate_identity(der: bytes) -> NodeIdentity | ClientIdentity:
+    """A node's or a client's identity from a certificate the handshake verified."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError as e:
+        raise Unauthorized(f"certificate is not readable: {e}") from None
+    if _single(cert.subject, NameOID.ORGANIZATIONAL_UNIT_NAME) != ROLE_CLIENT:
+        return _identity(cert)
+    cn = _single(cert.subject, NameOID.COMMON_NAME) or ""
+    cluster_id = _single(cert.subject, NameOID.ORGANIZATION_NAME)
+    name, _, client_id = cn.rpartition(".")
+    if not name or not client_id or cluster_id is None:
+        raise Unauthorized("certificate is not a shoal client certificate "
+                           f"(subject {cert.subject.rfc4514_string()})")
+    return ClientIdentity(name=name, client_id=client_id, cluster_id=cluster_id,
+                          serial=format(cert.serial_number, "x"))
+
+
+def remote_server_ssl_context(ca_cert_pem: bytes, cert_pem: bytes,
+                              key_pem: bytes) -> ssl.SSLContext:
+    """TLS for the remote API (--docker-tcp): the node's certificate, and a client certificate
+    from the cluster CA REQUIRED in the handshake (no open endpoint there, unlike 2377)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_verify_locations(cadata=ca_cert_pem.decode("ascii"))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    load_cert_chain(ctx, cert_pem, key_pem)
+    return ctx

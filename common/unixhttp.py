@@ -60,8 +60,19 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 class UnixClient:
+    """The daemon's API on its Unix socket. A subclass reaching it another way (the CLI's TLS
+    client) changes `_send` and the two messages below; reading the answers stays here."""
+
     def __init__(self, socket_path: str) -> None:
         self.socket_path = socket_path
+
+    def _no_answer(self, timeout: Optional[float]) -> errors.ShoalError:
+        return errors.Unavailable(f"no answer from unix://{self.socket_path} within {timeout:g}s "
+                                  f"(the manager is unreachable or has no quorum)")
+
+    def _unreachable(self, exc: BaseException) -> errors.ShoalError:
+        return errors.Unavailable(f"unix://{self.socket_path} closed the connection ({exc}); "
+                                  f"shoald may be restarting")
 
     def _send(self, method: str, path: str, body: Any, params: Optional[dict],
               timeout: Optional[float]) -> tuple[_UnixConnection, http.client.HTTPResponse]:
@@ -81,12 +92,10 @@ class UnixClient:
             raise daemon_unreachable(self.socket_path) from None
         except socket.timeout:
             conn.close()
-            raise errors.Unavailable(f"no answer from unix://{self.socket_path} within {timeout:g}s "
-                                     f"(the manager is unreachable or has no quorum)") from None
+            raise self._no_answer(timeout) from None
         except OSError as exc:
             conn.close()
-            raise errors.Unavailable(f"unix://{self.socket_path} closed the connection ({exc}); "
-                                     f"shoald may be restarting") from None
+            raise self._unreachable(exc) from None
 
     def request(self, method: str, path: str, body: Any = None, *, params: Optional[dict] = None,
                 timeout: float = 60.0) -> Any:
@@ -94,8 +103,9 @@ class UnixClient:
         try:
             data = resp.read()
         except socket.timeout:
-            raise errors.Unavailable(f"no answer from unix://{self.socket_path} within {timeout:g}s "
-                                     f"(the manager is unreachable or has no quorum)") from None
+            raise self._no_answer(timeout) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._unreachable(exc) from None
         finally:
             conn.close()
         if resp.status >= 400:

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import pytest
 
@@ -53,17 +53,22 @@ def leader_of(lab, host: str) -> str | None:
 
 @contextlib.contextmanager
 def busybox_lab(prefix: str, *, managers: int, workers: int,
-                tags: Iterable[str] = ("busybox:1",)) -> Iterator["Lab"]:
-    """A lab whose every host has busybox imported under `tags`, with a 1 s heartbeat. Always
+                tags: Iterable[str] = ("busybox:1",),
+                daemon_args: Sequence[str] = ()) -> Iterator["Lab"]:
+    """A lab whose every host has busybox imported under `tags`, with a 1 s heartbeat, and
+    `daemon_args` added to every shoald's; `lab.layout` is the busybox OCI layout. Always
     torn down, and the per-task tmpfs of secrets and configs (under /run, outside the lab's
     directories) with it."""
-    from shoal.lab.netlab import Lab
+    from shoal.lab.netlab import Lab, default_daemon_argv
     from tests import imagebuild
     from worker.secrets import SecretMounts
     d = Path(tempfile.mkdtemp(prefix="shoal-img-"))
-    lab = Lab(unique_lab_name(prefix))
+    extra = list(daemon_args)
+    lab = Lab(unique_lab_name(prefix),
+              daemon_argv=(lambda **kw: default_daemon_argv(**kw) + extra) if extra else None)
     try:
         layout = imagebuild.build_busybox_oci_layout(d / "busybox", tag="1")
+        lab.layout = layout
         lab.up(managers=managers, workers=workers)
         lab.cli("manager1", "swarm", "update", "--dispatcher-heartbeat", "1s")
         for h in lab.hosts():

@@ -1,12 +1,18 @@
-"""`shoal login`, `shoal image pull` and `shoal logout` on a lab host, against a real registry
-(Debian's docker-registry) with basic auth and TLS from a test CA, the CA trusted through
-/etc/shoal/certs.d/HOST:PORT/ca.crt as Docker's certs.d. The credentials land in docker's
-config.json (0600) and nowhere under the node's data root or in its log.
+"""Private registries, in a lab of 1 manager + 2 workers: a real registry (Debian's
+docker-registry) with basic auth and TLS from a test CA, the CA trusted through
+/etc/shoal/certs.d/HOST:PORT/ca.crt as Docker's certs.d.
+
+- `shoal login`, `shoal image pull` and `shoal logout`: the credentials land in docker's
+  config.json (0600) and nowhere under the node's data root or in its log.
+- a service of a private image: refused with the auth message without --with-registry-auth,
+  running on both workers with it; the password is in no file under any data root (raft files
+  included), no log, and no API answer.
 """
 from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import stat
 import subprocess
@@ -41,7 +47,8 @@ def setup():
     proc = None
     ca_dir = None
     try:
-        lab.up(managers=1, workers=0)
+        lab.up(managers=1, workers=2)
+        lab.cli("manager1", "swarm", "update", "--dispatcher-heartbeat", "1s")
         host = lab.hosts()[0]
         ip = host.address
         # images go in through an open registry on loopback; the locked one serves the storage
@@ -120,3 +127,80 @@ def test_login_pull_and_logout_with_docker_s_config_file(setup, tmp_path):
     out = shoal(lab, host, config_dir, "logout", registry)
     assert out.returncode == 0 and f"Removing login credentials for {registry}" in out.stdout
     assert registry not in json.loads(path.read_text())["auths"]
+
+
+def unix_get(socket_path: str, path: str) -> str:
+    """GET on a Unix socket (the sockets are files: reachable from outside the namespace)."""
+    import http.client
+    import socket
+
+    class Conn(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.connect(socket_path)
+
+    conn = Conn("localhost", timeout=10)
+    conn.request("GET", path)
+    body = conn.getresponse().read().decode()
+    conn.close()
+    assert body, path
+    return body
+
+
+def password_is_nowhere(lab) -> None:
+    secret = PASSWORD.encode()
+    for h in lab.hosts():
+        for p in Path(h.data_root).rglob("*"):
+            if p.is_file() and not p.is_symlink():
+                assert secret not in p.read_bytes(), p
+        assert secret not in Path(h.log).read_bytes(), h.log
+
+
+def test_a_private_image_runs_as_a_service_only_with_registry_auth(setup, tmp_path):
+    lab, host, registry, _ = setup
+    config_dir = tmp_path / "docker"
+    ref = f"{registry}/team/app:1"
+    login = shoal(lab, host, config_dir, "login", "-u", USER, "--password-stdin", registry,
+                  stdin=PASSWORD)
+    assert login.returncode == 0, login.stderr
+
+    # without the credentials: every attempt is rejected, and the wait ends saying why
+    refused = shoal(lab, host, config_dir, "service", "create", "--name", "private",
+                    "--replicas", "2", "--constraint", "node.role==worker", ref, "sleep", "1000")
+    assert refused.returncode != 0
+    assert f"registry {registry} requires authentication" in refused.stderr, refused.stderr
+    shoal(lab, host, config_dir, "service", "rm", "private")
+
+    created = shoal(lab, host, config_dir, "service", "create", "--name", "private",
+                    "--replicas", "2", "--constraint", "node.role==worker",
+                    "--with-registry-auth", ref, "sleep", "1000")
+    assert created.returncode == 0, created.stdout + created.stderr
+    tasks = json.loads(shoal(lab, host, config_dir, "service", "ps", "private", "--format",
+                             "json").stdout)
+    running = {t["node_hostname"] for t in tasks if t["status"]["state"] == "running"}
+    assert running == {"worker1", "worker2"}
+
+    # no API answer carries the password: the service, its tasks, the Docker API's view
+    answers = [shoal(lab, host, config_dir, "service", "inspect", "private").stdout,
+               shoal(lab, host, config_dir, "service", "ps", "private", "--format", "json").stdout,
+               unix_get(host.docker_socket, "/services/private")]
+    assert all(PASSWORD not in a for a in answers)
+    shoal(lab, host, config_dir, "service", "rm", "private")
+
+    # the unchanged docker CLI reads the same config.json and sends X-Registry-Auth
+    docker_cli = "/opt/shoal-test/docker-cli/usr/bin/docker"
+    if os.access(docker_cli, os.X_OK):
+        cmd, env = lab.command(host.name, [docker_cli, "service", "create", "-d", "--name",
+                                           "private2", "--replicas", "2", "--constraint",
+                                           "node.role==worker", "--with-registry-auth", ref,
+                                           "sleep", "1000"])
+        res = subprocess.run(cmd, env={**env, "DOCKER_CONFIG": str(config_dir)},
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        wait_until(lambda: {t["node_hostname"] for t in json.loads(shoal(
+            lab, host, config_dir, "service", "ps", "private2", "--format", "json").stdout)
+            if t["status"]["state"] == "running"} == {"worker1", "worker2"},
+            timeout=60, what="private2 running on both workers")
+        assert PASSWORD not in unix_get(host.docker_socket, "/services/private2")
+        shoal(lab, host, config_dir, "service", "rm", "private2")
+    password_is_nowhere(lab)

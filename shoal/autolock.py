@@ -41,9 +41,13 @@ async def locked_middleware(request: web.Request, handler):
 
 @local_only
 async def swarm_unlock(request: web.Request) -> web.Response:
-    daemon = request.app[CTX]
     data = await body_json(request)
-    key = UnlockKey.parse(field(data, "unlock_key", str))
+    return reply(await unlock(request.app[CTX], UnlockKey.parse(field(data, "unlock_key", str))))
+
+
+async def unlock(daemon, key: UnlockKey) -> dict:
+    """Open a locked node with its unlock key and start its roles (shoal's API and the Docker
+    API's POST /swarm/unlock)."""
     async with daemon.role_lock:
         if not daemon.locked:
             raise errors.FailedPrecondition("this node is not locked: there is nothing to unlock")
@@ -58,7 +62,7 @@ async def swarm_unlock(request: web.Request) -> web.Response:
             daemon.locked = True
             raise
     log.info("unlocked with unlock key %s; the manager is starting", key.key_id)
-    return reply({"unlocked": True, "key_id": key.key_id})
+    return {"unlocked": True, "key_id": key.key_id}
 
 
 def local_routes() -> list[web.RouteDef]:

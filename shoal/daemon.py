@@ -3,7 +3,9 @@
 - the local API on a root-only Unix socket (what the CLI talks to),
 - the Docker Engine API on a second root-only Unix socket (shoal/dockerapi/),
 - once in a swarm: the 2377 endpoint with mutual TLS, the agent (heartbeats, role changes,
-  certificate renewal), and on managers the raft-backed manager.
+  certificate renewal), and on managers the raft-backed manager,
+- once in a swarm and with --docker-tcp: the remote API over TLS with client certificates
+  (shoal/dockerapi/remote.py).
 """
 from __future__ import annotations
 
@@ -55,6 +57,8 @@ class Daemon:
         self.default_listen_addr = listen_addr
         self.socket_path = socket_path
         self.docker_socket_path = docker_socket_path  # None: no Docker API
+        self.docker_tcp: Optional[str] = None  # HOST:PORT of the remote API; None: none
+        self._remote = None  # shoal.dockerapi.remote.RemoteListener while it serves
         self.hostname = hostname
         self.state = NodeState()
         self.manager: Optional[Manager] = None
@@ -90,6 +94,11 @@ class Daemon:
         # readiness, and both should answer by then.
         await self._serve_docker()
         await self._serve_unix()
+        if self.docker_tcp and self._remote is None:
+            # It serves with the node's certificate, which a node gets by init or join.
+            log.info("--docker-tcp %s: not serving yet; the remote API starts once this node "
+                     "is in a swarm%s", self.docker_tcp,
+                     " and unlocked" if self.state.in_swarm else "")
         log.info("shoald ready on unix://%s (data root %s)", self.socket_path, self.files.root)
         await self.stopping.wait()
         await self.shutdown()
@@ -140,6 +149,7 @@ class Daemon:
         if self.state.role == NODE_ROLE_MANAGER:
             await self._start_manager()
         await self._serve_tcp()
+        await self._serve_remote(ca, cert, key)
         from worker.taskrunner import TaskRunner
         self.agent = Agent(self)
         self.agent.runner = TaskRunner(self.executor, self.images, self.hostname,
@@ -156,6 +166,9 @@ class Daemon:
         if self._tcp_runner is not None:
             await self._tcp_runner.cleanup()
             self._tcp_runner = None
+        if self._remote is not None:
+            remote, self._remote = self._remote, None
+            await remote.stop()
         await self._stop_manager()
         for client in self._clients.values():
             await client.close()
@@ -166,6 +179,8 @@ class Daemon:
         bind = None if host in ("0.0.0.0", "") else host
         self.manager = Manager(self.files, self.state, bind_addr=bind)
         await self.manager.start()
+        from shoal.dockerapi.events import start_recording
+        start_recording(self.manager)  # `docker events --since` reaches back to here
         self._key_sync = asyncio.create_task(manager_autolock.keep_sealed(self.files, self.manager),
                                              name="autolock-reseal")
 
@@ -197,6 +212,19 @@ class Daemon:
                 f"cannot listen on {self.state.listen_addr}: {exc.strerror}; pick another "
                 "--listen-addr") from None
 
+    async def _serve_remote(self, ca: bytes, cert: bytes, key: bytes) -> None:
+        if not self.docker_tcp:
+            return
+        from shoal.dockerapi.remote import RemoteListener
+        remote = RemoteListener(self, self.docker_tcp, SHUTDOWN_GRACE)
+        try:
+            await remote.start(ca, cert, key)
+        except errors.ShoalError as exc:
+            # The node's cluster roles matter more than remote access: say so and go on.
+            log.error("remote API not served: %s", exc.message)
+            return
+        self._remote = remote
+
     # ---- peers ------------------------------------------------------------------------------
     def peer_client(self, addr: str) -> ApiClient:
         client = self._clients.get(addr)
@@ -213,6 +241,8 @@ class Daemon:
         # next handshake on.
         pki.load_cert_chain(self._server_ctx, cert_pem, key_pem)
         pki.load_cert_chain(self._client_ctx, cert_pem, key_pem)
+        if self._remote is not None:
+            self._remote.reload_certificate(cert_pem, key_pem)
         for client in self._clients.values():
             await client.close()
 
@@ -264,6 +294,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--docker-socket", default=DEFAULT_DOCKER_SOCKET, metavar="PATH",
                         help="path of the Docker Engine API socket (root only); an empty "
                              "value serves none")
+    parser.add_argument("--docker-tcp", default="", metavar="IP:PORT",
+                        help="serve the Docker Engine API and shoal's API (under /shoal/) "
+                             "over TLS requiring a client certificate from the swarm's CA "
+                             "(e.g. 0.0.0.0:2376); starts once the node is in a swarm; "
+                             "default: off")
     parser.add_argument("--hostname", default=socket.gethostname(), help="node name to report")
     parser.add_argument("--insecure-registry", action="append", default=[], metavar="HOST:PORT",
                         help="registry reached over plain HTTP (repeatable)")
@@ -281,12 +316,18 @@ def main(argv: list[str] | None = None) -> None:
             ipaddress.ip_address(args.advertise_addr)
     except ValueError as exc:
         parser.error(f"--listen-addr/--advertise-addr: {exc}")
+    try:
+        docker_tcp = _parse_addr(args.docker_tcp, 2376) if args.docker_tcp else None
+    except ValueError as exc:
+        parser.error(f"--docker-tcp {args.docker_tcp!r}: {exc}; give IP:PORT, e.g. "
+                     "0.0.0.0:2376")
     if os.geteuid() != 0:
         parser.error("shoald must run as root (it manages namespaces, mounts and containers)")
     os.umask(0o022)
     daemon = Daemon(Path(args.data_root), args.advertise_addr, listen, args.socket, args.hostname,
                     args.docker_socket or None)
     daemon.insecure_registries = frozenset(args.insecure_registry)
+    daemon.docker_tcp = docker_tcp
     daemon.lb_backend = args.lb_backend
 
     async def run() -> None:

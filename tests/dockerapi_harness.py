@@ -2,9 +2,11 @@
 small cluster in its store: what tests of shoal/dockerapi need without a lab."""
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -145,3 +147,22 @@ async def docker_client(daemon: FakeDaemon) -> TestClient:
     client = TestClient(TestServer(make_app(daemon)))
     await client.start_server()
     return client
+
+
+async def session(daemon: FakeDaemon, calls: list[tuple[str, str, Any]]) -> list[tuple[int, Any]]:
+    client = await docker_client(daemon)
+    out = []
+    try:
+        for method, path, body in calls:
+            data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+            resp = await client.request(method, path, data=data)
+            raw = await resp.read()
+            out.append((resp.status, json.loads(raw) if raw else None))
+    finally:
+        await client.close()
+    return out
+
+
+def run(daemon: FakeDaemon, *calls: tuple[str, str, Any]) -> list[tuple[int, Any]]:
+    """Each (method, path, body) on one client in turn: [(status, parsed body)]."""
+    return asyncio.run(session(daemon, list(calls)))

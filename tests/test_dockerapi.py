@@ -242,11 +242,10 @@ def test_bad_filters_are_400_or_404_naming_the_problem(path, needle):
 def test_unknown_endpoints_are_page_not_found_and_known_ones_501():
     assert call("GET", "/nope") [0:3:2] == (404, {"message": "page not found"})
     assert call("GET", "/v1.41/nope")[0:3:2] == (404, {"message": "page not found"})
-    status, _, body = call("GET", "/v1.41/tasks/task1/logs")
-    assert status == 501 and "GET /tasks/task1/logs" in body["message"]
-    status, _, body = call("GET", "/v1.41/containers/json")
-    assert status == 501 and "GET /containers/json" in body["message"]
-    assert call("DELETE", "/nodes/n3")[0] == 501
+    status, _, body = call("GET", "/v1.41/containers/c1/logs")
+    assert status == 501 and "GET /containers/c1/logs" in body["message"]
+    status, _, body = call("POST", "/v1.41/networks/n1/connect")
+    assert status == 501 and "POST /networks/n1/connect" in body["message"]
     assert call("DELETE", "/version")[0] == 404
     # every answer carries the version headers, errors too
     assert call("GET", "/nope")[1]["Api-Version"] == "1.44"

@@ -18,7 +18,7 @@ from manager.specs.services import parse_service_spec
 from manager.state.store import Transaction
 from shoal.dockerapi.translate import services as to_docker
 from shoal.dockerapi.translate.service_spec import docker_path, service_spec
-from tests.dockerapi_harness import DockerTestManager, FakeDaemon, docker_client, populate
+from tests.dockerapi_harness import DockerTestManager, FakeDaemon, docker_client, populate, run
 
 
 def _daemon() -> FakeDaemon:
@@ -28,24 +28,6 @@ def _daemon() -> FakeDaemon:
     ingress.spec.name, ingress.spec.ingress = "ingress", True
     manager.commit(Transaction().create("networks", ingress))
     return FakeDaemon(manager)
-
-
-async def _session(daemon: FakeDaemon, calls: list[tuple[str, str, Any]]) -> list[tuple[int, Any]]:
-    client = await docker_client(daemon)
-    out = []
-    try:
-        for method, path, body in calls:
-            data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
-            resp = await client.request(method, path, data=data)
-            raw = await resp.read()
-            out.append((resp.status, json.loads(raw) if raw else None))
-    finally:
-        await client.close()
-    return out
-
-
-def run(daemon: FakeDaemon, *calls: tuple[str, str, Any]) -> list[tuple[int, Any]]:
-    return asyncio.run(_session(daemon, list(calls)))
 
 
 # What `docker service create --name api --replicas 3 -p 8090:80 busybox:1 httpd -f` sends (CLI
@@ -158,7 +140,8 @@ def test_a_spec_shown_by_inspect_comes_back_unchanged():
     ("TaskTemplate.ContainerSpec.Isolation", "hyperv", "TaskTemplate.ContainerSpec.Isolation"),
     ("TaskTemplate.Runtime", "plugin", "TaskTemplate.Runtime"),
     ("TaskTemplate.ContainerSpec.OomScoreAdj", 5, "TaskTemplate.ContainerSpec.OomScoreAdj"),
-    ("TaskTemplate.Placement.Platforms", [{"OS": "linux"}], "TaskTemplate.Placement.Platforms"),
+    ("TaskTemplate.Placement.Platforms", [{"OS": "linux", "Variant": "v8"}],
+     "TaskTemplate.Placement.Platforms[0].Variant"),
     ("TaskTemplate.ContainerSpec.Shiny", 1, "TaskTemplate.ContainerSpec.Shiny"),
     ("Bogus", True, "Bogus"),
     ("TaskTemplate.ContainerSpec.Args", "httpd", "TaskTemplate.ContainerSpec.Args"),
@@ -410,7 +393,8 @@ def test_a_write_on_a_follower_goes_to_the_leader_in_shoals_words():
     assert status == 201, answer
     method, path, body, headers = sent[0]
     assert (method, path, headers) == ("POST", "/services/create", {"X-Shoal-Forwarded-Node": ""})
-    assert body == service_spec(CLI_CREATE)
+    assert body["spec"] == service_spec(CLI_CREATE)
+    assert json.loads(body["docker_spec"])["Name"] == "api"
     assert leader_daemon.manager.store.get("services", answer["ID"]) is not None
     assert follower.manager.store.get("services", answer["ID"]) is not None
     # the leader's refusal comes back in Docker's words and field names

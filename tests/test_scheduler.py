@@ -378,3 +378,44 @@ def test_message_counts_each_reason():
     assert d.message == ("no suitable node (1 node disconnected; 1 node down; 2 nodes drained; "
                          "1 node paused; constraint node.labels.zone==a not satisfied on 1 node; "
                          "2 nodes lack memory)")
+
+
+# ---- the image's platforms (Docker's clients send them from the registry) -------------------
+def test_tasks_go_only_to_nodes_of_the_image_s_platforms_with_arch_aliases_folded():
+    s = sched(node("x", arch="x86_64"), node("a", arch="aarch64"), node("w", os="windows"))
+    ts = tasks(4)
+    for t in ts:
+        t.spec.placement.platforms = [Platform(os="linux", architecture="amd64")]
+    assert spread(s.schedule(ts)) == {"x": 4}
+    arm = tasks(2, "s2")
+    for t in arm:
+        t.spec.placement.platforms = [Platform(os="linux", architecture="arm64"),
+                                      Platform(os="linux", architecture="riscv64")]
+    assert spread(s.schedule(arm)) == {"a": 2}
+    anywhere_linux = tasks(2, "s3")
+    for t in anywhere_linux:
+        t.spec.placement.platforms = [Platform(os="linux", architecture="")]
+    assert set(spread(s.schedule(anywhere_linux))) <= {"x", "a"}
+
+
+def test_no_node_of_the_platforms_is_explained():
+    s = sched(node("x", arch="x86_64"), node("y", arch="x86_64"))
+    t = task("t1")
+    t.spec.placement.platforms = [Platform(os="linux", architecture="s390x")]
+    [d] = s.schedule([t])
+    assert d.node_id is None
+    assert "2 nodes not of the image's platforms (linux/s390x)" in d.message
+
+
+@pytest.mark.parametrize("platform, field", [
+    ({"os": "linux", "architecture": "am d64"}, "platforms[0].architecture"),
+    ({"os": "lin/ux", "architecture": "amd64"}, "platforms[0].os"),
+    ({"os": "linux", "architecture": "a" * 65}, "platforms[0].architecture"),
+])
+def test_a_bad_platform_in_a_spec_is_refused_by_field(platform, field):
+    from manager.specs.services import parse_service_spec
+    spec = {"name": "web", "task_template": {"container": {"image": "busybox:1"},
+                                             "placement": {"platforms": [platform]}}}
+    with pytest.raises(InvalidArgument) as refused:
+        parse_service_spec(spec)
+    assert refused.value.field == f"task_template.placement.{field}"

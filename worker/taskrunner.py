@@ -22,6 +22,7 @@ from worker import health
 from worker.executor import ContainerConfig, Executor, ExitInfo
 from worker.images import ImageStore
 from worker.restarts import Restarts
+from worker.registry_auths import RegistryAuthCache
 from worker.secrets import SecretCache, SecretMounts
 from worker.templates import expand_container_spec
 
@@ -139,7 +140,7 @@ class TaskController:
                 self.report("accepted")
                 self.report("preparing", "preparing the image and the container")
                 try:
-                    await self.runner.ensure_image(task.spec.container.image)
+                    await self.runner.ensure_image(task.spec.container.image, task.service_id)
                 except errors.ShoalError as exc:
                     self.report("rejected", exc.message, err=exc.message)
                     return
@@ -272,6 +273,7 @@ class TaskRunner:
         self._reporter: Optional[asyncio.Task] = None
         # Secrets from the assignments: memory only, never written to disk or logged.
         self.secrets = SecretCache()
+        self.registry_auths = RegistryAuthCache()
         self.secret_mounts = SecretMounts(executor.root.parent)
         self.networks: Optional["NodeNetworks"] = None
         self.backend_drain = BACKEND_DRAIN
@@ -297,6 +299,7 @@ class TaskRunner:
         tasks = [codec.from_plain(Task, t) for t in answer.get("tasks", [])]
         self.secrets.update(answer.get("secrets", []), full=bool(answer.get("full")))
         self.secrets.update(answer.get("configs", []), full=False)  # configs share the cache
+        self.registry_auths.update(answer.get("registry_auths", []), full=bool(answer.get("full")))
         if answer.get("full"):
             keep = {t.id for t in tasks}
             self.secret_mounts.cleanup_except(keep)
@@ -329,6 +332,8 @@ class TaskRunner:
         self.secrets.retain({r.secret_id for ctl in self.controllers.values()
                              if not ctl.ended and ctl.task.desired_up
                              for r in with_configs(ctl.task).spec.container.secrets})
+        self.registry_auths.retain({ctl.task.service_id for ctl in self.controllers.values()
+                                    if not ctl.ended and ctl.task.desired_up})
 
     async def _drop(self, task_id: str) -> None:
         ctl = self.controllers.pop(task_id, None)
@@ -368,12 +373,13 @@ class TaskRunner:
         return health.effective(task.spec.container.healthcheck,
                                 health.from_image(image.config if image else None))
 
-    async def ensure_image(self, ref: str) -> None:
+    async def ensure_image(self, ref: str, service_id: str = "") -> None:
         lock = self._image_locks.setdefault(ref, asyncio.Lock())
         async with lock:
             if self.images.get(ref) is not None:
                 return
-            await self.images.pull(ref, insecure_registries=self.insecure_registries)
+            await self.images.pull(ref, insecure_registries=self.insecure_registries,
+                                   credentials=self.registry_auths.for_pull(service_id, ref))
 
     # ---- reports ----------------------------------------------------------------------------
     def report(self, update: dict) -> None:

@@ -105,19 +105,28 @@ async def unlock_key(request: web.Request) -> web.Response:
     if manager is None:
         raise errors.NotAManager("this node is not a swarm manager: run `shoal swarm unlock-key` "
                                  "on a manager")
+    key = current_unlock_key(manager, query_flag(request, "previous"))
+    if not key:
+        raise errors.FailedPrecondition("no unlock key is set: autolock is off for this swarm; "
+                                        "turn it on with `shoal swarm update --autolock=true`")
+    return reply({"unlock_key": key, "key_id": key_id_of(key)})
+
+
+def current_unlock_key(manager, previous: bool = False) -> str:
+    """The swarm's unlock key ("" while autolock is off), or with `previous` the one before the
+    last rotation: what `swarm unlock-key` shows, on shoal's API and Docker's."""
     cluster = manager.cluster()
     if cluster is None:
         raise errors.Unavailable("the cluster object is not replicated here yet; retry in a moment")
     keys = cluster.unlock_keys
-    if query_flag(request, "previous"):
+    if previous:
         if not keys.previous:
             raise errors.NotFound("there is no previous unlock key: the key was never rotated "
                                   "or turned off")
-        return reply({"unlock_key": keys.previous, "key_id": key_id_of(keys.previous)})
-    if not cluster.spec.encryption_config.auto_lock_managers or not keys.current:
-        raise errors.FailedPrecondition("no unlock key is set: autolock is off for this swarm; "
-                                        "turn it on with `shoal swarm update --autolock=true`")
-    return reply({"unlock_key": keys.current, "key_id": key_id_of(keys.current)})
+        return keys.previous
+    if not cluster.spec.encryption_config.auto_lock_managers:
+        return ""
+    return keys.current
 
 
 def routes() -> list[web.RouteDef]:

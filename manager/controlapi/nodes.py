@@ -9,11 +9,12 @@ from typing import Optional
 from aiohttp import web
 
 from common import codec, errors, strict
+from common.apipath import api_path
 from common.httpserver import body_json, query_flag, query_int, reply
 from common.model import (AVAILABILITIES, ManagerStatus, NODE_ROLES, NODE_ROLE_MANAGER,
                           NODE_ROLE_WORKER, NODE_STATE_DOWN, Node)
 from common.nodestate import API_PORT, RAFT_PORT
-from manager.controlapi.context import Manager, context_of, manager_of
+from manager.controlapi.context import ApiContext, Manager, context_of, manager_of
 from manager.state.store import Transaction
 
 
@@ -62,12 +63,20 @@ class NodeSpecChange:
 
 async def node_update(request: web.Request) -> web.Response:
     manager = manager_of(request)
-    node = manager.store.get("nodes", find_node(manager, request.match_info["ref"]).id)
-    version = query_int(request, "version")
+    data = await body_json(request)
+    return reply(await update_node(context_of(request), manager, request.match_info["ref"],
+                                   query_int(request, "version"), data))
+
+
+async def update_node(ctx: ApiContext, manager: Manager, ref: str, version: Optional[int],
+                      data: dict) -> dict:
+    """Change a node's labels, availability or role (promote, demote) from a decoded body
+    (a NodeSpecChange, or {"spec": ...}), on the leader; the node's view afterwards. The one
+    way a node is updated (shoal's API and the Docker API's translation both call it)."""
+    node = manager.store.get("nodes", find_node(manager, ref).id)
     if version is not None and version != node.meta.version:
         raise errors.Conflict(f"node {node.id} changed since version {version} (now "
                               f"{node.meta.version}); read it again and retry")
-    data = await body_json(request)
     change = strict.decode(NodeSpecChange, data["spec"] if "spec" in data else data,
                            "spec" if "spec" in data else "")
     labels = node.spec.labels if change.labels is None else change.labels
@@ -85,10 +94,12 @@ async def node_update(request: web.Request) -> web.Response:
     if role == NODE_ROLE_MANAGER and node.role != NODE_ROLE_MANAGER:
         await _promote(manager, node)
     elif role == NODE_ROLE_WORKER and node.role == NODE_ROLE_MANAGER:
-        return await _demote(request, manager, node)
+        handed = await _demote(ctx, manager, node, version, data)
+        if handed is not None:
+            return handed
     else:
         await manager.propose(Transaction().update("nodes", node))
-    return reply(node_view(manager, manager.store.get("nodes", node.id)))
+    return node_view(manager, manager.store.get("nodes", node.id))
 
 
 async def _promote(manager: Manager, node: Node) -> None:
@@ -104,7 +115,9 @@ async def _promote(manager: Manager, node: Node) -> None:
     await manager.propose(Transaction().update("nodes", node))
 
 
-async def _demote(request: web.Request, manager: Manager, node: Node) -> web.Response:
+async def _demote(ctx: ApiContext, manager: Manager, node: Node, version: Optional[int],
+                  data: dict) -> Optional[dict]:
+    """None once demoted here; the new leader's answer when this leader had to hand over."""
     managers = manager.manager_nodes()
     if len(managers) <= 1:
         raise errors.FailedPrecondition(f"cannot demote {node.description.hostname}: it is the last "
@@ -128,10 +141,10 @@ async def _demote(request: web.Request, manager: Manager, node: Node) -> web.Res
         leader = manager.leader_api_addr()
         if manager.is_leader or leader is None:
             raise errors.Unavailable("leadership could not be handed over to demote this manager; retry")
-        client = context_of(request).peer_client(leader)
-        status, data = await client.request_raw("POST", request.path_qs,
-                                                raw=await request.read(), timeout=30)
-        return web.Response(status=status, body=data, content_type="application/json")
+        path = api_path("nodes", node.id, "update")
+        if version is not None:
+            path += f"?version={version}"
+        return await ctx.peer_client(leader).request("POST", path, data, timeout=30)
     async with manager.membership_lock:
         if raft_addr in manager.raft.member_addrs():
             await manager.raft.remove_member(raft_addr)
@@ -142,13 +155,19 @@ async def _demote(request: web.Request, manager: Manager, node: Node) -> web.Res
         fresh.manager_status = None
         fresh.meta.updated_at = time.time()
         await manager.propose(Transaction().update("nodes", fresh, check_version=False))
-    return reply(node_view(manager, manager.store.get("nodes", node.id)))
+    return None
 
 
 async def node_remove(request: web.Request) -> web.Response:
-    manager = manager_of(request)
-    node = find_node(manager, request.match_info["ref"])
-    force = query_flag(request, "force")
+    node = await remove_node(manager_of(request), request.match_info["ref"],
+                             query_flag(request, "force"))
+    return reply({"id": node.id})
+
+
+async def remove_node(manager: Manager, ref: str, force: bool) -> Node:
+    """Remove a worker from the swarm (down, or `force`), on the leader: shoal's API and the
+    Docker API's both call this."""
+    node = find_node(manager, ref)
     name = node.description.hostname or node.id
     if node.role == NODE_ROLE_MANAGER:
         raise errors.FailedPrecondition(f"node {name} is a manager and a member of raft: demote it "
@@ -159,7 +178,7 @@ async def node_remove(request: web.Request) -> web.Response:
     if node.id == manager.node_id:
         raise errors.FailedPrecondition("a node cannot remove itself; use 'shoal swarm leave'")
     await manager.propose(Transaction().delete("nodes", node.id))
-    return reply({"id": node.id})
+    return node
 
 
 def routes() -> list[web.RouteDef]:

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
-from typing import AsyncIterator
+from typing import AsyncIterator, Optional
 
 import aiohttp
 from aiohttp import web
@@ -12,16 +13,48 @@ from aiohttp import web
 from common import codec, errors, httpstreams as streams
 from common.httpserver import CTX, body_json, query_flag, query_int, reply
 from common.ids import new_id
-from common.model import Service, ServiceSpec, Task, UpdateStatus
+from common.model import SentSpec, Service, ServiceSpec, Task, UpdateStatus
 from common.nodestate import API_PORT
 from manager.allocator.allocator import ingress_ports
 from manager.controlapi.context import manager_of
 from manager.orchestrator.dependencies import dependency_wait
+from manager.specs import registry_auths
 from manager.specs.configs import CONFIGS
 from manager.specs.dependencies import validate_dependencies
 from manager.specs.secrets import SECRETS
 from manager.specs.services import parse_service_spec
 from manager.state.store import Transaction
+
+
+# The most a Docker client's sent spec may take in the store (raft entries and snapshots carry
+# it). A bigger one is not kept: the Docker API then shows the translation of shoal's spec,
+# which holds the same settings.
+MAX_SENT_SPEC = 64 * 1024
+
+
+def spec_digest(spec: ServiceSpec) -> str:
+    """What a sent spec is matched against: it stands for the spec that has this digest."""
+    plain = json.dumps(codec.to_plain(spec), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(plain.encode()).hexdigest()
+
+
+def _sent_text(data: dict) -> Optional[str]:
+    """The Docker API's spec as its client sent it, in a write's body next to shoal's spec
+    ({"spec": ..., "docker_spec": "<JSON text>"}); None when there is none or it is too big."""
+    if "spec" not in data or data.get("docker_spec") is None:
+        return None
+    text = data["docker_spec"]
+    if not isinstance(text, str):
+        raise errors.InvalidArgument("docker_spec must be a JSON object as text", field="docker_spec")
+    if len(text.encode()) > MAX_SENT_SPEC:
+        return None
+    try:
+        ok = isinstance(json.loads(text), dict)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise errors.InvalidArgument("docker_spec must be a JSON object as text", field="docker_spec")
+    return text
 
 
 def find_service(manager, ref: str) -> Service:
@@ -52,6 +85,8 @@ def replicas_status(manager, svc: Service) -> dict:
 
 def service_view(manager, svc: Service) -> dict:
     plain = codec.to_plain(svc)
+    # The Docker API's business (shoal/dockerapi), not part of shoal's view of a service.
+    plain.pop("sent_specs", None)
     plain["replicas_status"] = replicas_status(manager, svc)
     # Only while gated: why a service has no task yet is otherwise a mystery.
     wait = dependency_wait(svc, manager.store)
@@ -63,8 +98,11 @@ def service_view(manager, svc: Service) -> dict:
 async def create_service(manager, data: dict) -> Service:
     """A new service from a decoded body (shoal's spec, or {"spec": ...}): checked, named
     uniquely, allocated and stored. The one way a service is created (shoal's API and the
-    Docker API's translation both call it, on the leader)."""
+    Docker API's translation both call it, on the leader; the latter also passes the spec as
+    its client sent it, "docker_spec")."""
     spec = parse_service_spec(data.get("spec", data))
+    sent = _sent_text(data)
+    auth = registry_auths.from_body(data, spec.task_template.container.image)
     # Secrets first: a config may not take a target one of the secrets has.
     SECRETS.resolve_refs(manager, spec)
     CONFIGS.resolve_refs(manager, spec)
@@ -77,8 +115,12 @@ async def create_service(manager, data: dict) -> Service:
     svc.meta.created_at = svc.meta.updated_at = now
     manager.require_leader()
     manager.allocator.allocate_service(svc)
+    if sent is not None:
+        svc.sent_specs = [SentSpec(json=sent, digest=spec_digest(svc.spec))]
+    txn = Transaction().create("services", svc)
+    registry_auths.stage(txn, manager.store, svc.id, auth)
     try:
-        await manager.propose(Transaction().create("services", svc))
+        await manager.propose(txn)
     except BaseException:
         manager.allocator.release_service(svc)
         raise
@@ -102,10 +144,18 @@ async def service_inspect(request: web.Request) -> web.Response:
 
 
 async def update_service(manager, ref: str, version, data: dict) -> Service:
-    """`ref`'s spec replaced by the decoded body's, if `version` is still the service's."""
+    """`ref`'s spec replaced by the decoded body's, if `version` is still the service's.
+
+    The Docker API's sent spec of the spec being replaced is kept, as the previous one; the new
+    spec has one only if this write came through the Docker API. So a change made through
+    shoal's own API shows in the Docker view (translated from shoal's spec), never hidden
+    behind an older sent spec."""
     svc = manager.store.get("services", find_service(manager, ref).id)
     _check_version(svc, version)
     spec = parse_service_spec(data.get("spec", data))
+    sent = _sent_text(data)
+    # None keeps the credentials stored (as Docker: an update without them does not drop them)
+    auth = registry_auths.from_body(data, spec.task_template.container.image)
     # Secrets first: a config may not take a target one of the secrets has.
     SECRETS.resolve_refs(manager, spec)
     CONFIGS.resolve_refs(manager, spec)
@@ -120,11 +170,17 @@ async def update_service(manager, ref: str, version, data: dict) -> Service:
         svc.update_status = UpdateStatus(state="updating", message="update in progress",
                                          started_at=now)
     old = codec.clone(svc)
+    current = spec_digest(svc.spec)
+    kept = [s for s in svc.sent_specs if s.digest == current][:1]
     svc.previous_spec, svc.spec = svc.spec, spec
     svc.meta.updated_at = now
     manager.require_leader()
     manager.allocator.allocate_service(svc, old)
-    await manager.propose(Transaction().update("services", svc))
+    # A rollback swaps spec and previous spec; the sent specs follow by their digests.
+    svc.sent_specs = ([SentSpec(json=sent, digest=spec_digest(svc.spec))] if sent else []) + kept
+    txn = Transaction().update("services", svc)
+    registry_auths.stage(txn, manager.store, svc.id, auth)
+    await manager.propose(txn)
     return manager.store.get("services", svc.id)
 
 
@@ -183,6 +239,7 @@ async def service_rollback(request: web.Request) -> web.Response:
 async def remove_service(manager, ref: str) -> Service:
     svc = find_service(manager, ref)
     txn = Transaction().delete("services", svc.id)
+    registry_auths.stage_removal(txn, manager.store, svc.id)
     # Every task is told to stop in the same transaction; the reaper drops them once stopped.
     now = time.time()
     for t in manager.store.by_index("tasks", "service_id", svc.id):

@@ -1,5 +1,7 @@
-"""Tasks: list (by service, node, desired state) and inspect."""
+"""Tasks: list (by service, node, desired state), inspect, and one task's logs."""
 from __future__ import annotations
+
+from typing import AsyncIterator, Optional
 
 from aiohttp import web
 
@@ -8,7 +10,7 @@ from common.httpserver import reply
 from common.model import Task
 from manager.controlapi.context import manager_of
 from manager.controlapi.nodes import find_node
-from manager.controlapi.services import find_service
+from manager.controlapi.services import find_service, gather_logs
 
 
 def task_view(manager, task: Task) -> dict:
@@ -47,6 +49,32 @@ async def task_inspect(request: web.Request) -> web.Response:
     if task is None:
         raise errors.NotFound(f"no such task: {request.match_info['ref']}")
     return reply(task_view(manager, task))
+
+
+async def gather_task_logs(ctx, manager, task: Task, follow: bool,
+                           tail: Optional[int]) -> AsyncIterator[dict]:
+    """One task's log entries: its service's (services.gather_logs, the one way logs are
+    fetched from the nodes) narrowed to the task. `tail` counts the task's own lines, so the
+    nodes are asked for all of them and the cut is made here."""
+    svc = manager.store.get("services", task.service_id)
+    if svc is None:
+        raise errors.NotFound(f"the service of task {task.id} is gone, and its logs with it")
+    entries = gather_logs(ctx, manager, svc, follow, None if tail is not None and not follow
+                          else tail)
+    try:
+        if follow:
+            async for entry in entries:
+                if entry.get("task_id") == task.id or "error" in entry:
+                    yield entry
+            return
+        mine = [e async for e in entries if e.get("task_id") == task.id or "error" in e]
+    finally:
+        await entries.aclose()
+    if tail is not None:
+        lines = [e for e in mine if "error" not in e]
+        mine = [e for e in mine if "error" in e] + (lines[-tail:] if tail else [])
+    for entry in mine:
+        yield entry
 
 
 def routes() -> list[web.RouteDef]:

@@ -18,6 +18,7 @@ from common.model import (NODE_STATE_DOWN, NODE_STATE_READY, TASK_STATE_RANK, TA
                           NodeDescription)
 from manager.specs.configs import CONFIGS
 from manager.dispatcher.netstate import digest, node_network_state
+from manager.specs import registry_auths
 from manager.specs.secrets import SECRETS
 from manager.state.replica import Replica, current_cluster
 from manager.state.store import Event, Transaction
@@ -167,7 +168,8 @@ class Dispatcher:
         return {"index": index, "full": full, "removed": removed,
                 "tasks": [codec.to_plain(t) for t in tasks],
                 "secrets": SECRETS.for_tasks(store, tasks),
-                "configs": CONFIGS.for_tasks(store, tasks)}
+                "configs": CONFIGS.for_tasks(store, tasks),
+                "registry_auths": registry_auths.for_tasks(store, tasks)}
 
     async def report_status(self, node_id: str, updates: list[dict]) -> None:
         """Record task states reported by a node's agent; returns once they are committed."""

@@ -48,6 +48,20 @@ def _norm(key: str, value: str) -> str:
     return _ARCH_ALIASES.get(value, value) if key == "node.platform.arch" else value
 
 
+def platform_key(os_name: str, arch: str) -> tuple[str, str]:
+    """A platform as the scheduler compares them: lower case, architecture aliases folded."""
+    return os_name.lower(), _norm("node.platform.arch", arch)
+
+
+def platform_matches(node: Node, wanted: tuple[tuple[str, str], ...]) -> bool:
+    """Whether the node is of one of the wanted platforms (an empty part matches any)."""
+    if not wanted:
+        return True
+    have = platform_key(node.description.platform.os, node.description.platform.architecture)
+    return any((not os_name or os_name == have[0]) and (not arch or arch == have[1])
+               for os_name, arch in wanted)
+
+
 @dataclass(frozen=True, slots=True)
 class Constraint:
     text: str               # canonical form, used in messages: node.labels.zone==a

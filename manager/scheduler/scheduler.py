@@ -26,7 +26,8 @@ from typing import Callable, Sequence
 
 from common.errors import InvalidArgument
 from common.model import AVAILABILITY_ACTIVE, AVAILABILITY_PAUSE, NODE_STATE_READY, Node, Task
-from manager.scheduler.constraints import Constraint, Preference, parse_constraints, parse_preferences
+from manager.scheduler.constraints import (Constraint, Preference, parse_constraints, parse_preferences,
+                                          platform_key, platform_matches)
 
 # The status message of a placed task (Docker's wording); a shared constant, so a batch of 100k
 # decisions allocates no strings for it.
@@ -87,6 +88,7 @@ class _Group:
     mem: int
     ports: tuple[Port, ...]
     max_replicas: int
+    platforms: tuple[tuple[str, str], ...] = ()     # (os, arch); empty: any node
     error: str = ""             # the placement does not parse: every task gets this message
     members: list[int] = field(default_factory=list)    # indexes into the batch
 
@@ -199,7 +201,9 @@ class Scheduler:
             if sk is None:
                 pl, res = spec.placement, spec.resources.reservations
                 sk = spec_keys[id(spec)] = (tuple(pl.constraints), tuple(pl.preferences),
-                                            res.nano_cpus, res.memory_bytes)
+                                            res.nano_cpus, res.memory_bytes,
+                                            tuple(platform_key(p.os, p.architecture)
+                                                  for p in pl.platforms))
             ports = host_ports(t)
             key = (t.service_id, sk, _norm_ports(ports) if ports else (), max_replicas(t) or 0)
             g = groups.get(key)
@@ -219,9 +223,9 @@ class Scheduler:
 
     @staticmethod
     def _group(key: tuple) -> _Group:
-        service_id, (constraints, preferences, cpu, mem), ports, max_rep = key
+        service_id, (constraints, preferences, cpu, mem, platforms), ports, max_rep = key
         cons, prefs, error = _parse_placement(constraints, preferences)
-        return _Group(service_id, cons, prefs, cpu, mem, ports, max_rep, error)
+        return _Group(service_id, cons, prefs, cpu, mem, ports, max_rep, platforms, error)
 
     def _place_pinned(self, task: Task, g: _Group) -> Decision:
         if g.error:
@@ -338,6 +342,8 @@ class Scheduler:
         for c in g.constraints:
             if not c.matches(node):  # type: ignore[arg-type]
                 return (2, "constraint", c.text)
+        if not platform_matches(node, g.platforms):  # type: ignore[arg-type]
+            return (2, "platform", ", ".join(f"{o or '*'}/{a or '*'}" for o, a in g.platforms))
         return None
 
     @staticmethod
@@ -397,6 +403,8 @@ def _phrase(reason: tuple, n: int, known: int, subject: str = "") -> str:
         if n == known:
             return f"constraint {arg} matches no node"
         return f"constraint {arg} not satisfied on {nodes}"
+    if kind == "platform":
+        return f"{nodes} not of the image's platforms ({arg})"
     if kind == "resources":
         return f"{nodes} {'lacks' if one else 'lack'} {arg}"
     if kind == "port":

@@ -154,6 +154,14 @@ def validate_service_spec(spec: ServiceSpec) -> None:
         parse_preference(text)
     if placement.max_replicas < 0:
         raise _bad("task_template.placement.max_replicas", "must be an integer >= 0")
+    if len(placement.platforms) > 64:
+        raise _bad("task_template.placement.platforms", "at most 64 platforms")
+    for i, p in enumerate(placement.platforms):
+        for part, value in (("os", p.os), ("architecture", p.architecture)):
+            if len(value) > 64 or not all(c.isascii() and (c.isalnum() or c in "._-")
+                                          for c in value):
+                raise _bad(f"task_template.placement.platforms[{i}].{part}",
+                           "letters, digits, '.', '_' and '-' (e.g. linux, amd64), at most 64")
     mode = spec.mode
     if mode.mode not in SERVICE_MODES:
         raise _bad("mode.mode", f"{mode.mode!r} is not one of {', '.join(SERVICE_MODES)}")

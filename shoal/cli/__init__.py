@@ -6,17 +6,23 @@ import time
 import click
 
 from shoal import API_VERSION, __version__
-from shoal.cli.client import Cli, ShoalGroup, pass_cli, socket_path_default
+from shoal.cli.client import Cli, ShoalGroup, make_cli, pass_cli, socket_path_default
 from shoal.cli.output import format_option, print_json
 
 
 @click.group(cls=ShoalGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--socket", "socket_path", default=socket_path_default, show_default="$SHOAL_SOCKET or /run/shoal/shoal.sock",
               help="The local daemon's API socket")
+@click.option("-H", "--host", "host", envvar="SHOAL_HOST", metavar="tcp://HOST[:PORT]",
+              help="A manager's remote API (shoald --docker-tcp) to talk to instead of the "
+                   "local socket, over TLS with the certificates in --cert-path [$SHOAL_HOST]")
+@click.option("--cert-path", "cert_path", envvar="SHOAL_CERT_PATH", metavar="DIR",
+              help="ca.pem, cert.pem and key.pem for -H, as 'shoal swarm client-cert' writes "
+                   "them [$SHOAL_CERT_PATH, default ~/.shoal]")
 @click.pass_context
-def main(ctx: click.Context, socket_path: str) -> None:
+def main(ctx: click.Context, socket_path: str, host: str | None, cert_path: str | None) -> None:
     """shoal: run services on a swarm of Linux hosts."""
-    ctx.obj = Cli(socket_path)
+    ctx.obj = make_cli(socket_path, host, cert_path)
 
 
 @main.command()

@@ -66,3 +66,28 @@ def logout(registry) -> None:
         click.echo(f"Removing login credentials for {key}")
     else:
         click.echo(f"Not logged in to {key}")
+
+
+WITH_REGISTRY_AUTH_HELP = "Send your registry credentials (shoal login) to the nodes that run the tasks"
+
+
+def registry_auth_body(image: str, wanted: bool) -> dict:
+    """With --with-registry-auth: {"registry_auth": ...} holding the caller's `shoal login`
+    credentials for the registry `image` names (the managers keep them for the service's
+    nodes); else {}."""
+    if not wanted:
+        return {}
+    from common.imageref import parse_ref
+    host = parse_ref(image).host
+    if not host:
+        raise errors.InvalidArgument(
+            f"--with-registry-auth: image {image!r} names no registry, so there are no "
+            "credentials to send: name the registry in the image (HOST:PORT/NAME:TAG)",
+            field="with_registry_auth")
+    config = DockerConfig()
+    creds = config.credentials(host)
+    if creds is None:
+        raise errors.FailedPrecondition(
+            f"--with-registry-auth: no credentials for {host} in {config.path}: run "
+            f"'shoal login {host}' first", field="with_registry_auth")
+    return {"registry_auth": creds.plain()}

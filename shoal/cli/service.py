@@ -11,6 +11,7 @@ from common.durations import format_duration
 from shoal.cli import progress
 from shoal.cli.client import Cli, api_path, pass_cli
 from shoal.cli.data_objects import parse_reference_option
+from shoal.cli.login import WITH_REGISTRY_AUTH_HELP, registry_auth_body
 # SIZE and CPUS are imported from here by container.py and service_update.py too
 from shoal.cli.flag_values import (CPUS, ENV, LABEL, MOUNT, PLACEMENT_PREF, SIZE, merge_env,
                                    WORDS, parse_mount, parse_publish, read_env_file)
@@ -131,10 +132,11 @@ def service() -> None:
 @network_create_options
 @health_options
 @update_policy_options
+@click.option("--with-registry-auth", is_flag=True, help=WITH_REGISTRY_AUTH_HELP)
 @click.argument("image")
 @click.argument("args", nargs=-1)
 @pass_cli
-def create(cli: Cli, name, image, args, detach, quiet, **o) -> None:
+def create(cli: Cli, name, image, args, detach, quiet, with_registry_auth, **o) -> None:
     """Create a new service: IMAGE [COMMAND] [ARG...]."""
     if not name:
         name = image.rsplit("/", 1)[-1].split(":")[0].split("@")[0]
@@ -142,7 +144,8 @@ def create(cli: Cli, name, image, args, detach, quiet, **o) -> None:
     apply_health(spec["task_template"]["container"], o)
     apply_policies(spec, o)
     apply_network_create(spec, o)
-    created = cli.call("POST", "/services/create", {"spec": spec})
+    created = cli.call("POST", "/services/create",
+                       {"spec": spec, **registry_auth_body(image, with_registry_auth)})
     click.echo(created["id"])
     if not detach:
         wait_converged(cli, created["id"], quiet)

@@ -10,6 +10,7 @@ from click.core import ParameterSource
 from common import errors
 from shoal.cli.client import Cli, api_path, pass_cli
 from shoal.cli.data_objects import parse_reference_option
+from shoal.cli.login import WITH_REGISTRY_AUTH_HELP, registry_auth_body
 from shoal.cli.flag_values import (CPUS, ENV, LABEL, MOUNT, PLACEMENT_PREF, SIZE, WORDS,
                                    placement_pref_target)
 from shoal.cli.network_flags import apply_network_update, network_update_options
@@ -205,11 +206,12 @@ def _refuse_with_rollback(ctx: click.Context) -> None:
 @network_update_options
 @health_options
 @update_policy_options
+@click.option("--with-registry-auth", is_flag=True, help=WITH_REGISTRY_AUTH_HELP)
 @click.option("-d", "--detach", is_flag=True, help="Exit immediately instead of following the update")
 @click.option("-q", "--quiet", is_flag=True, help="Suppress progress output")
 @click.argument("ref")
 @click.pass_context
-def update(ctx: click.Context, ref, detach, quiet, rollback, **o) -> None:
+def update(ctx: click.Context, ref, detach, quiet, rollback, with_registry_auth, **o) -> None:
     """Update a service: tasks are replaced in rolling batches."""
     cli = ctx.find_object(Cli)
     if rollback:
@@ -220,7 +222,9 @@ def update(ctx: click.Context, ref, detach, quiet, rollback, **o) -> None:
         svc = cli.call("GET", api_path("services", ref))
         spec = edit_spec(cli, svc, o)
         try:
-            cli.call("POST", api_path("services", svc["id"], "update"), {"spec": spec},
+            auth = registry_auth_body(spec["task_template"]["container"]["image"],
+                                      with_registry_auth)
+            cli.call("POST", api_path("services", svc["id"], "update"), {"spec": spec, **auth},
                      params={"version": str(svc["meta"]["version"])})
             break
         except errors.Conflict:

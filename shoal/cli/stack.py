@@ -9,7 +9,9 @@ import click
 import yaml
 
 from common import errors
+from common.imageref import parse_ref
 from shoal.cli.client import Cli, pass_cli
+from shoal.cli.login import registry_auth_body
 from shoal.cli.output import print_json, print_table
 from shoal.cli.service import _service_rows, print_tasks
 from shoal.stack.convert import convert, refuse_unsupported
@@ -53,9 +55,13 @@ def stack() -> None:
 @click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True,
               help="Seconds to wait for the services to run")
 @click.option("-q", "--quiet", is_flag=True, help="Print only warnings and errors")
+@click.option("--with-registry-auth", is_flag=True,
+              help="Send your registry credentials (shoal login) for the images that name a "
+                   "registry to the nodes that run their tasks")
 @click.argument("name")
 @pass_cli
-def deploy(cli: Cli, files, env_file, prune, allow_unsupported, detach, timeout, quiet, name) -> None:
+def deploy(cli: Cli, files, env_file, prune, allow_unsupported, detach, timeout, quiet,
+           with_registry_auth, name) -> None:
     """Deploy a new stack or update an existing one."""
     _check_name(name)
     project = load_project(list(files), env_file=env_file)
@@ -68,7 +74,9 @@ def deploy(cli: Cli, files, env_file, prune, allow_unsupported, detach, timeout,
         _warn(warning)
     echo = (lambda _: None) if quiet else click.echo
     started = time.monotonic()
-    outcome = Deployer(cli, plan, echo).deploy(prune)
+    auth = (lambda image: registry_auth_body(image, True) if parse_ref(image).host else {}) \
+        if with_registry_auth else (lambda image: {})
+    outcome = Deployer(cli, plan, echo, auth).deploy(prune)
     if outcome.unchanged and not quiet:
         click.echo(f"Unchanged: {', '.join(s.split(' ', 1)[1] for s in outcome.unchanged)}")
     if detach:

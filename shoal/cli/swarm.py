@@ -197,3 +197,86 @@ def unlock_key(cli: Cli, quiet, rotate, previous) -> None:
         click.echo(f"    {key}\n")
     else:
         _print_unlock_key(key)
+
+
+class _ClientCertGroup(click.Group):
+    """`client-cert NAME ...` creates (as the issue spells it); `ls` and `rm` are the others."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["create", *args]
+        return super().parse_args(ctx, args)
+
+
+@swarm.group("client-cert", cls=_ClientCertGroup)
+def client_cert() -> None:
+    """Client certificates for remote access (shoald --docker-tcp).
+
+    \b
+    shoal swarm client-cert NAME [--expiry 30d] -o DIR   issue one (DIR/ca.pem, cert.pem, key.pem)
+    shoal swarm client-cert ls                         list them
+    shoal swarm client-cert rm NAME                    revoke, on every manager
+    """
+
+
+@client_cert.command("create")
+@click.argument("name")
+@click.option("--expiry", type=DURATION, default="30d", show_default=True,
+              help="Validity of the certificate")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for ca.pem, cert.pem and key.pem (DOCKER_CERT_PATH's layout)")
+@pass_cli
+def client_cert_create(cli: Cli, name: str, expiry: float, out_dir: str) -> None:
+    """Issue a client certificate NAME. The key is made here and never leaves this machine."""
+    from common import pki
+    from shoal.cli import certfiles
+    pki.check_client_name(name)
+    target = certfiles.prepare_dir(out_dir)
+    key_pem = pki.generate_key()
+    result = cli.call("POST", "/swarm/client-certs",
+                      {"name": name, "csr": pki.make_client_csr(key_pem, name).decode(),
+                       "expiry": expiry})
+    certfiles.write(target, result["ca_cert"].encode(), result["cert"].encode(), key_pem)
+    click.echo(f"Client certificate {name} ({result['id']}) written to {target}, valid until "
+               f"{_when(result['not_after'])}.")
+    click.echo(f"Use it with: DOCKER_HOST=tcp://MANAGER:2376 DOCKER_TLS_VERIFY=1 "
+               f"DOCKER_CERT_PATH={target} docker node ls")
+    click.echo(f"        or: SHOAL_CERT_PATH={target} shoal -H tcp://MANAGER:2376 node ls")
+
+
+@client_cert.command("ls")
+@click.option("-q", "--quiet", is_flag=True, help="Only display IDs")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+@pass_cli
+def client_cert_ls(cli: Cli, quiet: bool, fmt: str) -> None:
+    """List the client certificates issued, revoked ones included."""
+    certs = cli.call("GET", "/swarm/client-certs")
+    if fmt == "json":
+        print_json(certs)
+        return
+    if quiet:
+        for c in certs:
+            click.echo(c["id"])
+        return
+    click.echo(f"{'ID':<27}{'NAME':<40}{'STATE':<9}{'EXPIRES':<22}REVOKED")
+    for c in certs:
+        revoked = _when(c["revoked_at"]) if c["revoked_at"] else "-"
+        click.echo(f"{c['id']:<27}{c['name']:<40}{c['state']:<9}{_when(c['not_after']):<22}"
+                   f"{revoked}")
+
+
+@client_cert.command("rm")
+@click.argument("refs", nargs=-1, required=True, metavar="NAME|ID...")
+@pass_cli
+def client_cert_rm(cli: Cli, refs: tuple[str, ...]) -> None:
+    """Revoke client certificates: every manager refuses them from then on."""
+    from shoal.cli.client import api_path
+    for ref in refs:
+        for c in cli.call("DELETE", api_path("swarm", "client-certs", ref)):
+            click.echo(f"revoked {c['name']} ({c['id']})")
+
+
+def _when(ts: float) -> str:
+    import time
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

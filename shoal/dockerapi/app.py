@@ -23,6 +23,8 @@ from common.httpserver import CTX
 from common.version import __version__
 from shoal.dockerapi import (data_objects, info, logs, networks, nodes, service_writes, services, swarm,
                              tasks, unsupported, versioning)
+from shoal.dockerapi import containers, distribution, events, images
+from shoal.dockerapi import node_writes, swarm_membership
 from shoal.dockerapi.errors import PAGE_NOT_FOUND, DockerError, answer, from_shoal
 
 log = logging.getLogger("shoal.dockerapi")
@@ -50,8 +52,16 @@ ROUTES: tuple[Route, ...] = (
     _route("GET", r"/version", info.version),
     _route("GET", r"/info", info.info),
     _route("GET", r"/swarm", swarm.swarm_inspect),
+    _route("POST", r"/swarm/update", swarm.swarm_update),
+    _route("GET", r"/swarm/unlockkey", swarm.swarm_unlockkey),
+    _route("POST", r"/swarm/init", swarm_membership.swarm_init),
+    _route("POST", r"/swarm/join", swarm_membership.swarm_join),
+    _route("POST", r"/swarm/leave", swarm_membership.swarm_leave),
+    _route("POST", r"/swarm/unlock", swarm_membership.swarm_unlock),
     _route("GET", r"/nodes", nodes.node_list),
     _route("GET", rf"/nodes/{_ID}", nodes.node_inspect),
+    _route("POST", rf"/nodes/{_ID}/update", node_writes.node_update),
+    _route("DELETE", rf"/nodes/{_ID}", node_writes.node_delete),
     _route("GET", r"/services", services.service_list),
     _route("POST", r"/services/create", service_writes.service_create),
     _route("GET", rf"/services/{_ID}", services.service_inspect),
@@ -60,6 +70,7 @@ ROUTES: tuple[Route, ...] = (
     _route("DELETE", rf"/services/{_ID}", service_writes.service_delete),
     _route("GET", r"/tasks", tasks.task_list),
     _route("GET", rf"/tasks/{_ID}", tasks.task_inspect),
+    _route("GET", rf"/tasks/{_ID}/logs", logs.task_logs),
     _route("GET", _KIND, data_objects.listing),
     _route("POST", rf"{_KIND}/create", data_objects.create),
     _route("GET", rf"{_KIND}/{_ID}", data_objects.inspect),
@@ -69,6 +80,13 @@ ROUTES: tuple[Route, ...] = (
     _route("POST", r"/networks/create", networks.create),
     _route("GET", rf"/networks/{_ID}", networks.inspect),
     _route("DELETE", rf"/networks/{_ID}", networks.delete),
+    _route("GET", r"/containers/json", containers.container_list),
+    _route("GET", rf"/containers/{_ID}/json", containers.container_inspect),
+    _route("GET", r"/images/json", images.image_list),
+    # An image name may hold slashes (HOST:PORT/REPO): Docker's router takes all of it.
+    _route("GET", r"/images/(?P<name>.+)/json", images.image_inspect),
+    _route("GET", r"/distribution/(?P<name>.+)/json", distribution.distribution_inspect),
+    _route("GET", r"/events", events.events),
 )
 
 

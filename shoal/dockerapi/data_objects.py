@@ -13,7 +13,7 @@ from shoal.dockerapi import filters, leader
 from shoal.dockerapi.access import manager_of
 from shoal.dockerapi.query import json_body
 from shoal.dockerapi.errors import bad_request, json_answer, not_found
-from shoal.dockerapi.translate.objects import data_object, data_object_spec
+from shoal.dockerapi.translate.objects import data_object, data_object_spec, object_path
 
 _ACCEPTED = ("id", "name", "names", "label")
 
@@ -37,7 +37,7 @@ async def create(request: web.Request, params: dict[str, str]) -> web.Response:
         return {"id": (await shoal_objects.create_object(kind, manager, spec)).id}
 
     answer = await leader.write(request, "POST", f"/{kind.table}/create", spec, local,
-                                settled=leader.created(kind.table))
+                                object_path, settled=leader.created(kind.table))
     return json_answer({"ID": answer["id"]}, status=201)
 
 
@@ -74,7 +74,7 @@ async def update(request: web.Request, params: dict[str, str]) -> web.Response:
 
     await leader.write(request, "POST",
                        leader.shoal_path(kind.table, obj.id, "update", version=version), spec,
-                       local, settled=leader.changed(kind.table, obj.id))
+                       local, object_path, settled=leader.changed(kind.table, obj.id))
     return web.Response(status=200)
 
 

@@ -1,5 +1,6 @@
-"""GET /services/{id}/logs: the service's log lines from every node that ran its tasks
-(manager/controlapi/services.gather_logs, as shoal's own API), written as dockerd writes them:
+"""GET /services/{id}/logs and GET /tasks/{id}/logs: the log lines from every node that ran
+the service's tasks (manager/controlapi/services.gather_logs, as shoal's own API; one task's
+through tasks.gather_task_logs), written as dockerd writes them:
 8-byte-header frames (stream, 0, 0, 0, big-endian length) unless the service has a TTY, each
 line led by its timestamp (`timestamps`) and by the `com.docker.swarm.*` details (`details`)
 the docker CLI reads to name each line's task and node."""
@@ -7,15 +8,19 @@ from __future__ import annotations
 
 import logging
 import struct
+from typing import AsyncIterator, Callable, Optional
 
 from aiohttp import web
 
 from common import errors
+from common.model import Service
 from manager.controlapi.services import gather_logs
+from manager.controlapi.tasks import gather_task_logs
 from shoal.dockerapi.access import daemon_of, manager_of
-from shoal.dockerapi.errors import bad_request
+from shoal.dockerapi.errors import bad_request, not_found
 from shoal.dockerapi.query import flag
 from shoal.dockerapi.services import lookup
+from shoal.dockerapi.tasks import find_task
 from shoal.dockerapi.translate.values import rfc3339
 
 log = logging.getLogger("shoal.dockerapi")
@@ -55,6 +60,24 @@ def _since(request: web.Request) -> float:
 async def service_logs(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
     manager = manager_of(request)
     svc = lookup(manager, params["id"])
+    return await _stream(request, svc, lambda follow, tail: gather_logs(
+        daemon_of(request), manager, svc, follow, tail))
+
+
+async def task_logs(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
+    """`docker service logs TASKID`: the same frames and parameters, one task's lines."""
+    manager = manager_of(request)
+    task = find_task(manager, params["id"])
+    svc = manager.store.get("services", task.service_id)
+    if svc is None:
+        raise not_found(f"service {task.service_id} of task {params['id']} not found")
+    return await _stream(request, svc, lambda follow, tail: gather_task_logs(
+        daemon_of(request), manager, task, follow, tail))
+
+
+async def _stream(request: web.Request, svc: Service,
+                  gather: Callable[[bool, Optional[int]], AsyncIterator[dict]]
+                  ) -> web.StreamResponse:
     wanted = {name for name in _STREAMS if flag(request, name)}
     if not wanted:
         raise bad_request("Bad parameters: you must choose at least one stream")
@@ -72,7 +95,7 @@ async def service_logs(request: web.Request, params: dict[str, str]) -> web.Stre
     resp = web.StreamResponse(headers={"Content-Type": "application/vnd.docker.raw-stream" if tty
                                        else "application/vnd.docker.multiplexed-stream"})
     await resp.prepare(request)
-    entries = gather_logs(daemon_of(request), manager, svc, follow, tail)
+    entries = gather(follow, tail)
     try:
         async for entry in entries:
             if "error" in entry:

@@ -14,7 +14,7 @@ from shoal.dockerapi import filters, leader
 from shoal.dockerapi.access import manager_of
 from shoal.dockerapi.query import json_body
 from shoal.dockerapi.errors import DockerError, json_answer, not_found
-from shoal.dockerapi.translate.objects import network as network_json, network_spec
+from shoal.dockerapi.translate.objects import network as network_json, network_spec, object_path
 
 _ACCEPTED = ("name", "id", "label", "driver", "scope", "type", "dangling")
 # How long a delete waits for the tasks of removed services to let go of the network (dockerd
@@ -56,7 +56,7 @@ async def create(request: web.Request, params: dict[str, str]) -> web.Response:
     async def local(manager) -> dict:
         return {"id": (await shoal_networks.create_network(manager, spec)).id}
 
-    answer = await leader.write(request, "POST", "/networks/create", spec, local,
+    answer = await leader.write(request, "POST", "/networks/create", spec, local, object_path,
                                 settled=leader.created("networks"))
     return json_answer({"Id": answer["id"], "Warning": ""}, status=201)
 

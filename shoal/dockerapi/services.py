@@ -1,11 +1,22 @@
-"""GET /services (filters id, name, label, mode; status=true) and GET /services/{id}."""
+"""GET /services (filters id, name, label, mode; status=true) and GET /services/{id}
+(insertDefaults).
+
+As dockerd: the spec is the one the client sent (stored with the service by service_writes),
+and insertDefaults=true fills in the defaults, which is the translation of shoal's spec (shoal
+stores its spec complete). A sent spec stands for shoal's spec only while that spec's digest is
+the one it was stored with: a change through shoal's own API, or an automatic rollback, shows
+as the translation."""
 from __future__ import annotations
+
+import json
+import weakref
+from typing import Optional
 
 from aiohttp import web
 
 from common import errors
 from common.model import Service
-from manager.controlapi.services import find_service, replicas_status
+from manager.controlapi.services import find_service, replicas_status, spec_digest
 from shoal.dockerapi import filters
 from shoal.dockerapi.access import manager_of
 from shoal.dockerapi.errors import json_answer, not_found
@@ -14,6 +25,35 @@ from shoal.dockerapi.translate.services import mode_name, service as service_jso
 from shoal.dockerapi.versioning import at_least
 
 _ACCEPTED = ("id", "name", "label", "mode", "runtime")
+
+
+# Per store: (service id, version) -> its sent spec and previous spec, or None each. The
+# version is the store index of the service's last change, so an entry never goes stale; the
+# cache spares each read a digest of every spec (a list of 50 services would spend ms on it).
+_SENT: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+_SENT_CACHE_MAX = 4096
+Sent = tuple[Optional[dict], Optional[dict]]
+
+
+def sent_specs(manager, svc: Service) -> Sent:
+    if not svc.sent_specs:
+        return None, None
+    cache = _SENT.setdefault(manager.store, {})
+    key = (svc.id, svc.meta.version)
+    found = cache.get(key)
+    if found is None:
+        # the newest first, should an update have sent the same spec again
+        by_digest = {s.digest: s.json for s in reversed(svc.sent_specs)}
+
+        def match(spec) -> Optional[dict]:
+            text = by_digest.get(spec_digest(spec)) if spec is not None else None
+            return json.loads(text) if text else None
+        found = (match(svc.spec), match(svc.previous_spec))
+        if len(cache) >= _SENT_CACHE_MAX:
+            cache.clear()
+        cache[key] = found
+    # shared with later reads: answers only serialise them, never change them
+    return found
 
 
 def lookup(manager, ref: str) -> Service:
@@ -37,13 +77,13 @@ async def service_list(request: web.Request, params: dict[str, str]) -> web.Resp
                 # shoal's services all run containers
                 and f.exact("runtime", "container")):
             continue
-        out.append(service_json(svc, replicas_status(manager, svc) if status else None))
+        out.append(service_json(svc, replicas_status(manager, svc) if status else None,
+                                sent_specs(manager, svc)))
     return json_answer(out)
 
 
 async def service_inspect(request: web.Request, params: dict[str, str]) -> web.Response:
     manager = manager_of(request)
     svc = lookup(manager, params["id"])
-    # insertDefaults is not read: shoal stores a service's spec with its defaults filled in,
-    # so both answers are that spec (keeping the spec as sent is a later step of issue 16).
-    return json_answer(service_json(svc))
+    sent = (None, None) if flag(request, "insertDefaults") else sent_specs(manager, svc)
+    return json_answer(service_json(svc, sent=sent))

@@ -87,7 +87,8 @@ def _as_up(t: Task) -> Task:
     return replace(t, desired_state="running")
 
 
-def _find_task(manager, ref: str) -> Task:
+def find_task(manager, ref: str) -> Task:
+    """By id or unique id prefix (a standalone container is no task to Docker); Docker's 404."""
     task = manager.store.find("tasks", ref)
     if task is None or task.standalone:
         raise not_found(f"task {ref} not found")
@@ -96,6 +97,6 @@ def _find_task(manager, ref: str) -> Task:
 
 async def task_inspect(request: web.Request, params: dict[str, str]) -> web.Response:
     manager = manager_of(request)
-    task = _find_task(manager, params["id"])
+    task = find_task(manager, params["id"])
     networks = {n.id: n for n in manager.store.list("networks")}
     return json_answer(task_json(task, networks.get))

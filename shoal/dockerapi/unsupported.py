@@ -9,18 +9,13 @@ _ID = r"[^/]+"
 # The swarm groups, endpoint by endpoint (API 1.44), since this socket serves part of them.
 _ENDPOINTS: tuple[tuple[frozenset[str], re.Pattern], ...] = tuple(
     (frozenset(methods.split()), re.compile(path, re.DOTALL)) for methods, path in (
-        ("POST", r"/swarm/(?:init|join|leave|update|unlock)"),
-        ("GET", r"/swarm/unlockkey"),
-        ("POST", rf"/nodes/{_ID}/update"),
-        ("DELETE", rf"/nodes/{_ID}"),
-        ("GET", rf"/tasks/{_ID}/logs"),
         ("POST", rf"/networks/{_ID}/(?:connect|disconnect)"),
         ("POST", r"/networks/prune"),
-        ("GET", r"/events"),
         ("POST", r"/auth"),
     ))
 
-# Groups none of which is served yet: any path under them.
+# Groups not served, or only in part (containers and images: list and inspect; distribution:
+# inspect), whose served routes app.ROUTES matches first: any other path under them.
 _GROUPS = re.compile(r"/(?:containers|images|volumes|plugins|exec|build|commit|distribution|"
                      r"session|grpc|system)(?:/.*)?", re.DOTALL)
 
@@ -33,6 +28,7 @@ def is_docker_endpoint(method: str, path: str) -> bool:
 
 def message(method: str, path: str) -> str:
     return (f"{method} {path} is part of the Docker Engine API that shoal does not serve yet "
-            "(this socket answers _ping, version, info, swarm, reads of nodes and tasks, "
-            "services with their logs, secrets, configs and networks; shoal's own CLI does "
-            "the rest)")
+            "(this socket answers _ping, version, info, swarm (init, join, leave, update, "
+            "unlock), nodes, tasks and services with their logs, secrets, configs and "
+            "networks, events, this node's containers and images (list and inspect) and "
+            "distribution inspect; shoal's own CLI does the rest)")

@@ -23,10 +23,30 @@ READY_TIMEOUT = 20.0
 DaemonArgv = Callable[..., list]
 
 
+# Opt-in: with SHOAL_LAB_DOCKER_TCP=PORT set when a lab's hosts are made, each serves the
+# remote API (shoald --docker-tcp) on its address and PORT. Off by default: other labs and
+# their tests see the daemons they always had.
+DOCKER_TCP_ENV = "SHOAL_LAB_DOCKER_TCP"
+
+
+def docker_tcp_port() -> int | None:
+    value = os.environ.get(DOCKER_TCP_ENV, "")
+    if not value:
+        return None
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise LabError(f"{DOCKER_TCP_ENV}={value!r}: give a TCP port (e.g. 2376) or leave it "
+                       "unset")
+    return int(value)
+
+
 def default_daemon_argv(*, host: str, address: str, data_root: str, socket: str) -> list[str]:
-    return [sys.executable, "-m", "shoal.daemon", "--data-root", data_root,
+    argv = [sys.executable, "-m", "shoal.daemon", "--data-root", data_root,
             "--advertise-addr", address, "--socket", socket,
             "--docker-socket", docker_socket_path(socket), "--hostname", host]
+    port = docker_tcp_port()
+    if port is not None:
+        argv += ["--docker-tcp", f"{address}:{port}"]
+    return argv
 
 
 def daemon_argv_for(factory: DaemonArgv | None, name: str, h: dict) -> list[str]:

@@ -69,10 +69,13 @@ class Outcome:
 
 
 class Deployer:
-    def __init__(self, cli: Cli, plan: StackPlan, echo: Callable[[str], None]) -> None:
+    def __init__(self, cli: Cli, plan: StackPlan, echo: Callable[[str], None],
+                 registry_auth: Callable[[str], dict] = lambda image: {}) -> None:
         self.cli = cli
         self.plan = plan
         self.echo = echo
+        # image -> what a create or update body adds for --with-registry-auth
+        self.registry_auth = registry_auth
         self._undo: list[Callable[[], None]] = []
 
     # -- reading and checking, before any change ----------------------------------------------
@@ -132,9 +135,12 @@ class Deployer:
     # -- applying -----------------------------------------------------------------------------
     def deploy(self, prune: bool) -> Outcome:
         networks, secrets, configs, services = self.preflight()
+        # every service's credentials before any change: a missing login stops nothing halfway
+        auths = {name: self.registry_auth(spec.task_template.container.image)
+                 for name, spec in self.plan.services.items()}
         out = Outcome()
         try:
-            self._apply(networks, secrets, configs, services, out, prune)
+            self._apply(networks, secrets, configs, services, out, prune, auths)
         except BaseException:
             self.echo("deploy failed: undoing what it changed")
             for undo in reversed(self._undo):
@@ -146,7 +152,7 @@ class Deployer:
         return out
 
     def _apply(self, networks: dict, secrets: dict, configs: dict, services: dict,
-               out: Outcome, prune: bool) -> None:
+               out: Outcome, prune: bool, auths: dict[str, dict]) -> None:
         for net in self.plan.networks.values():
             if net.external or net.name in networks:
                 continue
@@ -174,7 +180,7 @@ class Deployer:
             have = services.get(name)
             if have is None:
                 self.echo(f"Creating service {name}")
-                created = self.cli.call("POST", "/services/create", {"spec": body})
+                created = self.cli.call("POST", "/services/create", {"spec": body, **auths[name]})
                 self._undo.append(lambda i=created["id"]: self.cli.call("DELETE", api_path("services", i)))
                 out.created.append(f"service {name}")
                 out.service_ids[name] = created["id"]
@@ -184,8 +190,8 @@ class Deployer:
                 out.unchanged.append(f"service {name}")
                 continue
             self.echo(f"Updating service {name}")
-            self.cli.call("POST", api_path("services", have["id"], "update"), {"spec": body},
-                          params={"version": str(have["meta"]["version"])})
+            self.cli.call("POST", api_path("services", have["id"], "update"),
+                          {"spec": body, **auths[name]}, params={"version": str(have["meta"]["version"])})
             self._undo.append(lambda i=have["id"]: self.cli.call("POST", api_path("services", i, "rollback")))
             out.updated.append(f"service {name}")
         if prune:

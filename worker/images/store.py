@@ -78,6 +78,11 @@ class ImageStore:
         return sorted((self._image(i) for i in self._index["images"]),
                       key=lambda im: (im.ref or "~", im.id))
 
+    def manifest_digests(self, image_id: str) -> list[str]:
+        """The digests of the manifests the image came through (pulled or imported), for
+        Docker's RepoDigests; [] for an unknown image or a `docker save` archive."""
+        return list(self._index["images"].get(image_id, {}).get("manifests", []))
+
     def layer_dirs(self, image: Image) -> list[Path]:
         dirs = [self.root / "layers" / _hex(d) for d in image.layers]
         for d, diff_id in zip(dirs, image.layers):

@@ -1,7 +1,8 @@
-"""A shoal Node as Docker's swarm.Node."""
+"""A shoal Node as Docker's swarm.Node, and Docker's NodeSpec as shoal's node change."""
 from __future__ import annotations
 
 from common.model import NODE_ROLE_MANAGER, Node
+from shoal.dockerapi.translate.reader import Obj, bad
 from shoal.dockerapi.translate.values import drop_empty, meta
 
 
@@ -32,3 +33,34 @@ def node(n: Node, reachability: dict[str, str]) -> dict:
             "Addr": ms.api_addr,
         }
     return out
+
+
+def node_spec_change(body: dict) -> dict:
+    """Docker's NodeSpec (the whole new spec, as the docker CLI sends it after reading the node)
+    as shoal's node change: labels replaced, role and availability named."""
+    o = Obj(body)
+    name = o.str("Name")
+    if name:
+        raise bad("Name", "shoal names a node by its hostname and has no other name for it; "
+                          "leave Name out (use Labels to tag the node)")
+    labels = o.str_map("Labels")
+    change = {"labels": labels}
+    # Required, as dockerd's conversion of the spec requires them; the values themselves are
+    # checked by the control API (manager/controlapi/nodes.update_node).
+    for key, shoal_key, example in (("Role", "role", "worker"),
+                                    ("Availability", "availability", "active")):
+        value = o.str(key)
+        if not value:
+            raise bad(key, f"is required (the node's whole spec is sent, e.g. "
+                           f"\"{key}\": \"{example}\")")
+        change[shoal_key] = value
+    o.done()
+    return change
+
+
+def node_path(path: str) -> str:
+    """shoal's field of a node change (`labels`, `spec.role`) in Docker's spelling."""
+    last = path.removeprefix("spec.")
+    head, _, rest = last.partition(".")
+    word = {"labels": "Labels", "role": "Role", "availability": "Availability"}.get(head, head)
+    return f"{word}.{rest}" if rest else word

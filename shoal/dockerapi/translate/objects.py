@@ -3,6 +3,7 @@ bodies as shoal's."""
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any
 
 from common.model import Network
@@ -32,6 +33,22 @@ def data_object_spec(body: Any) -> dict:
     return out
 
 
+_OBJECT_FIELDS = {"subnet": "IPAM.Config.Subnet", "gateway": "IPAM.Config.Gateway"}
+
+
+def object_path(path: str) -> str:
+    """shoal's field path of a secret, config or network spec in Docker's spelling (`data` as
+    `Data`, `labels.k` as `Labels.k`, `subnet` as `IPAM.Config.Subnet`), for the errors of
+    shoal's checks."""
+    head, dot, rest = path.partition(".")
+    name = _OBJECT_FIELDS.get(head)
+    if name is None:
+        match = re.fullmatch(r"ipam(\[\d+\])", head)
+        name = f"IPAM.Config{match.group(1)}" if match else head[:1].upper() + head[1:]
+        rest = ".".join(p[:1].upper() + p[1:] for p in rest.split(".")) if match else rest
+    return name + dot + rest
+
+
 def network(net: Network, services: list[str]) -> dict:
     """Docker's NetworkResource of a swarm-scoped overlay (`services`: names using it)."""
     ipam = [c for c in ([{"Subnet": net.subnet, "Gateway": net.gateway}] if net.subnet else [])]
@@ -59,7 +76,7 @@ def network_spec(body: Any) -> dict:
     scope = top.str("Scope")
     if scope not in ("", "swarm"):
         raise bad("Scope", f"{scope!r}: overlay networks are swarm-scoped")
-    top.take("CheckDuplicate")   # names are always unique in a swarm
+    top.bool("CheckDuplicate")   # names are always unique in a swarm
     top.refuse("Internal", "overlay networks are not cut off from the outside")
     top.refuse("EnableIPv6", "overlay networks are IPv4")
     top.refuse("EnableIPv4", "overlay networks are always IPv4", allowed=(True,))

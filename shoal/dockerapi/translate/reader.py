@@ -6,6 +6,9 @@ Three kinds of refusal, so nothing is dropped silently: a key this reader does n
 (`unknown field`), a key Docker has but shoal cannot honour, sent with a value (`refuse`), and
 a value of the wrong type. A refused key with its zero value (null, "", 0, false, [], an
 object of zero values) is what a client sends when it does not use it, and passes.
+
+Each object also keeps what it read under Docker's spelling of each key (`sent`): the body as
+Go's decoder would hold it, the spec Docker keeps "as the client sent it".
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ class Obj:
         if not isinstance(value, dict):
             raise bad(path, f"must be an object, got {_kind(value)}")
         self.path = path
+        self.sent: dict[str, Any] = {}
         self._items: dict[str, tuple[str, Any]] = {}
         for key, item in value.items():
             self._items.setdefault(key.lower(), (key, item))
@@ -53,7 +57,11 @@ class Obj:
 
     def take(self, key: str) -> Any:
         entry = self._items.pop(key.lower(), None)
-        return None if entry is None else entry[1]
+        value = None if entry is None else entry[1]
+        if value is not None:
+            # obj() and objs() put their children's own `sent` in its place
+            self.sent[key] = value
+        return value
 
     # -- scalars ----------------------------------------------------------------------------
     def str(self, key: str, default: str = "") -> str:
@@ -104,7 +112,11 @@ class Obj:
 
     def obj(self, key: str) -> Optional["Obj"]:
         value = self.take(key)
-        return None if value is None else Obj(value, self.at(key))
+        if value is None:
+            return None
+        child = Obj(value, self.at(key))
+        self.sent[key] = child.sent
+        return child
 
     def objs(self, key: str) -> list["Obj"]:
         value = self.take(key)
@@ -112,7 +124,9 @@ class Obj:
             return []
         if not isinstance(value, list):
             raise bad(self.at(key), f"must be a list of objects, got {_kind(value)}")
-        return [Obj(v, f"{self.at(key)}[{i}]") for i, v in enumerate(value)]
+        children = [Obj(v, f"{self.at(key)}[{i}]") for i, v in enumerate(value)]
+        self.sent[key] = [c.sent for c in children]
+        return children
 
     # -- refusals ---------------------------------------------------------------------------
     def refuse(self, key: str, why: str, allowed: tuple = ()) -> None:

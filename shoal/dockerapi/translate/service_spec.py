@@ -7,8 +7,9 @@ errors name shoal's field paths; `docker_path` spells them as Docker does.
 """
 from __future__ import annotations
 
+import json
 import re
-from typing import Any
+from typing import Any, Callable, Optional
 
 from shoal.dockerapi.translate.reader import Obj, bad
 
@@ -16,6 +17,12 @@ UINT32_MAX = (1 << 32) - 1
 
 
 def service_spec(body: Any) -> dict:
+    return read_service_spec(body)[0]
+
+
+def read_service_spec(body: Any) -> tuple[dict, dict]:
+    """shoal's spec, and the spec as Docker keeps it "as the client sent it": Docker's
+    spelling of each key, nulls left out."""
     top = Obj(body)
     spec: dict = {"name": top.str("Name"), "labels": top.str_map("Labels")}
     tt = top.obj("TaskTemplate") or Obj({}, "TaskTemplate")
@@ -31,7 +38,32 @@ def service_spec(body: Any) -> dict:
     if ep is not None:
         spec["endpoint_spec"] = endpoint_spec(ep)
     top.done()
-    return spec
+    return spec, top.sent
+
+
+def sent_json(sent: dict, network_id: Callable[[str], Optional[str]]) -> str:
+    """The sent spec as dockerd stores it, as JSON text: without a Mode a service is
+    replicated with 1 replica, and networks are named by id (dockerd resolves them on the
+    way in; `network_id` answers None for an unknown one, which shoal's checks refuse)."""
+    out = _without_nulls(sent)
+    m = out.setdefault("Mode", {})
+    if not m:
+        out["Mode"] = m = {"Replicated": {}}
+    if "Replicated" in m:
+        m["Replicated"].setdefault("Replicas", 1)
+    tt = out.get("TaskTemplate") or {}
+    for n in tt.get("Networks", []) + out.get("Networks", []):
+        if n.get("Target"):
+            n["Target"] = network_id(n["Target"]) or n["Target"]
+    return json.dumps(out, separators=(",", ":"))
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
 
 
 def task_spec(tt: Obj, old_networks: list[Obj]) -> dict:
@@ -183,10 +215,12 @@ def placement(pl: Obj) -> dict:
         prefs.append(f"spread={spread.str('SpreadDescriptor')}")
         spread.done()
         p.done()
+    platforms = []
+    for p in pl.objs("Platforms"):
+        platforms.append({"os": p.str("OS"), "architecture": p.str("Architecture")})
+        p.done()
     out = {"constraints": pl.strs("Constraints"), "preferences": prefs,
-           "max_replicas": pl.int("MaxReplicas")}
-    pl.refuse("Platforms", "shoal does not check images' platforms; use a constraint on "
-              "node.platform.arch")
+           "max_replicas": pl.int("MaxReplicas"), "platforms": platforms}
     pl.done()
     return out
 
@@ -268,6 +302,9 @@ _SEGMENT = re.compile(r"([a-z_]+)(\[\d+\])?")
 
 def docker_path(path: str) -> str:
     """`task_template.container.image` as `TaskTemplate.ContainerSpec.Image`."""
+    if path.startswith("placement."):
+        # the scheduler's constraint parser names the placement without its task template
+        path = "task_template." + path
     parts = path.split(".")
     out = []
     for i, part in enumerate(parts):

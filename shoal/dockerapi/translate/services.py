@@ -107,7 +107,9 @@ def task_spec(t: TaskSpec) -> dict:
         "Placement": drop_empty({
             "Constraints": list(t.placement.constraints),
             "Preferences": [_preference(p) for p in t.placement.preferences],
-            "MaxReplicas": t.placement.max_replicas or None}),
+            "MaxReplicas": t.placement.max_replicas or None,
+            "Platforms": [{"Architecture": p.architecture, "OS": p.os}
+                          for p in t.placement.platforms] or None}),
         "ForceUpdate": t.force_update,
         "Runtime": "container",
     }
@@ -148,12 +150,17 @@ def service_spec(s: ServiceSpec) -> dict:
     }
 
 
-def service(svc: Service, status: Optional[dict] = None) -> dict:
+def service(svc: Service, status: Optional[dict] = None,
+            sent: tuple[Optional[dict], Optional[dict]] = (None, None)) -> dict:
     """`status`: controlapi's replicas_status ({running, desired, completed}) for
-    `status=true`, None to leave ServiceStatus out as Docker does without it."""
-    out = {**meta(svc), "Spec": service_spec(svc.spec)}
+    `status=true`, None to leave ServiceStatus out as Docker does without it. `sent`: the
+    spec and previous spec as the client sent them, where they are to be shown; the
+    translation of shoal's spec otherwise."""
+    spec, previous = sent
+    out = {**meta(svc), "Spec": spec if spec is not None else service_spec(svc.spec)}
     if svc.previous_spec is not None:
-        out["PreviousSpec"] = service_spec(svc.previous_spec)
+        out["PreviousSpec"] = (previous if previous is not None
+                               else service_spec(svc.previous_spec))
     out["Endpoint"] = drop_empty({
         "Spec": endpoint_spec(svc.spec.endpoint_spec),
         "Ports": [port(p) for p in svc.endpoint.ports],
