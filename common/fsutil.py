@@ -1,9 +1,11 @@
 """Crash-safe file writes: temporary file, fsync, rename, fsync of the directory."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
+import stat
 from pathlib import Path
 
 
@@ -57,3 +59,26 @@ def free_bytes(path: str | os.PathLike) -> int:
     """Bytes an unprivileged writer may still use there (what df shows as available)."""
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
+
+
+async def tree_bytes(path: Path) -> int:
+    """Bytes of the files under `path`, not crossing into other mounts; yields to the loop."""
+    try:
+        dev = os.lstat(path).st_dev
+    except OSError:
+        return 0
+    total, stack, seen = 0, [str(path)], 0
+    while stack:
+        with contextlib.suppress(OSError), os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                st = entry.stat(follow_symlinks=False)
+                if st.st_dev != dev:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(entry.path)
+                else:
+                    total += st.st_size
+                seen += 1
+                if seen % 500 == 0:
+                    await asyncio.sleep(0)
+    return total

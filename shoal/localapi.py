@@ -7,6 +7,9 @@ from common.model import NODE_ROLE_MANAGER
 from manager.controlapi.middleware import local_only
 from common.httpserver import CTX, body_json, field, query_flag, reply
 from shoal import API_VERSION, __version__, lifecycle
+from shoal import resolveapi
+from shoal import buildapi
+from shoal import imageapi  # image load|push|tag|...|save, system df|prune
 
 
 def _daemon(request: web.Request):
@@ -68,4 +71,6 @@ async def swarm_leave(request: web.Request) -> web.Response:
 
 def routes() -> list[web.RouteDef]:
     return [web.get("/_ping", ping), web.get("/info", info), web.post("/swarm/init", swarm_init),
-            web.post("/swarm/join", swarm_join), web.post("/swarm/leave", swarm_leave)]
+            web.post("/swarm/join", swarm_join), web.post("/swarm/leave", swarm_leave),
+            *imageapi.routes(),
+            *resolveapi.routes(), *buildapi.routes()]

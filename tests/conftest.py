@@ -49,3 +49,14 @@ def loops():
     """`loops(scenario)`: the same scenarios on the leader's loops without raft (tests.loops_harness)."""
     from tests.loops_harness import run_scenario
     return run_scenario
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """Debian's docker-registry on 127.0.0.1 (plain HTTP), one per module that asks."""
+    import imagebuild as ib  # tests/ is on sys.path under pytest (rootdir layout)
+    if not ib.LocalRegistry.available():
+        pytest.skip("needs Debian's docker-registry package")
+    reg = ib.LocalRegistry(tmp_path_factory.mktemp("registry")).start()
+    yield reg
+    reg.stop()

@@ -493,15 +493,6 @@ def test_events_parse_time_reads_docker_cli_timestamps():
 
 
 # ---- distribution ----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    if not ib.LocalRegistry.available():
-        pytest.skip("Debian's docker-registry is not installed")
-    reg = ib.LocalRegistry(tmp_path_factory.mktemp("registry")).start()
-    yield reg
-    reg.stop()
-
-
 def test_distribution_inspect_answers_the_registry_digest_and_platforms(registry, tmp_path,
                                                                          node):
     if not ib.busybox_available():

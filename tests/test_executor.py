@@ -314,7 +314,7 @@ def test_bind_volume_and_tmpfs_mounts(images_root, ex_root, tmp_path):
 def test_create_errors(images_root, ex_root):
     async def scenario():
         ex = Executor(ex_root, ImageStore(images_root))
-        with pytest.raises(errors.NotFound, match="shoal image import"):
+        with pytest.raises(errors.NotFound, match="shoal image load"):
             await ex.create(config("noimage", "true", image="missing:1"))
         with pytest.raises(errors.FailedPrecondition, match="no-such-command"):
             await ex.create(config("nocmd", "no-such-command"))

@@ -39,7 +39,6 @@ renamed away.
 """
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import json
@@ -55,7 +54,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Protocol
 
 from common import errors, linux, strict
-from common.fsutil import write_json
+from common.fsutil import tree_bytes, write_json
 from common.model import VolumeOptions
 from worker.images.trees import remove_tree
 
@@ -269,29 +268,6 @@ def _unmount_all(path: Path) -> list[str]:
                     with contextlib.suppress(OSError):
                         linux.umount(point, linux.MNT_DETACH)
     return _mounts_under(path)
-
-
-async def _size(path: Path) -> int:
-    """Bytes of the files under `path`, not crossing into other mounts; yields to the loop."""
-    try:
-        dev = os.lstat(path).st_dev
-    except OSError:
-        return 0
-    total, stack, seen = 0, [str(path)], 0
-    while stack:
-        with contextlib.suppress(OSError), os.scandir(stack.pop()) as entries:
-            for entry in entries:
-                st = entry.stat(follow_symlinks=False)
-                if st.st_dev != dev:
-                    continue
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(entry.path)
-                else:
-                    total += st.st_size
-                seen += 1
-                if seen % 500 == 0:
-                    await asyncio.sleep(0)
-    return total
 
 
 # ---- filters ------------------------------------------------------------------------------------
@@ -610,7 +586,7 @@ class VolumeStore:
                     or self.users(volume.name):
                 continue
             plan = None if volume.legacy else parse_options(volume.options, self.root)
-            size = await _size(volume.mountpoint) if plan is None or not plan.bind else 0
+            size = await tree_bytes(volume.mountpoint) if plan is None or not plan.bind else 0
             try:
                 if await self.remove(volume.name):
                     removed.append(volume.name)

@@ -14,6 +14,7 @@ from common.units import format_size
 from shoal.cli.client import Cli, api_path, pass_cli
 from shoal.cli.output import print_json, print_listing
 from shoal.cli.flag_values import parse_mount, parse_publish
+from shoal.cli.image_build import image_build
 from shoal.cli.service import CPUS, SIZE
 
 
@@ -201,13 +202,33 @@ def image() -> None:
     """Manage images on this node."""
 
 
+image.add_command(image_build)
+
+
+@image.command("load")
+@click.option("-i", "--input", "path", required=True, type=click.Path(exists=True),
+              help="Read from this `docker save` tarball or OCI layout (dir or tar)")
+@click.option("-q", "--quiet", is_flag=True, help="Suppress the load output")
+@pass_cli
+def image_load(cli: Cli, path, quiet) -> None:
+    """Load images from a `docker save` tarball or an OCI image layout, under the names it
+    gives them."""
+    img = cli.call("POST", "/images/load", {"path": os.path.abspath(path)}, timeout=600)
+    if not quiet:
+        for line in img["loaded"]:
+            click.echo(line)
+
+
 @image.command("import")
 @click.argument("path", type=click.Path(exists=True))
 @click.argument("ref")
 @pass_cli
 def image_import(cli: Cli, path, ref) -> None:
-    """Import an OCI image layout (dir or tar) or a `docker save` tarball as NAME:TAG."""
-    img = cli.call("POST", "/images/import", {"path": os.path.abspath(path), "ref": ref}, timeout=600)
+    """Load an image archive as NAME:TAG (the old name of `image load`)."""
+    click.echo("hint: 'shoal image import' is now 'shoal image load -i FILE' (then 'shoal "
+               "image tag' to name it)", err=True)
+    img = cli.call("POST", "/images/load", {"path": os.path.abspath(path), "ref": ref},
+                   timeout=600)
     click.echo(f"Loaded image: {img['ref']} ({img['id'][:19]})")
 
 
@@ -239,10 +260,116 @@ def image_ls(cli: Cli, quiet, fmt) -> None:
 
 
 @image.command("rm")
-@click.argument("refs", nargs=-1, required=True)
+@click.option("-f", "--force", is_flag=True,
+              help="Untag an image a container still uses (it goes once unused)")
+@click.argument("refs", nargs=-1, required=True, metavar="IMAGE...")
 @pass_cli
-def image_rm(cli: Cli, refs) -> None:
-    """Remove one or more images."""
-    for ref in refs:
-        cli.call("DELETE", api_path("images", ref))
-        click.echo(f"Deleted: {ref}")
+def image_rm(cli: Cli, force, refs) -> None:
+    """Remove one or more images (refused while a container on this node uses one)."""
+    answer = cli.call("POST", "/images/remove", {"refs": list(refs), "force": force})
+    _print_deleted(answer["deleted"])
+    for message in answer["errors"]:
+        click.echo(f"Error: {message}", err=True)
+    if answer["errors"]:
+        sys.exit(1)
+
+
+def _print_deleted(lines: list[str]) -> None:
+    for line in lines:  # "untagged REF" / "deleted ID", as docker's "Untagged: REF"
+        verb, _, what = line.partition(" ")
+        click.echo(f"{verb.capitalize()}: {what}")
+
+
+@image.command("push")
+@click.option("--insecure-registry", is_flag=True, help="Reach the registry over plain HTTP")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the pushed digest line")
+@click.argument("ref")
+@pass_cli
+def image_push(cli: Cli, insecure_registry, quiet, ref) -> None:
+    """Push an image of this node to a registry, with your `shoal login` credentials for it
+    if you have any."""
+    body: dict = {"ref": ref, "insecure": insecure_registry}
+    host = parse_ref(ref).host
+    creds = DockerConfig().credentials(host) if host else None
+    if creds is not None:
+        body["auth"] = creds.plain()
+    last: dict[str, str] = {}
+    for record in cli.stream("POST", "/images/push", body):
+        status, layer = record.get("status", ""), record.get("id")
+        if layer is None:
+            if not quiet or "aux" in record:
+                click.echo(status)
+        elif not quiet and last.get(layer) != status:  # a line per change, as docker's
+            last[layer] = status
+            click.echo(f"{layer}: {status}")
+
+
+@image.command("tag")
+@click.argument("source", metavar="SOURCE_IMAGE")
+@click.argument("target", metavar="TARGET_IMAGE")
+@pass_cli
+def image_tag(cli: Cli, source, target) -> None:
+    """Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE."""
+    cli.call("POST", "/images/tag", {"source": source, "target": target})
+
+
+@image.command("inspect")
+@click.argument("refs", nargs=-1, required=True, metavar="IMAGE...")
+@pass_cli
+def image_inspect(cli: Cli, refs) -> None:
+    """Display detailed information on images: config, layers, digests, size."""
+    print_json(cli.call("POST", "/images/inspect", {"refs": list(refs)}))
+
+
+@image.command("history")
+@click.option("--no-trunc", is_flag=True, help="Do not truncate the output")
+@click.option("-q", "--quiet", is_flag=True, help="Only show image IDs")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+@click.argument("ref", metavar="IMAGE")
+@pass_cli
+def image_history(cli: Cli, no_trunc, quiet, fmt, ref) -> None:
+    """Show the history of an image, from its config, newest step first."""
+    items = cli.call("POST", "/images/history", {"ref": ref})
+
+    def cut(text: str, n: int) -> str:
+        return text if no_trunc or len(text) <= n else text[:n - 3] + "..."
+    print_listing(items, quiet=quiet, fmt=fmt,
+                  headers=["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"],
+                  rows=lambda items: [[i["id"] if no_trunc or i["id"] == "<missing>"
+                                       else i["id"][7:19], i["created"],
+                                       cut(i["created_by"], 45), format_size(i["size"]),
+                                       i["comment"]] for i in items])
+
+
+@image.command("prune")
+@click.option("-a", "--all", "all_unused", is_flag=True,
+              help="Remove all images no container uses, not just dangling ones")
+@click.option("-f", "--force", is_flag=True, help="Do not prompt for confirmation")
+@pass_cli
+def image_prune(cli: Cli, all_unused, force) -> None:
+    """Remove unused images, and the layers no image uses."""
+    which = ("all images without at least one container associated to them" if all_unused
+             else "all dangling images")
+    if not force and not click.confirm(f"WARNING! This will remove {which}.\nAre you sure "
+                                       "you want to continue?", default=False):
+        return
+    answer = cli.call("POST", "/images/prune", {"all": all_unused}, timeout=600)
+    if answer["deleted"]:
+        click.echo("Deleted Images:")
+        for line in answer["deleted"]:
+            verb, _, what = line.partition(" ")
+            click.echo(f"{verb}: {what}")
+        click.echo()
+    click.echo(f"Total reclaimed space: {format_size(answer['reclaimed'])}")
+
+
+@image.command("save")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Write to this file (written whole or not at all)")
+@click.argument("refs", nargs=-1, required=True, metavar="IMAGE...")
+@pass_cli
+def image_save(cli: Cli, output, refs) -> None:
+    """Save images to a `docker save` tarball that `docker load` and skopeo read."""
+    cli.call("POST", "/images/save", {"refs": list(refs), "output": os.path.abspath(output)},
+             timeout=1800)

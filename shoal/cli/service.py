@@ -12,6 +12,7 @@ from shoal.cli import progress
 from shoal.cli.client import Cli, api_path, pass_cli
 from shoal.cli.data_objects import parse_reference_option
 from shoal.cli.login import WITH_REGISTRY_AUTH_HELP, registry_auth_body
+from shoal.cli.resolve import cli_lookup, pin_spec_image, resolve_image_option
 # SIZE and CPUS are imported from here by container.py and service_update.py too
 from shoal.cli.flag_values import (CPUS, ENV, LABEL, MOUNT, PLACEMENT_PREF, SIZE, merge_env,
                                    WORDS, parse_mount, parse_publish, read_env_file)
@@ -133,10 +134,12 @@ def service() -> None:
 @health_options
 @update_policy_options
 @click.option("--with-registry-auth", is_flag=True, help=WITH_REGISTRY_AUTH_HELP)
+@resolve_image_option
 @click.argument("image")
 @click.argument("args", nargs=-1)
 @pass_cli
-def create(cli: Cli, name, image, args, detach, quiet, with_registry_auth, **o) -> None:
+def create(cli: Cli, name, image, args, detach, quiet, with_registry_auth, resolve_image,
+           **o) -> None:
     """Create a new service: IMAGE [COMMAND] [ARG...]."""
     if not name:
         name = image.rsplit("/", 1)[-1].split(":")[0].split("@")[0]
@@ -144,8 +147,10 @@ def create(cli: Cli, name, image, args, detach, quiet, with_registry_auth, **o) 
     apply_health(spec["task_template"]["container"], o)
     apply_policies(spec, o)
     apply_network_create(spec, o)
-    created = cli.call("POST", "/services/create",
-                       {"spec": spec, **registry_auth_body(image, with_registry_auth)})
+    auth = registry_auth_body(image, with_registry_auth)  # a missing login fails before a lookup
+    pin_spec_image(cli_lookup(cli), spec, mode=resolve_image, image_changed=True,
+                   with_registry_auth=with_registry_auth)
+    created = cli.call("POST", "/services/create", {"spec": spec, **auth})
     click.echo(created["id"])
     if not detach:
         wait_converged(cli, created["id"], quiet)

@@ -11,6 +11,7 @@ from common import errors
 from shoal.cli.client import Cli, api_path, pass_cli
 from shoal.cli.data_objects import parse_reference_option
 from shoal.cli.login import WITH_REGISTRY_AUTH_HELP, registry_auth_body
+from shoal.cli.resolve import cli_lookup, pin_spec_image, resolve_image_option
 from shoal.cli.flag_values import (CPUS, ENV, LABEL, MOUNT, PLACEMENT_PREF, SIZE, WORDS,
                                    placement_pref_target)
 from shoal.cli.network_flags import apply_network_update, network_update_options
@@ -207,23 +208,28 @@ def _refuse_with_rollback(ctx: click.Context) -> None:
 @health_options
 @update_policy_options
 @click.option("--with-registry-auth", is_flag=True, help=WITH_REGISTRY_AUTH_HELP)
+@resolve_image_option
 @click.option("-d", "--detach", is_flag=True, help="Exit immediately instead of following the update")
 @click.option("-q", "--quiet", is_flag=True, help="Suppress progress output")
 @click.argument("ref")
 @click.pass_context
-def update(ctx: click.Context, ref, detach, quiet, rollback, with_registry_auth, **o) -> None:
+def update(ctx: click.Context, ref, detach, quiet, rollback, with_registry_auth, resolve_image,
+           **o) -> None:
     """Update a service: tasks are replaced in rolling batches."""
     cli = ctx.find_object(Cli)
     if rollback:
         _refuse_with_rollback(ctx)
         _rollback(cli, ref, detach, quiet)
         return
+    pinned: dict[str, str] = {}  # image -> its pin: looked up once, not per Conflict retry
     for _ in range(5):
         svc = cli.call("GET", api_path("services", ref))
         spec = edit_spec(cli, svc, o)
         try:
             auth = registry_auth_body(spec["task_template"]["container"]["image"],
                                       with_registry_auth)
+            _pin(cli, spec, svc, pinned, resolve_image, o["image"] is not None,
+                 with_registry_auth)
             cli.call("POST", api_path("services", svc["id"], "update"), {"spec": spec, **auth},
                      params={"version": str(svc["meta"]["version"])})
             break
@@ -232,6 +238,20 @@ def update(ctx: click.Context, ref, detach, quiet, rollback, with_registry_auth,
     click.echo(svc["spec"]["name"])
     if not detach:
         follow_update(cli, svc["id"], quiet)
+
+
+def _pin(cli: Cli, spec: dict, svc: dict, pinned: dict[str, str], mode: str,
+         image_given: bool, with_registry_auth: bool) -> None:
+    """--resolve-image: always re-pins the tag (a re-push rolls out); changed only with --image.
+    An unchanged digest leaves the spec as it was, so no task is replaced (unless --force)."""
+    container = spec["task_template"]["container"]
+    image = container["image"]
+    if image not in pinned:
+        pin_spec_image(cli_lookup(cli), spec, mode=mode, image_changed=image_given,
+                       current=svc["spec"]["task_template"]["container"]["image"],
+                       with_registry_auth=with_registry_auth)
+        pinned[image] = container["image"]
+    container["image"] = pinned[image]
 
 
 @service.command()

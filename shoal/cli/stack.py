@@ -12,6 +12,7 @@ from common import errors
 from common.imageref import parse_ref
 from shoal.cli.client import Cli, pass_cli
 from shoal.cli.login import registry_auth_body
+from shoal.cli.resolve import cli_lookup, resolve_image_option, stack_image
 from shoal.cli.output import print_json, print_table
 from shoal.cli.service import _service_rows, print_tasks
 from shoal.stack.convert import convert, refuse_unsupported
@@ -58,10 +59,11 @@ def stack() -> None:
 @click.option("--with-registry-auth", is_flag=True,
               help="Send your registry credentials (shoal login) for the images that name a "
                    "registry to the nodes that run their tasks")
+@resolve_image_option
 @click.argument("name")
 @pass_cli
 def deploy(cli: Cli, files, env_file, prune, allow_unsupported, detach, timeout, quiet,
-           with_registry_auth, name) -> None:
+           with_registry_auth, resolve_image, name) -> None:
     """Deploy a new stack or update an existing one."""
     _check_name(name)
     project = load_project(list(files), env_file=env_file)
@@ -76,7 +78,10 @@ def deploy(cli: Cli, files, env_file, prune, allow_unsupported, detach, timeout,
     started = time.monotonic()
     auth = (lambda image: registry_auth_body(image, True) if parse_ref(image).host else {}) \
         if with_registry_auth else (lambda image: {})
-    outcome = Deployer(cli, plan, echo, auth).deploy(prune)
+    lookup = cli_lookup(cli)
+    pin = (lambda image, current: stack_image(lookup, image, current, mode=resolve_image,
+                                              with_registry_auth=with_registry_auth))
+    outcome = Deployer(cli, plan, echo, auth, pin).deploy(prune)
     if outcome.unchanged and not quiet:
         click.echo(f"Unchanged: {', '.join(s.split(' ', 1)[1] for s in outcome.unchanged)}")
     if detach:

@@ -70,12 +70,17 @@ class Outcome:
 
 class Deployer:
     def __init__(self, cli: Cli, plan: StackPlan, echo: Callable[[str], None],
-                 registry_auth: Callable[[str], dict] = lambda image: {}) -> None:
+                 registry_auth: Callable[[str], dict] = lambda image: {},
+                 resolve_image: Callable[[str, Optional[str]], str] = lambda image, cur: image,
+                 ) -> None:
         self.cli = cli
         self.plan = plan
         self.echo = echo
         # image -> what a create or update body adds for --with-registry-auth
         self.registry_auth = registry_auth
+        # (the file's image, the running service's or None) -> the image to send: pinned to
+        # its digest as --resolve-image says (shoal/cli/resolve.py stack_image)
+        self.resolve_image = resolve_image
         self._undo: list[Callable[[], None]] = []
 
     # -- reading and checking, before any change ----------------------------------------------
@@ -138,9 +143,10 @@ class Deployer:
         # every service's credentials before any change: a missing login stops nothing halfway
         auths = {name: self.registry_auth(spec.task_template.container.image)
                  for name, spec in self.plan.services.items()}
+        images = self._pinned_images(services)
         out = Outcome()
         try:
-            self._apply(networks, secrets, configs, services, out, prune, auths)
+            self._apply(networks, secrets, configs, services, out, prune, auths, images)
         except BaseException:
             self.echo("deploy failed: undoing what it changed")
             for undo in reversed(self._undo):
@@ -151,8 +157,19 @@ class Deployer:
             raise
         return out
 
+    def _pinned_images(self, services: dict) -> dict[str, str]:
+        """Each service's image as it will be sent, looked up before any change: an auth
+        failure stops the deploy before it changed anything."""
+        images = {}
+        for name, spec in self.plan.services.items():
+            have = services.get(name)
+            current = have["spec"]["task_template"]["container"]["image"] if have else None
+            images[name] = self.resolve_image(spec.task_template.container.image, current)
+        return images
+
     def _apply(self, networks: dict, secrets: dict, configs: dict, services: dict,
-               out: Outcome, prune: bool, auths: dict[str, dict]) -> None:
+               out: Outcome, prune: bool, auths: dict[str, dict],
+               images: dict[str, str]) -> None:
         for net in self.plan.networks.values():
             if net.external or net.name in networks:
                 continue
@@ -177,6 +194,7 @@ class Deployer:
         net_names = {n["id"]: n["spec"]["name"] for n in self.cli.call("GET", "/networks")}
         for name, spec in self.plan.services.items():
             body = asdict(spec)
+            body["task_template"]["container"]["image"] = images[name]
             have = services.get(name)
             if have is None:
                 self.echo(f"Creating service {name}")

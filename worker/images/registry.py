@@ -47,11 +47,8 @@ def ssl_context_for(host: str, certs_dir: Path) -> Optional[ssl.SSLContext]:
 
 
 def auth_hint(host: str) -> str:
-    # Services cannot carry credentials yet (--with-registry-auth is to come), but a node uses
-    # an image it already has: pulling it there by hand is the way today.
-    return (f"registry {host} requires authentication: run 'shoal login {host}', then "
-            f"'shoal image pull' on the node (services cannot pass credentials to their "
-            f"nodes yet)")
+    return (f"registry {host} requires authentication: run 'shoal login {host}' (and deploy "
+            f"services with --with-registry-auth after shoal login {host})")
 
 
 # ---- pull ---------------------------------------------------------------------------------
@@ -63,7 +60,7 @@ async def pull(store, ref: str, *, insecure_registries: frozenset[str] = frozens
     if not r.host:
         raise errors.NotFound(
             f"image {norm} not found on this node, and its reference names no registry: "
-            f"import it with 'shoal image import FILE {norm}', or pull it from a registry "
+            f"load it with 'shoal image load -i FILE', or pull it from a registry "
             f"by naming one (HOST:PORT/{norm}); shoal has no default registry",
             field="image")
     import aiohttp  # only pulls need it; the unpack helper process stays light
@@ -165,15 +162,20 @@ class RegistryClient:
             f"{self.credentials.username} (HTTP {status}): check the password and run "
             f"'shoal login {self.host}' again", field="image")
 
-    async def _request(self, url: str, what: str, headers: Optional[dict] = None):
-        """GET with the bearer-token dance; returns an open response (caller releases it)."""
+    async def _request(self, url: str, what: str, headers: Optional[dict] = None, *,
+                       method: str = "GET", data=None, redirects: bool = True):
+        """A request with the auth dance (basic, or a bearer token fetched on demand); returns
+        an open response (caller releases it). `data` is bytes, or a callable making a fresh
+        body, since a 401 means sending it again."""
         import aiohttp
         headers = dict(headers or {})
         for attempt in range(2):
             if self.authorization:
                 headers["Authorization"] = self.authorization
             try:
-                resp = await self.session.get(url, headers=headers, ssl=self.ssl)
+                resp = await self.session.request(
+                    method, url, headers=headers, ssl=self.ssl,
+                    data=data() if callable(data) else data, allow_redirects=redirects)
             except aiohttp.ClientSSLError as exc:
                 raise errors.Unavailable(
                     f"cannot pull {what}: registry {self.host} does not speak verifiable HTTPS "
@@ -204,6 +206,14 @@ class RegistryClient:
                     f"{scheme or 'an unknown'} authentication; shoal speaks basic and bearer",
                     field="image")
         raise AssertionError("unreachable")
+
+    async def send(self, method: str, url: str, what: str, headers: Optional[dict] = None,
+                   data=None):
+        """Any verb (HEAD, POST, PATCH, PUT for a push) through `_request`'s one auth dance,
+        following no redirect: the image's bytes go to the registry only. Returns an open
+        response (caller releases it)."""
+        return await self._request(url, what, headers, method=method, data=data,
+                                   redirects=False)
 
     async def _fetch_token(self, params: dict[str, str], what: str) -> str:
         import aiohttp

@@ -16,7 +16,7 @@ from worker.images.manifests import Image, _hex
 from worker.images.references import normalize_ref, normalize_ref_or_empty
 from worker.images.trees import _rmtree_now, _run_helper, remove_tree
 
-NOT_FOUND_HINT = ("import it with 'shoal image import FILE {ref}' or pull it from a registry "
+NOT_FOUND_HINT = ("load it with 'shoal image load -i FILE' or pull it from a registry "
                   "(name the registry in the reference: HOST:PORT/{ref})")
 
 
@@ -61,6 +61,12 @@ class ImageStore:
         except errors.InvalidArgument:
             norm = ""
         image_id = self._index["refs"].get(norm)
+        if image_id is None and "@" in norm:
+            # A pinned reference is exactly that manifest, whichever pull or import brought it;
+            # a tag never stands in for a digest (the node's copy may be an older push).
+            digest = norm.rpartition("@")[2]
+            image_id = next((i for i, rec in self._index["images"].items()
+                             if digest in rec.get("manifests", ())), None)
         if image_id is None:
             image_id = self._resolve_id(ref)
         if image_id is None:
@@ -164,12 +170,67 @@ class ImageStore:
         doomed = []
         for diff_id in rec["layers"]:
             if diff_id not in used_layers and diff_id in self._index["layers"]:
+                doomed.extend(self._layer_blob_paths(diff_id))
                 del self._index["layers"][diff_id]
                 doomed.append(self.root / "layers" / _hex(diff_id))
         for blob in [image_id, *rec.get("manifests", [])]:
             if blob not in used_blobs:
                 doomed.append(self.root / "blobs" / "sha256" / _hex(blob))
         return doomed
+
+    def _layer_blob_paths(self, diff_id: str) -> list[Path]:
+        blob = self._index["layers"].get(diff_id, {}).get("blob")
+        return [self.root / "blobs" / "sha256" / _hex(blob)] if blob else []
+
+    async def _keep_layer_blob(self, blob: Path, ours: bool, digest: str) -> dict:
+        """Keep the layer's blob as it came (compressed or not) beside its unpacked form:
+        `image save` and `image push` must hand out layers whose digests match the config's
+        diff ids and the manifest, and a tar made again from the unpacked files would not
+        hash the same. A file of ours (a download, an extracted archive) is hard-linked; a
+        file of the caller's is copied and checked, since they may change it meanwhile.
+        Returns the layer record's blob fields ({} when it cannot be kept: save and push of
+        that image then say so)."""
+        import hashlib
+        dest = self.root / "blobs" / "sha256" / _hex(digest)
+        with open(blob, "rb") as f:
+            head = f.read(4)
+        info = {"blob": digest, "blob_size": blob.stat().st_size,
+                "compression": ("gzip" if head[:2] == b"\x1f\x8b" else
+                                "zstd" if head == b"\x28\xb5\x2f\xfd" else
+                                "" if len(head) < 3 or head[:3] not in (b"BZh", b"\xfd7z")
+                                else "other")}
+        if info["compression"] == "other":
+            return {}  # bzip2/xz: no registry or docker load takes those back
+        if dest.exists():
+            return info
+        tmp = self.root / "tmp" / f"keep-{secrets.token_hex(6)}"
+        try:
+            if ours:
+                os.link(blob, tmp)
+            else:
+                h = hashlib.sha256()
+                with open(blob, "rb") as src, open(tmp, "wb") as out:
+                    while chunk := src.read(1 << 20):
+                        h.update(chunk)
+                        out.write(chunk)
+                        await asyncio.sleep(0)  # a big layer must not stall the loop
+                if "sha256:" + h.hexdigest() != digest:
+                    return {}
+            os.replace(tmp, dest)
+        except OSError:
+            return {}
+        finally:
+            tmp.unlink(missing_ok=True)
+        return info
+
+    def tag(self, source: str, target: str) -> Image:
+        """`target` names the image `source` names (a tag moved off another image leaves
+        that one dangling, as docker's)."""
+        image = self.require(source)
+        norm = normalize_ref(target)
+        self._index["refs"][norm] = image.id
+        self._save()
+        return self._image(image.id, norm)
 
     def _save(self) -> None:
         write_json(self.root / "index.json", self._index)
@@ -238,12 +299,16 @@ class ImageStore:
                 if final.exists():  # unpacked before, but the index lost it (crash)
                     await remove_tree(final, self.root / "tmp")
                 os.rename(staging, final)
+                kept = await self._keep_layer_blob(
+                    blob, temporary or blob.resolve().is_relative_to((self.root / "tmp").resolve()),
+                    result["blob_digest"])
             finally:
                 if staging.exists():
                     await remove_tree(staging, self.root / "tmp")
                 if temporary:
                     blob.unlink(missing_ok=True)
             self._index["layers"][diff_id] = {"size": result["size"]}
+            self._index["layers"][diff_id].update(kept)
             self._save()
 
     # -- import --

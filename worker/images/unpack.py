@@ -2,7 +2,7 @@
 
 This is the most security-sensitive code of the worker. It runs as root and writes whatever an
 archive from anywhere says to write: a layer pulled from a registry, or the `docker save` / OCI
-tarball a user hands to `shoal image import`. A layer legitimately holds absolute symlinks and
+tarball a user hands to `shoal image load`. A layer legitimately holds absolute symlinks and
 `..` symlinks (they point into the container's root at run time, not into the host's), so a
 path taken from an archive must never be resolved by the host's kernel the ordinary way.
 Hence the rules here:
