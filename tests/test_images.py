@@ -300,12 +300,22 @@ def test_pull_errors(tmp_path, registry, layout):
 @needs_root
 @needs_busybox
 @needs_registry
-def test_pull_with_bearer_token(tmp_path, registry, layout):
+@pytest.mark.parametrize("login", [None, ("deployer", "t0ken-pa55")],
+                         ids=["anonymous", "with-credentials"])
+def test_pull_with_bearer_token(tmp_path, registry, layout, login):
     """A registry front that demands a bearer token (WWW-Authenticate challenge), as Docker
-    Hub and most registries do, proxying to the real registry once the token is shown."""
+    Hub and most registries do, proxying to the real registry once the token is shown. With a
+    login, the token service wants the credentials (basic auth, the user as `account`), as a
+    private registry's does; a wrong password is refused without being shown."""
+    import base64
+
     from aiohttp import ClientSession, web
+
+    from common.registryauth import Credentials
     expect = ib.layout_image(layout, "1")
     token_requests: list[dict] = []
+    wanted = ("Basic " + base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()
+              if login else None)
 
     async def scenario():
         await ib.push_layout(registry.url, layout, "auth/busybox", "1")
@@ -316,6 +326,8 @@ def test_pull_with_bearer_token(tmp_path, registry, layout):
 
         async def token(request):
             token_requests.append(dict(request.query))
+            if wanted and request.headers.get("Authorization") != wanted:
+                return web.json_response({"errors": [{"code": "UNAUTHORIZED"}]}, status=401)
             return web.json_response({"token": "t0k3n", "expires_in": 300})
 
         async def proxy(request):
@@ -338,14 +350,23 @@ def test_pull_with_bearer_token(tmp_path, registry, layout):
         await web.TCPSite(runner, "127.0.0.1", port).start()
         try:
             store = ImageStore(tmp_path / "images")
-            image = await store.pull(f"{front}/auth/busybox:1",
-                                     insecure_registries=frozenset({front}))
+            ref, insecure = f"{front}/auth/busybox:1", frozenset({front})
+            if login:
+                with pytest.raises(errors.PermissionDenied) as refused:
+                    await store.pull(ref, insecure_registries=insecure,
+                                     credentials=Credentials(login[0], "wrong-one"))
+                assert f"refused the credentials of {login[0]}" in refused.value.message
+                assert "wrong-one" not in refused.value.message
+                token_requests.clear()
+            image = await store.pull(ref, insecure_registries=insecure,
+                                     credentials=Credentials(*login) if login else None)
             assert image.id == expect["config_digest"]
         finally:
             await runner.cleanup()
     run(scenario())
-    assert token_requests and token_requests[0] == {"service": "shoal-test",
-                                                    "scope": "repository:auth/busybox:pull"}
+    asked = {"service": "shoal-test", "scope": "repository:auth/busybox:pull"}
+    assert token_requests and token_requests[0] == (
+        {**asked, "account": login[0]} if login else asked)
     assert len(token_requests) == 1  # the token is reused for the blobs
 
 
