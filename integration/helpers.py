@@ -83,3 +83,33 @@ def busybox_lab(prefix: str, *, managers: int, workers: int,
         for h in hosts:
             SecretMounts(h.data_root).cleanup_all()
         shutil.rmtree(d, ignore_errors=True)
+
+
+_REGISTRY_CONFIG = """\
+version: 0.1
+log: {{level: error, accesslog: {{disabled: true}}}}
+storage: {{filesystem: {{rootdirectory: {root}}}, delete: {{enabled: true}}}}
+http: {{addr: {addr}}}
+"""
+
+
+@contextlib.contextmanager
+def registry_in_lab(lab, host: str, addr: str, workdir: Path) -> Iterator[None]:
+    """Debian's docker-registry serving plain HTTP on `addr` inside `host`, its storage under
+    `workdir`; stopped by its PID when the block ends, also on failure."""
+    import subprocess
+    from tests.imagebuild import REGISTRY_BIN
+    config = workdir / "registry.yml"
+    config.write_text(_REGISTRY_CONFIG.format(root=workdir / "data", addr=addr))
+    cmd, env = lab.command(host, [REGISTRY_BIN, "serve", str(config)])
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from integration.helpers import busybox_lab, wait_until
+from integration.helpers import busybox_lab, registry_in_lab, wait_until
 from tests import imagebuild as ib
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
@@ -27,13 +26,6 @@ IMAGE = f"{REG}/app:latest"
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
               pytest.mark.skipif(not os.access(REGISTRY_BIN, os.X_OK) or not ib.busybox_available(),
                                  reason="needs Debian's docker-registry and busybox-static")]
-
-REGISTRY_CONFIG = textwrap.dedent("""\
-    version: 0.1
-    log: {{level: error, accesslog: {{disabled: true}}}}
-    storage: {{filesystem: {{rootdirectory: {root}}}, delete: {{enabled: true}}}}
-    http: {{addr: {addr}}}
-""")
 
 PUSH = textwrap.dedent("""
     import asyncio, sys
@@ -48,21 +40,10 @@ def setup(tmp_path_factory):
     base = tmp_path_factory.mktemp("pinning")
     v1 = ib.build_busybox_oci_layout(base / "v1", "1", extra_files={"etc/version": b"v1\n"})
     v2 = ib.build_busybox_oci_layout(base / "v2", "1", extra_files={"etc/version": b"v2\n"})
-    (base / "registry.yml").write_text(REGISTRY_CONFIG.format(root=base / "data", addr=REG))
     with busybox_lab("pin", managers=1, workers=2,
                      daemon_args=["--insecure-registry", REG]) as lab:
-        cmd, env = lab.command("manager1", [REGISTRY_BIN, "serve", str(base / "registry.yml")])
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        try:
+        with registry_in_lab(lab, "manager1", REG, base):
             yield lab, v1, v2
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def push(lab, layout) -> str:

@@ -15,12 +15,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import textwrap
 
 import pytest
 
-from integration.helpers import busybox_lab, wait_until
+from integration.helpers import busybox_lab, registry_in_lab, wait_until
 from tests import imagebuild as ib
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
@@ -31,13 +30,6 @@ pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
               pytest.mark.skipif(shutil.which("runc") is None, reason="needs runc"),
               pytest.mark.skipif(not os.access(REGISTRY_BIN, os.X_OK) or not ib.busybox_available(),
                                  reason="needs Debian's docker-registry and busybox-static")]
-
-REGISTRY_CONFIG = textwrap.dedent("""\
-    version: 0.1
-    log: {{level: error, accesslog: {{disabled: true}}}}
-    storage: {{filesystem: {{rootdirectory: {root}}}, delete: {{enabled: true}}}}
-    http: {{addr: {addr}}}
-""")
 
 DOCKERFILE = textwrap.dedent("""\
     FROM busybox:1 AS build
@@ -59,25 +51,14 @@ DOCKERFILE = textwrap.dedent("""\
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     base = tmp_path_factory.mktemp("imgbuild")
-    (base / "registry.yml").write_text(REGISTRY_CONFIG.format(root=base / "data", addr=REG))
     ctx = base / "ctx"
     ctx.mkdir()
     (ctx / "Dockerfile").write_text(DOCKERFILE)
     (ctx / "data.txt").write_text("data v1\n")
     with busybox_lab("bld", managers=1, workers=2,
                      daemon_args=["--insecure-registry", REG]) as lab:
-        cmd, env = lab.command("manager1", [REGISTRY_BIN, "serve", str(base / "registry.yml")])
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        try:
+        with registry_in_lab(lab, "manager1", REG, base):
             yield lab, ctx
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def build(lab, ctx, *extra: str) -> str:
