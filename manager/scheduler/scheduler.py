@@ -203,7 +203,8 @@ class Scheduler:
                 sk = spec_keys[id(spec)] = (tuple(pl.constraints), tuple(pl.preferences),
                                             res.nano_cpus, res.memory_bytes,
                                             tuple(platform_key(p.os, p.architecture)
-                                                  for p in pl.platforms))
+                                                  for p in pl.platforms)
+                                            if pl.platforms else ())
             ports = host_ports(t)
             key = (t.service_id, sk, _norm_ports(ports) if ports else (), max_replicas(t) or 0)
             g = groups.get(key)
