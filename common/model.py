@@ -121,7 +121,8 @@ class EncryptionConfig:
 
 @dataclass
 class RaftConfig:
-    snapshot_interval: int = 10000
+    snapshot_interval: int = 10000      # log entries between snapshots
+    keep_old_snapshots: int = 0         # snapshots kept besides the current one (--max-snapshots)
     election_tick_min: float = 0.3
     election_tick_max: float = 0.8
 
@@ -171,6 +172,9 @@ class Cluster:
     root_ca: RootCAState = field(default_factory=RootCAState)
     join_tokens: JoinTokens = field(default_factory=JoinTokens)
     unlock_keys: UnlockKeys = field(default_factory=UnlockKeys)
+    # The overlays' VXLAN UDP port, chosen at `swarm init --data-path-port` only (as Docker's):
+    # every node's tunnels must agree on it, so changing it live would cut every overlay.
+    data_path_port: int = 4789
 
 
 # Services and tasks: the building blocks the orchestrators work on.

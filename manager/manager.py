@@ -65,7 +65,8 @@ class Manager:
                              self.files.load_raft_secret(), bind_addr=self._bind_addr,
                              timings=self._timings)
         self._tasks = [asyncio.create_task(self._watch_leadership(), name="leadership"),
-                       asyncio.create_task(self._persist_members(), name="raft-members")]
+                       asyncio.create_task(self._persist_members(), name="raft-members"),
+                       asyncio.create_task(self._follow_raft_settings(), name="raft-settings")]
 
     async def stop(self) -> None:
         await self._stop_leader_loops()
@@ -123,6 +124,20 @@ class Manager:
     async def _stop_leader_loops(self) -> None:
         await cancel_and_wait(self._leader_tasks)
         self._leader_tasks = []
+
+    async def _follow_raft_settings(self) -> None:
+        """Every manager snapshots its own log: each applies the swarm's raft settings as they
+        change (`swarm update --snapshot-interval/--max-snapshots`)."""
+        queue = self.watch(lambda e: e.table == "clusters")
+        try:
+            while True:
+                cluster = self.cluster()
+                if cluster is not None and self.raft is not None:
+                    self.raft.set_snapshot_interval(cluster.spec.raft.snapshot_interval)
+                    self.raft.keep_old_snapshots = cluster.spec.raft.keep_old_snapshots
+                await queue.get()
+        finally:
+            self.unwatch(queue)
 
     async def _persist_members(self) -> None:
         """A restarting manager needs its peers before it can read its own log: keep them on disk."""

@@ -15,11 +15,11 @@ from common.keywrap import UnlockKey
 from common.model import (NODE_ROLE_MANAGER, Cluster, ClusterSpec, JoinTokens, ManagerStatus,
                           NetworkSpec, Node,
                           NodeDescription, NodeSpec, NodeStatus, RootCAState, NODE_STATE_READY)
-from common.nodestate import API_PORT, NodeState
+from common.nodestate import API_PORT, VXLAN_PORT as DEFAULT_DATA_PATH_PORT, NodeState
 from common import codec
 from manager.controlapi import autolock
 from manager.allocator.allocator import INGRESS_NAME, plan_network
-from manager.specs.cluster import parse_cluster_spec
+from manager.specs.cluster import check_data_path_port, parse_cluster_spec
 from manager.state.store import Transaction
 from worker.agent import describe_node
 
@@ -54,7 +54,7 @@ def _listen(listen_addr: str | None, default: str) -> str:
 
 
 async def init_swarm(daemon, advertise_addr: str | None, listen_addr: str | None,
-                     spec: dict | None) -> dict:
+                     spec: dict | None, data_path_port: int | None = None) -> dict:
     async with daemon.role_lock:
         _not_in_swarm(daemon)
         advertise = _require_ip(advertise_addr or daemon.default_advertise_addr or "",
@@ -67,6 +67,8 @@ async def init_swarm(daemon, advertise_addr: str | None, listen_addr: str | None
         cluster_spec = ClusterSpec()
         if spec:
             cluster_spec = parse_cluster_spec({**codec.to_plain(cluster_spec), **spec})
+        port = DEFAULT_DATA_PATH_PORT if data_path_port is None \
+            else check_data_path_port(data_path_port, "data_path_port")
         cluster_id, node_id = new_id(), new_id()
         root = pki.RootCA.generate(cluster_id)
         key = pki.generate_key()
@@ -88,7 +90,8 @@ async def init_swarm(daemon, advertise_addr: str | None, listen_addr: str | None
                               root_ca=RootCAState(cert_pem=root.cert_pem, key_pem=root.key_pem,
                                                   digest=root.digest()),
                               join_tokens=JoinTokens(worker=tokens.new_token(root.cert_pem),
-                                                     manager=tokens.new_token(root.cert_pem)))
+                                                     manager=tokens.new_token(root.cert_pem)),
+                              data_path_port=port)
             # The manager's reseal loop seals this node's secrets as soon as it sees the key.
             cluster.unlock_keys.current, cluster.unlock_keys.previous = autolock.new_cluster_keys(
                 cluster_spec.encryption_config.auto_lock_managers)

@@ -50,7 +50,8 @@ async def swarm_init(request: web.Request) -> web.Response:
     data = await body_json(request, required=False)
     result = await lifecycle.init_swarm(
         _daemon(request), field(data, "advertise_addr", str, required=False),
-        field(data, "listen_addr", str, required=False), field(data, "spec", dict, required=False))
+        field(data, "listen_addr", str, required=False), field(data, "spec", dict, required=False),
+        field(data, "data_path_port", int, required=False))
     return reply(result)
 
 

@@ -182,3 +182,22 @@ def test_cluster_never_carries_keys_and_info_has_no_tokens():
     assert "KEY" not in json.dumps(full) and "SHLKEY" not in json.dumps(full)
     assert full["Spec"]["CAConfig"]["NodeCertExpiry"] == 7_776_000_000_000_000
     assert full["DefaultAddrPool"] == ["10.0.0.0/8"] and full["SubnetSize"] == 24
+
+
+def test_swarm_settings_docker_spells_round_trip():
+    req = swarm.init_request({"DataPathPort": 4790, "DefaultAddrPool": ["10.9.0.0/16"],
+                              "SubnetSize": 26,
+                              "Spec": {"Raft": {"SnapshotInterval": 50, "KeepOldSnapshots": 2},
+                                       "Orchestration": {"TaskHistoryRetentionLimit": 1}}})
+    assert req.data_path_port == 4790
+    assert req.spec["raft"]["snapshot_interval"] == 50
+    assert req.spec["raft"]["keep_old_snapshots"] == 2
+    assert req.spec["networking"] == {"default_addr_pools": ["10.9.0.0/16"], "subnet_size": 26}
+    assert swarm.init_request({}).data_path_port == 0      # the default, as dockerd reads 0
+    c = Cluster(id="c1", data_path_port=4790)
+    c.spec.raft.keep_old_snapshots = 2
+    info = swarm.cluster_info(c)
+    assert info["DataPathPort"] == 4790 and info["Spec"]["Raft"]["KeepOldSnapshots"] == 2
+    for port in (80, 1023, 49152, 65535):
+        with pytest.raises(Exception, match="DataPathPort"):
+            swarm.init_request({"DataPathPort": port})

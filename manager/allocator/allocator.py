@@ -31,6 +31,15 @@ from manager.state.store import Event, Store
 CLUSTER_PORTS = {("tcp", API_PORT): "the cluster API", ("tcp", RAFT_PORT): "raft",
                  ("udp", VXLAN_PORT): "the overlay networks (VXLAN)"}
 
+
+def cluster_ports(store: Store) -> dict[tuple[str, int], str]:
+    """CLUSTER_PORTS with the swarm's own data path port (`swarm init --data-path-port`)."""
+    cluster = next(iter(store.list("clusters")), None)
+    port = cluster.data_path_port if cluster else VXLAN_PORT
+    ports = {k: v for k, v in CLUSTER_PORTS.items() if k != ("udp", VXLAN_PORT)}
+    ports[("udp", port)] = "the overlay networks (VXLAN)"
+    return ports
+
 INGRESS_NAME = "ingress"
 INGRESS_SUBNET = "10.0.0.0/24"          # docker's default, so operators find what they know
 VNI_FIRST = 4096
@@ -296,9 +305,10 @@ class Allocator:
         resolved: list[PortConfig] = []
         claimed: dict[tuple[str, int], str] = {}
         host_bound = self._host_bound(svc.id)
+        reserved = cluster_ports(self.store)
         for spec_port in svc.spec.endpoint_spec.ports:
             p = PortConfig(**vars(spec_port))
-            used_for = CLUSTER_PORTS.get((p.protocol, p.published_port))
+            used_for = reserved.get((p.protocol, p.published_port))
             if used_for:
                 raise errors.InvalidArgument(
                     f"port {p.published_port}/{p.protocol} carries {used_for} between the "

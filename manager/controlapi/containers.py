@@ -23,7 +23,7 @@ from common.ids import new_id
 from common.model import (ContainerRestartPolicy, ContainerSpec, NetworkAttachmentConfig,
                           PortConfig, RESTART_POLICIES, ResourceRequirements, Task, TaskSpec,
                           TaskStatus)
-from manager.allocator.allocator import CLUSTER_PORTS, host_bound_ports, ingress_port_holders
+from manager.allocator.allocator import cluster_ports, host_bound_ports, ingress_port_holders
 from manager.controlapi.context import caller_node_id, manager_of
 from manager.specs.services import validate_container_spec, validate_resources
 from manager.state.store import Transaction
@@ -145,6 +145,7 @@ def _host_ports(store, node_id: str, given: Optional[list[PortConfig]]) -> list[
         return []
     in_use = host_bound_ports(store, node_id=node_id)
     ingress = ingress_port_holders(store)
+    reserved = cluster_ports(store)
     ports: list[PortConfig] = []
     for i, port in enumerate(given):
         where = f"ports[{i}]"
@@ -158,9 +159,9 @@ def _host_ports(store, node_id: str, given: Optional[list[PortConfig]]) -> list[
             if not 0 < number < 65536:
                 raise _bad(f"{where}.{name}", "must be a port between 1 and 65535 (e.g. -p 8080:80)")
         key = (protocol, published)
-        if key in CLUSTER_PORTS:
+        if key in reserved:
             raise _bad(f"{where}.published_port", f"port {published}/{protocol} carries "
-                       f"{CLUSTER_PORTS[key]} between the nodes: pick another published port")
+                       f"{reserved[key]} between the nodes: pick another published port")
         if key in ingress:
             raise errors.Conflict(f"{where}: port {published}/{protocol} is published on every "
                                   f"node by service {ingress[key].spec.name!r} (routing mesh): "

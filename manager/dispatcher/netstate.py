@@ -14,6 +14,7 @@ from typing import Optional
 
 from common import codec
 from common.model import Network, Service, Task
+from common.nodestate import VXLAN_PORT
 from manager.allocator.allocator import ingress_network, ingress_ports
 from manager.state.store import Store
 
@@ -52,7 +53,9 @@ def node_network_state(store: Store, node_id: str) -> dict:
     networks = []
     for net in sorted(wanted.values(), key=lambda n: n.vni):
         networks.append(_network_view(store, net, nodes, services))
-    return {"networks": networks, "ingress": node_ingress}
+    cluster = next(iter(store.list("clusters")), None)
+    return {"networks": networks, "ingress": node_ingress,
+            "vxlan_port": cluster.data_path_port if cluster else VXLAN_PORT}
 
 
 def _network_view(store: Store, net: Network, nodes: dict, services: list[Service]) -> dict:

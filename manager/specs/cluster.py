@@ -16,6 +16,10 @@ MIN_CERT_EXPIRY = 60.0
 MAX_CERT_EXPIRY = 100 * 365 * 86400.0
 MAX_HISTORY = 10_000
 MAX_POOLS = 64
+MAX_KEEP_SNAPSHOTS = 100
+# Docker's range for --data-path-port: above the well-known ports, below the ephemeral ones
+# the kernel hands out (a tunnel port taken by some client's socket would silence the overlays).
+DATA_PATH_PORTS = (1024, 49151)
 _SPECIAL = tuple((ipaddress.IPv4Network(n), kind) for n, kind in (
     ("0.0.0.0/8", "'this network'"), ("127.0.0.0/8", "loopback"),
     ("169.254.0.0/16", "link-local"), ("224.0.0.0/4", "multicast"),
@@ -51,11 +55,22 @@ def validate_cluster_spec(spec: ClusterSpec) -> None:
     raft = spec.raft
     if not 1 <= raft.snapshot_interval <= 10**9:
         raise _bad("spec.raft.snapshot_interval", "must be an integer between 1 and 10^9")
+    if not 0 <= raft.keep_old_snapshots <= MAX_KEEP_SNAPSHOTS:
+        raise _bad("spec.raft.keep_old_snapshots",
+                   f"must be an integer between 0 and {MAX_KEEP_SNAPSHOTS}")
     strict.seconds(raft.election_tick_min, "spec.raft.election_tick_min", lo=0.05, hi=60)
     strict.seconds(raft.election_tick_max, "spec.raft.election_tick_max", lo=0.05, hi=60)
     if raft.election_tick_min >= raft.election_tick_max:
         raise _bad("spec.raft.election_tick_max", "must be greater than election_tick_min")
     _validate_pools(spec.networking.default_addr_pools, spec.networking.subnet_size)
+
+
+def check_data_path_port(port: int, where: str = "data_path_port") -> int:
+    lo, hi = DATA_PATH_PORTS
+    if isinstance(port, bool) or not isinstance(port, int) or not lo <= port <= hi:
+        raise _bad(where, f"{port!r} is not a UDP port between {lo} and {hi}: pick one free on "
+                   f"every node's underlay (the default is 4789, VXLAN's own)")
+    return port
 
 
 def _validate_pools(pools: list[str], subnet_size: int) -> None:

@@ -26,8 +26,23 @@ DURATION = Duration()
 
 
 def _spec_overrides(heartbeat_period: float | None, cert_expiry: float | None,
-                    autolock: bool | None = None) -> dict:
+                    autolock: bool | None = None, task_history_limit: int | None = None,
+                    snapshot_interval: int | None = None, max_snapshots: int | None = None,
+                    addr_pools: tuple[str, ...] = (), addr_pool_mask: int | None = None) -> dict:
     spec: dict = {}
+    if task_history_limit is not None:
+        spec["orchestration"] = {"task_history_retention_limit": task_history_limit}
+    raft = {k: v for k, v in (("snapshot_interval", snapshot_interval),
+                              ("keep_old_snapshots", max_snapshots)) if v is not None}
+    if raft:
+        spec["raft"] = raft
+    networking: dict = {}
+    if addr_pools:
+        networking["default_addr_pools"] = list(addr_pools)
+    if addr_pool_mask is not None:
+        networking["subnet_size"] = addr_pool_mask
+    if networking:
+        spec["networking"] = networking
     if heartbeat_period is not None:
         spec["dispatcher"] = {"heartbeat_period": heartbeat_period}
     if cert_expiry is not None:
@@ -58,12 +73,28 @@ def swarm() -> None:
 @click.option("--cert-expiry", type=DURATION, help="Validity of node certificates (default 90d)")
 @click.option("--autolock", is_flag=True,
               help="Lock managers: a restarted manager needs the unlock key (`shoal swarm unlock`)")
+@click.option("--task-history-limit", type=click.IntRange(0), help="Task history retention limit (default 5)")
+@click.option("--snapshot-interval", type=click.IntRange(1),
+              help="Number of log entries between raft snapshots (default 10000)")
+@click.option("--max-snapshots", type=click.IntRange(0),
+              help="Number of additional raft snapshots to retain (default 0)")
+@click.option("--default-addr-pool", "addr_pools", multiple=True, metavar="CIDR",
+              help="Address pool for overlay subnets (repeatable; default 10.0.0.0/8)")
+@click.option("--default-addr-pool-mask-length", "addr_pool_mask", type=int,
+              help="Prefix length of the subnets taken from the pools (default 24)")
+@click.option("--data-path-port", type=int,
+              help="UDP port of the overlays' VXLAN traffic, 1024-49151 (default 4789)")
 @pass_cli
-def init(cli: Cli, advertise_addr, listen_addr, heartbeat_period, cert_expiry, autolock) -> None:
+def init(cli: Cli, advertise_addr, listen_addr, heartbeat_period, cert_expiry, autolock,
+         task_history_limit, snapshot_interval, max_snapshots, addr_pools, addr_pool_mask,
+         data_path_port) -> None:
     """Initialize a swarm: this node becomes its first manager."""
+    spec = _spec_overrides(heartbeat_period, cert_expiry, True if autolock else None,
+                           task_history_limit, snapshot_interval, max_snapshots, addr_pools,
+                           addr_pool_mask)
     result = cli.call("POST", "/swarm/init", {
-        "advertise_addr": advertise_addr, "listen_addr": listen_addr,
-        "spec": _spec_overrides(heartbeat_period, cert_expiry, True if autolock else None) or None})
+        "advertise_addr": advertise_addr, "listen_addr": listen_addr, "spec": spec or None,
+        "data_path_port": data_path_port})
     tokens = cli.call("GET", "/swarm")["join_tokens"]
     info = cli.call("GET", "/info")
     addr = info["swarm"]["remote_managers"][0]
@@ -135,6 +166,11 @@ def inspect(cli: Cli, fmt) -> None:
     click.echo(f"Heartbeat Period: {format_duration(spec['dispatcher']['heartbeat_period'])}")
     click.echo(f"Node Certificate Expiry: {format_duration(spec['ca_config']['node_cert_expiry'])}")
     click.echo(f"Task History Retention Limit: {spec['orchestration']['task_history_retention_limit']}")
+    click.echo(f"Raft Snapshot Interval: {spec['raft']['snapshot_interval']}")
+    click.echo(f"Raft Old Snapshots Kept: {spec['raft'].get('keep_old_snapshots', 0)}")
+    click.echo(f"Default Address Pools: {', '.join(spec['networking']['default_addr_pools'])}")
+    click.echo(f"Subnet Size: {spec['networking']['subnet_size']}")
+    click.echo(f"Data Path Port: {cluster.get('data_path_port', 4789)}")
     click.echo(f"CA Digest: {cluster['root_ca']['digest']}")
     autolock = (spec.get("encryption_config") or {}).get("auto_lock_managers", False)
     click.echo(f"Autolock Managers: {str(autolock).lower()}")
@@ -145,12 +181,19 @@ def inspect(cli: Cli, fmt) -> None:
 @click.option("--cert-expiry", type=DURATION, help="Validity of node certificates")
 @click.option("--autolock", type=click.BOOL, metavar="true|false",
               help="Change the manager autolocking setting")
+@click.option("--task-history-limit", type=click.IntRange(0), help="Task history retention limit")
+@click.option("--snapshot-interval", type=click.IntRange(1),
+              help="Number of log entries between raft snapshots")
+@click.option("--max-snapshots", type=click.IntRange(0),
+              help="Number of additional raft snapshots to retain")
 @pass_cli
-def update(cli: Cli, heartbeat_period, cert_expiry, autolock) -> None:
+def update(cli: Cli, heartbeat_period, cert_expiry, autolock, task_history_limit,
+           snapshot_interval, max_snapshots) -> None:
     """Update the swarm's settings."""
     cluster = cli.call("GET", "/swarm")
     spec = cluster["spec"]
-    for key, value in _spec_overrides(heartbeat_period, cert_expiry, autolock).items():
+    for key, value in _spec_overrides(heartbeat_period, cert_expiry, autolock, task_history_limit,
+                                      snapshot_interval, max_snapshots).items():
         spec.setdefault(key, {}).update(value)
     result = cli.call("POST", "/swarm/update", {"spec": spec},
                       params={"version": str(cluster["meta"]["version"])})

@@ -62,7 +62,8 @@ async def swarm_init(request: web.Request, params: dict[str, str]) -> web.Respon
     req = init_request(await json_body(request, "a SwarmInitRequest"))
     try:
         result = await lifecycle.init_swarm(daemon, _advertise(req.advertise_addr),
-                                            req.listen_addr or None, req.spec)
+                                            req.listen_addr or None, req.spec,
+                                            req.data_path_port or None)
     except errors.ShoalError as exc:
         raise _spelled(exc, init_path) from None
     # dockerd answers with the new node's id, a JSON string.

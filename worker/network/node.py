@@ -32,6 +32,7 @@ from typing import Any, Callable, Optional
 
 from common import errors
 from common.model import Task
+from common.nodestate import VXLAN_PORT
 from worker.network import nsutil
 from worker.network.dns import DnsServer, ServiceTable, upstreams_from_resolv_conf
 from worker.network.lb import Backend, Frontend, LoadBalancer, TaskNftables, make_lb
@@ -71,6 +72,7 @@ class NodeNetworks:
         self.lb_kind = lb_kind
         self.views: dict[str, dict] = {}          # network id -> the managers' view of it
         self.node_ingress: Optional[dict] = None
+        self.vxlan_port = VXLAN_PORT            # the swarm's, from the managers' state
         self.overlays: dict[str, OverlayNetwork] = {}
         self.tasks: dict[str, TaskNetworking] = {}
         self._ingress_lb: Optional[LoadBalancer] = None
@@ -91,6 +93,7 @@ class NodeNetworks:
         async with self._lock:
             self.views = {n["id"]: n for n in state.get("networks", [])}
             self.node_ingress = state.get("ingress")
+            self.vxlan_port = int(state.get("vxlan_port") or VXLAN_PORT)
             failures: list[str] = []
             for net_id, view in self.views.items():
                 try:
@@ -117,15 +120,17 @@ class NodeNetworks:
 
     async def _overlay(self, view: dict) -> OverlayNetwork:
         ov = self.overlays.get(view["id"])
-        if ov is not None and (ov.vni, str(ov.network)) != (view["vni"], view["subnet"]):
+        if ov is not None and (ov.vni, str(ov.network), ov.vxlan_port) != \
+                (view["vni"], view["subnet"], self.vxlan_port):
             await self._call(ov.remove)
             ov = None
         if ov is None:
             ov = OverlayNetwork(name_prefix=self.prefix, vni=view["vni"], subnet=view["subnet"],
-                                underlay_ip=self.underlay_ip, netns_dir=self.netns_dir)
+                                underlay_ip=self.underlay_ip, netns_dir=self.netns_dir,
+                                vxlan_port=self.vxlan_port)
             await self._call(ov.ensure)
             if not self.overlays:
-                await self._call(vxlan_notrack, None, True)
+                await self._call(vxlan_notrack, None, True, self.vxlan_port)
             self.overlays[view["id"]] = ov
         return ov
 

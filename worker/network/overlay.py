@@ -58,15 +58,15 @@ class OverlayError(Exception):
 NOTRACK_TABLE = "shoal_vxlan"
 
 
-def vxlan_notrack(node_netns: Optional[str], on: bool) -> None:
+def vxlan_notrack(node_netns: Optional[str], on: bool, port: int = VXLAN_PORT) -> None:
     """Install (or remove) the node's table exempting VXLAN from conntrack (idempotent)."""
     script = nsutil.nft_reset(NOTRACK_TABLE)
     if on:
         script += (f"table ip {NOTRACK_TABLE} {{\n"
                    f"  chain prerouting {{ type filter hook prerouting priority raw; policy accept; "
-                   f"udp dport {VXLAN_PORT} notrack; }}\n"
+                   f"udp dport {port} notrack; }}\n"
                    f"  chain output {{ type filter hook output priority raw; policy accept; "
-                   f"udp dport {VXLAN_PORT} notrack; }}\n}}\n")
+                   f"udp dport {port} notrack; }}\n}}\n")
     nsutil.nft(node_netns, script, OverlayError)
 
 
@@ -111,6 +111,7 @@ class OverlayNetwork:
     underlay_if: Optional[str] = None
     netns_dir: str = "/run/shoal/netns"
     node_netns: Optional[str] = None
+    vxlan_port: int = VXLAN_PORT   # the swarm's data path port (`swarm init --data-path-port`)
     attachments: dict[str, Attachment] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -191,7 +192,7 @@ class OverlayNetwork:
             if stale is not None:       # a crash between create and move
                 node.link("del", index=stale)
             spec = dict(ifname=tmp, kind="vxlan", vxlan_id=self.vni,
-                        vxlan_local=self.underlay_ip, vxlan_port=VXLAN_PORT,
+                        vxlan_local=self.underlay_ip, vxlan_port=self.vxlan_port,
                         vxlan_learning=0, vxlan_proxy=1, mtu=mtu)
             if self.underlay_if:
                 spec["vxlan_link"] = self._underlay_index(node)

@@ -251,6 +251,8 @@ class RaftNode:
         data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(data_dir, 0o700)  # the log holds the CA key and every secret
         self.data_dir = data_dir
+        # Earlier snapshots kept beside the current one (the swarm's `--max-snapshots`).
+        self.keep_old_snapshots = 0
         conf = SyncObjConf(
             password=password.hex(),
             journalFile=str(data_dir / "journal"),
@@ -416,6 +418,11 @@ class RaftNode:
         return Unavailable(
             f"{what} timed out after {timeout:g}s: no quorum — this manager reaches {up} of "
             f"{len(members)} managers and a majority ({len(members) // 2 + 1}) is needed")
+
+    def set_snapshot_interval(self, entries: int) -> None:
+        """The swarm's `--snapshot-interval`: log entries between two snapshots. pysyncobj reads
+        its config on every tick of its thread; one int assignment is atomic under the GIL."""
+        self._sync._SyncObj__conf.logCompactionMinEntries = max(2, int(entries))
 
     def compact(self) -> None:
         """Write a snapshot and truncate the journal now (normally it happens by itself)."""

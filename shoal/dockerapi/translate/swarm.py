@@ -7,12 +7,9 @@ from typing import Optional
 
 from common import codec
 from common.model import Cluster, ClusterSpec
+from manager.specs.cluster import DATA_PATH_PORTS
 from shoal.dockerapi.translate.reader import Obj, bad
 from shoal.dockerapi.translate.values import meta, nanos
-
-# VXLAN's port: shoal's overlays use the standard one, as Docker's default.
-DATA_PATH_PORT = 4789
-
 
 def cluster_info(c: Cluster) -> dict:
     """What /info's Swarm.Cluster and /swarm share: never a join token, the CA key or the
@@ -28,7 +25,8 @@ def cluster_info(c: Cluster) -> dict:
                               s.orchestration.task_history_retention_limit},
             # Docker counts raft timing in ticks; shoal's are timeouts in seconds, so only
             # the snapshot interval has a Docker spelling.
-            "Raft": {"SnapshotInterval": s.raft.snapshot_interval},
+            "Raft": {"SnapshotInterval": s.raft.snapshot_interval,
+                     "KeepOldSnapshots": s.raft.keep_old_snapshots},
             "Dispatcher": {"HeartbeatPeriod": nanos(s.dispatcher.heartbeat_period)},
             "CAConfig": {"NodeCertExpiry": nanos(s.ca_config.node_cert_expiry)},
             "TaskDefaults": {},
@@ -38,7 +36,7 @@ def cluster_info(c: Cluster) -> dict:
         "RootRotationInProgress": False,
         "DefaultAddrPool": list(net.default_addr_pools),
         "SubnetSize": net.subnet_size,
-        "DataPathPort": DATA_PATH_PORT,
+        "DataPathPort": c.data_path_port,
     }
 
 
@@ -81,7 +79,9 @@ def cluster_spec(body: Optional[dict], current: ClusterSpec, path: str = "") -> 
         interval = raft.int("SnapshotInterval")
         if interval:
             out["raft"]["snapshot_interval"] = interval
-        _refuse_int(raft, "KeepOldSnapshots", "shoal keeps one raft snapshot")
+        if raft.has("KeepOldSnapshots"):
+            out["raft"]["keep_old_snapshots"] = raft.int("KeepOldSnapshots", lo=-(1 << 63))
+        raft.take("KeepOldSnapshots")
         for key, allowed in _RAFT_DEFAULTS.items():
             _refuse_int(raft, key, "shoal's raft timing is set in seconds, not in ticks",
                         allowed)
@@ -128,7 +128,8 @@ def _refuse_int(o: Obj, key: str, why: str, allowed: tuple = ()) -> None:
 
 _WORDS = {"spec": "Spec", "name": "Name", "labels": "Labels", "orchestration": "Orchestration",
           "task_history_retention_limit": "TaskHistoryRetentionLimit", "raft": "Raft",
-          "snapshot_interval": "SnapshotInterval", "dispatcher": "Dispatcher",
+          "snapshot_interval": "SnapshotInterval", "keep_old_snapshots": "KeepOldSnapshots",
+          "data_path_port": "DataPathPort", "dispatcher": "Dispatcher",
           "heartbeat_period": "HeartbeatPeriod", "ca_config": "CAConfig",
           "node_cert_expiry": "NodeCertExpiry", "encryption_config": "EncryptionConfig",
           "auto_lock_managers": "AutoLockManagers", "default_addr_pools": "DefaultAddrPool",
@@ -161,13 +162,17 @@ class InitRequest:
     listen_addr: str
     advertise_addr: str
     spec: dict
+    data_path_port: int = 0   # 0: the default (4789), as dockerd reads it
 
 
 def init_request(body: dict) -> InitRequest:
     o = Obj(body)
     listen, advertise = o.str("ListenAddr"), o.str("AdvertiseAddr")
     o.refuse("DataPathAddr", "VXLAN traffic goes over the advertised address")
-    o.refuse("DataPathPort", f"VXLAN uses port {DATA_PATH_PORT}", (DATA_PATH_PORT,))
+    data_path_port = o.int("DataPathPort", hi=65535)
+    if data_path_port and not DATA_PATH_PORTS[0] <= data_path_port <= DATA_PATH_PORTS[1]:
+        raise bad(o.at("DataPathPort"), f"must be a UDP port between {DATA_PATH_PORTS[0]} and "
+                                        f"{DATA_PATH_PORTS[1]} (0: the default, 4789)")
     o.refuse("ForceNewCluster", "a swarm that lost its quorum is rebuilt with a new "
                                 "`swarm init` on a node that left it")
     o.refuse("Availability", "set it after the init with `docker node update --availability`",
@@ -182,7 +187,7 @@ def init_request(body: dict) -> InitRequest:
     if size:
         spec["networking"]["subnet_size"] = size
     o.done()
-    return InitRequest(listen, advertise, spec)
+    return InitRequest(listen, advertise, spec, data_path_port)
 
 
 @dataclass(frozen=True)
