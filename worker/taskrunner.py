@@ -66,6 +66,22 @@ def with_configs(task: Task) -> Task:
     return replace(task, spec=replace(task.spec, container=replace(c, secrets=c.secrets + refs))) if refs else task
 
 
+async def _end(job: asyncio.Task) -> None:
+    """Cancel `job` and wait until it has ended, even if the caller is cancelled meanwhile
+    (the caller's own cancellation is not lost: it is raised by its next await)."""
+    interrupted = False
+    while not job.done():
+        job.cancel()
+        try:
+            await asyncio.wait({job}, timeout=2.0)
+        except asyncio.CancelledError:
+            interrupted = True
+    if not job.cancelled():
+        job.exception()  # retrieved: the runner reports its own failures
+    if interrupted:
+        raise asyncio.CancelledError()
+
+
 class TaskController:
     def __init__(self, runner: "TaskRunner", task: Task, adopted: bool) -> None:
         self.runner = runner
@@ -107,23 +123,28 @@ class TaskController:
                 elif not task.desired_up and not self.ended:
                     if self.state == "running" and task.networks:
                         await self._drain()
-                    if runner is not None or self.adopted:
+                    ours = runner is not None
+                    if runner is not None:
+                        # First the runner, to its end: a container it is still creating or
+                        # starting would otherwise appear after the stop below, and stay.
+                        await _end(runner)
+                        runner = None
+                    if ours or self.adopted:
                         # Ours or adopted (it ran before the agent restarted): stop it either way.
                         try:
                             await ex.stop(task.id, task.spec.container.stop_signal,
                                           task.spec.container.stop_grace_period)
                         except errors.NotFound:
                             pass
-                    if runner is not None:
-                        runner.cancel()
-                        runner = None
                     await self.runner.release(task.id)
                     self.report("shutdown", "shut down as requested")
                 self._changed.clear()
                 await self._changed.wait()
         except asyncio.CancelledError:
             if runner is not None:
-                runner.cancel()
+                # close() removes the container once this returns: a create still running
+                # (runc create is always finished, see finish_then_cancel) must be over by then.
+                await _end(runner)
             raise
 
     async def _drain(self) -> None:
