@@ -156,12 +156,26 @@ class JoinTokens:
 
 
 @dataclass
+class RootRotation:
+    """A root CA rotation under way (`shoal swarm ca --rotate`, manager/controlapi/ca.py): the
+    new root issues from its start; it replaces the root once every node holds a certificate
+    from it and trusts it."""
+    cert_pem: bytes = b""
+    key_pem: bytes = b""                 # never leaves the managers, like RootCAState.key_pem
+    cross_signed_pem: bytes = b""        # the new root issued by the old one
+    started_at: float = 0.0
+
+
+@dataclass
 class RootCAState:
     cert_pem: bytes = b""
     # Replicated so that every manager can issue certificates; never leaves the managers
     # (the API's view of the cluster drops it).
     key_pem: bytes = b""
     digest: str = ""
+    rotation: Optional[RootRotation] = None
+    # Digests of the roots rotated out: a join token that pins one is "old", not "foreign".
+    previous_digests: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -613,6 +627,26 @@ class RegistryAuth:
     password: str = field(default="", repr=False)
 
 
+@dataclass
+class RemovedNode:
+    """A node removed from the swarm (`node rm`): its certificate stays valid until it
+    expires, so 2377 refuses it by this record (manager/controlapi/middleware.py)."""
+    id: str                    # the node's id, its certificate's CN
+    meta: Meta = field(default_factory=Meta)
+    removed_at: float = 0.0
+
+
+@dataclass
+class NodeTLS:
+    """What a node reports of its TLS material (manager/controlapi/ca.py): the key of the root
+    that issued its certificate and the digest of the roots it trusts. A root rotation is done
+    when every node's record matches the new root (as SwarmKit's node TLSInfo)."""
+    id: str                    # the node's id
+    meta: Meta = field(default_factory=Meta)
+    issuer_key_id: str = ""
+    trust_digest: str = ""
+
+
 # Table name -> object class; the store's tables and the codec's type tags.
 TABLES: dict[str, type] = {
     "clusters": Cluster,
@@ -624,4 +658,6 @@ TABLES: dict[str, type] = {
     "configs": Config,
     "client_certs": ClientCert,
     "registry_auths": RegistryAuth,
+    "removed_nodes": RemovedNode,
+    "node_tls": NodeTLS,
 }

@@ -100,10 +100,22 @@ def pinned_ca_matches(ca_cert_pem: bytes, expected_digest: str) -> bool:
 class RootCA:
     cert_pem: bytes
     key_pem: bytes
+    # During a root rotation the new root issues, and its certificate cross-signed by the old
+    # root rides along after each leaf, so a verifier that trusts only the old root still
+    # reaches it through this intermediate.
+    chain_pem: bytes = b""
 
     @classmethod
-    def generate(cls, cluster_id: str, validity_days: int = 7300) -> RootCA:
+    def generate(cls, cluster_id: str, validity_days: int = 7300,
+                 path_length: int = 1) -> RootCA:
+        """A new self-signed root. Its path length of 1 admits the one intermediate shoal ever
+        makes, a root cross-signed by the previous one during a rotation (roots made before
+        rotations existed have 0; OpenSSL still accepts their cross-signed successor as
+        self-issued, strict path builders such as cryptography's do not)."""
         key = ec.generate_private_key(ec.SECP256R1())
+        # Every root of a cluster has this one name, so a root cross-signed by the previous one
+        # is self-issued (RFC 5280) and escapes the roots' path length of 0; verifiers tell the
+        # roots apart by key identifier.
         name = x509.Name([
             x509.NameAttribute(NameOID.COMMON_NAME, ROOT_CN),
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, cluster_id),
@@ -117,7 +129,8 @@ class RootCA:
                 .serial_number(x509.random_serial_number())
                 .not_valid_before(now - CLOCK_SKEW)
                 .not_valid_after(now + timedelta(days=validity_days))
-                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                .add_extension(x509.BasicConstraints(ca=True, path_length=path_length),
+                               critical=True)
                 .add_extension(x509.KeyUsage(
                     digital_signature=False, content_commitment=False, key_encipherment=False,
                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
@@ -188,7 +201,7 @@ class RootCA:
                 .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                     ca_key.public_key()), critical=False)
                 .sign(ca_key, hashes.SHA256()))
-        return cert.public_bytes(serialization.Encoding.PEM)
+        return cert.public_bytes(serialization.Encoding.PEM) + self.chain_pem
 
 
 @dataclass(frozen=True)
@@ -240,25 +253,34 @@ def identity_from_pem(cert_pem: bytes) -> NodeIdentity:
 
 
 def needs_renewal(cert_pem: bytes, now: datetime | None = None, fraction: float = 0.5) -> bool:
-    """True once less than `fraction` of the certificate's validity period remains."""
+    """True once less than `fraction` of the certificate's validity period remains.
+
+    The period is counted from the moment of issue: certificates start CLOCK_SKEW early, and
+    with a one-minute expiry counting that minute would make a node renew at every heartbeat.
+    """
     cert = x509.load_pem_x509_certificate(cert_pem)
     now = now or _now()
     start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    if end - start > CLOCK_SKEW:
+        start += CLOCK_SKEW
     return (end - now) < (end - start) * fraction
 
 
 def verify_issued_by(cert_pem: bytes, ca_cert_pem: bytes, now: datetime | None = None) -> None:
-    """Raise Unauthorized unless cert_pem was signed by the CA and is valid at `now`."""
+    """Raise Unauthorized unless cert_pem's leaf chains to a root of the bundle ca_cert_pem
+    (directly, or through an intermediate that follows the leaf in cert_pem, such as a
+    cross-signed root during a rotation) and is valid at `now`."""
     try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
-        ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
+        certs = [x509.load_pem_x509_certificate(p) for p in split_pems(cert_pem)]
+        roots = [x509.load_pem_x509_certificate(p) for p in split_pems(ca_cert_pem)]
     except ValueError as e:
         raise Unauthorized(f"certificate is not readable: {e}") from None
-    try:
-        cert.verify_directly_issued_by(ca_cert)
-    except (ValueError, TypeError, InvalidSignature):
-        raise Unauthorized("certificate was not issued by this cluster's CA") from None
+    if not certs or not roots:
+        raise Unauthorized("certificate is not readable: no PEM certificate in it")
     now = now or _now()
+    if not _chains(certs[0], certs[1:], roots, now):
+        raise Unauthorized("certificate was not issued by this cluster's CA")
+    cert = certs[0]
     if now > cert.not_valid_after_utc:
         raise Unauthorized(
             f"certificate expired at {cert.not_valid_after_utc.isoformat()}; the node must "
@@ -267,6 +289,97 @@ def verify_issued_by(cert_pem: bytes, ca_cert_pem: bytes, now: datetime | None =
         raise Unauthorized(
             f"certificate is not valid before {cert.not_valid_before_utc.isoformat()}; "
             "check the clocks of the nodes")
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+        return True
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+
+
+def _chains(leaf: x509.Certificate, intermediates: list[x509.Certificate],
+            roots: list[x509.Certificate], now: datetime) -> bool:
+    """Leaf -> root, or leaf -> one intermediate -> root: the only shapes shoal issues."""
+    if any(_issued_by(leaf, r) for r in roots):
+        return True
+    for mid in intermediates:
+        if not mid.not_valid_before_utc <= now <= mid.not_valid_after_utc:
+            continue
+        if _issued_by(leaf, mid) and any(_issued_by(mid, r) for r in roots):
+            return True
+    return False
+
+
+def chains_to(cert_pem: bytes, root_pem: bytes, now: datetime | None = None) -> bool:
+    """Whether cert_pem (leaf first, then its intermediates) is valid under the one root."""
+    try:
+        verify_issued_by(cert_pem, root_pem, now)
+        return True
+    except Unauthorized:
+        return False
+
+
+_PEM_RE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\s*", re.S)
+
+
+def split_pems(bundle: bytes) -> list[bytes]:
+    """The certificates of a PEM bundle or chain, in order."""
+    return [m.group(0).strip() + b"\n" for m in _PEM_RE.finditer(bundle or b"")]
+
+
+def join_pems(pems: Iterable[bytes]) -> bytes:
+    return b"".join(p.strip() + b"\n" for p in pems if p.strip())
+
+
+def bundle_digest(bundle: bytes) -> str:
+    """SHA-256 over the DER of every certificate of a trust bundle: what a node holds is the
+    bundle the managers want it to hold when the digests match."""
+    h = hashlib.sha256()
+    for pem in split_pems(bundle):
+        h.update(x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER))
+    return h.hexdigest()
+
+
+def key_id(cert_pem: bytes) -> str:
+    """Hex subject key identifier of the (first) certificate: names a root whatever signed it."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
+    except x509.ExtensionNotFound:
+        return x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest.hex()
+
+
+def issuer_key_id(cert_pem: bytes) -> str:
+    """Hex authority key identifier of the leaf: the key of the root that issued it."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    try:
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return ""
+    return (aki.key_identifier or b"").hex()
+
+
+def cross_sign(new_root_pem: bytes, old: RootCA) -> bytes:
+    """The new root's certificate (its subject, key and extensions) issued by the old root: the
+    intermediate that lets verifiers still trusting only the old root accept the new root's
+    certificates during a rotation. It ends with the old root."""
+    new = x509.load_pem_x509_certificate(new_root_pem)
+    old_cert = x509.load_pem_x509_certificate(old.cert_pem)
+    old_key = _load_key(old.key_pem)
+    builder = (x509.CertificateBuilder()
+               .subject_name(new.subject)
+               .issuer_name(old_cert.subject)
+               .public_key(new.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(_now() - CLOCK_SKEW)
+               .not_valid_after(min(new.not_valid_after_utc, old_cert.not_valid_after_utc)))
+    for ext in new.extensions:
+        builder = builder.add_extension(ext.value, ext.critical)
+    builder = builder.add_extension(
+        x509.AuthorityKeyIdentifier.from_issuer_public_key(old_key.public_key()), critical=False)
+    return builder.sign(old_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
 def load_cert_chain(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
@@ -294,6 +407,22 @@ def server_ssl_context(ca_cert_pem: bytes, cert_pem: bytes, key_pem: bytes) -> s
     ctx.verify_mode = ssl.CERT_OPTIONAL
     load_cert_chain(ctx, cert_pem, key_pem)
     return ctx
+
+
+def retrust_server(ctx: ssl.SSLContext, ca_cert_pem: bytes, cert_pem: bytes,
+                   key_pem: bytes) -> None:
+    """Give a listening context new trust roots (a root rotation drops the old one).
+
+    A context's trust store only grows, and the server holds its context for life; so each new
+    handshake switches to a fresh context from the callback OpenSSL runs on every ClientHello
+    (with or without SNI: nodes are dialed by IP and send none).
+    """
+    fresh = server_ssl_context(ca_cert_pem, cert_pem, key_pem)
+
+    def switch(ssl_object: Any, _server_name: str | None, _ctx: ssl.SSLContext) -> None:
+        ssl_object.context = fresh
+
+    ctx.sni_callback = switch
 
 
 def client_ssl_context(ca_cert_pem: bytes, cert_pem: bytes | None = None,
@@ -395,7 +524,7 @@ def issue_client(ca: RootCA, csr_pem: bytes, name: str, client_id: str, cluster_
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                 ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256()))
-    return cert.public_bytes(serialization.Encoding.PEM), format(serial, "x")
+    return cert.public_bytes(serialization.Encoding.PEM) + ca.chain_pem, format(serial, "x")
 
 
 def _csr_public_key(csr_pem: bytes) -> ec.EllipticCurvePublicKey:

@@ -87,3 +87,10 @@ def role_for_token(token: str, worker_token: str, manager_token: str) -> str | N
     if is_worker and worker_token:
         return "worker"
     return None
+
+
+def with_ca(token: str, ca_cert_pem: bytes) -> str:
+    """The same token (same secret, so the same role) pinning another root CA: after a root
+    rotation, tokens that pin the old root stop working and these replace them."""
+    parsed = parse_token(token)
+    return str(JoinToken(parsed.version, ca_digest(ca_cert_pem), parsed.secret))

@@ -241,9 +241,22 @@ class Daemon:
         # next handshake on.
         pki.load_cert_chain(self._server_ctx, cert_pem, key_pem)
         pki.load_cert_chain(self._client_ctx, cert_pem, key_pem)
+        pki.retrust_server(self._server_ctx, ca, cert_pem, key_pem)
         if self._remote is not None:
             self._remote.reload_certificate(cert_pem, key_pem)
         for client in self._clients.values():
+            await client.close()
+
+    async def install_trust(self, bundle_pem: bytes) -> None:
+        """Trust these roots alone from now on (a root rotation adds a root, then drops one)."""
+        _, cert, key = self.files.load_certs()
+        pki.verify_issued_by(cert, bundle_pem)  # never trust roots our own certificate fails
+        self.files.save_certs(bundle_pem, cert)
+        # A context's trust only grows: fresh contexts, the listener's through its handshake hook.
+        pki.retrust_server(self._server_ctx, bundle_pem, cert, key)
+        self._client_ctx = pki.client_ssl_context(bundle_pem, cert, key)
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
             await client.close()
 
     async def on_role_change(self, role: str) -> None:

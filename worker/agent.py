@@ -19,6 +19,7 @@ from common.httpclient import ApiClient
 from common.model import NODE_ROLE_MANAGER
 from common.nodestate import NodeFiles, NodeState
 from common.version import __version__
+from worker import certsync
 
 if TYPE_CHECKING:
     from worker.taskrunner import TaskRunner
@@ -36,6 +37,7 @@ class AgentHost(Protocol):
     def peer_client(self, addr: str) -> ApiClient: ...
     async def on_role_change(self, role: str) -> None: ...
     async def install_certificate(self, cert_pem: bytes, key_pem: bytes) -> None: ...
+    async def install_trust(self, bundle_pem: bytes) -> None: ...
 
 
 def describe_node(hostname: str) -> dict:
@@ -123,7 +125,8 @@ class Agent:
             addr = candidates[failures % len(candidates)]
             try:
                 answer = await self._heartbeat(addr)
-            except errors.NotFound as exc:
+            except (errors.NotFound, errors.PermissionDenied) as exc:
+                # Removed from the swarm (`node rm`): say so, and keep asking slowly.
                 log.warning("%s", exc.message)
                 self.connected.clear()
                 await asyncio.sleep(5)
@@ -173,9 +176,12 @@ class Agent:
             except OSError as exc:  # e.g. a full disk: the next heartbeat tries again
                 log.warning("role change to %s not done yet: %s", role, exc)
             return
-        _, cert, _ = self.host.files.load_certs()
-        if pki.needs_renewal(cert):
-            await self.renew_certificate()
+        try:
+            await certsync.sync(self)
+        except errors.ShoalError as exc:  # the next heartbeat tries again
+            log.warning("certificate upkeep not done yet: %s", exc.message)
+        except (OSError, ValueError) as exc:
+            log.warning("certificate upkeep not done yet: %s", exc)
 
     async def renew_certificate(self) -> None:
         key = pki.generate_key()

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from manager.controlapi import (autolock, clientcerts, containers, data_objects, dispatcher, join,
+from manager.controlapi import (autolock, ca, clientcerts, containers, data_objects, dispatcher, join,
                                 networks, nodes, services, swarm, tasks)
 
 
 def routes() -> list[web.RouteDef]:
     return (swarm.routes() + nodes.routes() + join.routes() + dispatcher.routes()
             + autolock.routes() + services.routes() + tasks.routes() + data_objects.routes()
-            + networks.routes() + clientcerts.routes())
+            + networks.routes() + clientcerts.routes() + ca.routes())
 
 
 def node_routes() -> list[web.RouteDef]:

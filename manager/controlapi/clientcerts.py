@@ -16,6 +16,7 @@ from common import errors, pki
 from common.httpserver import body_json, field, reply
 from common.ids import new_id
 from common.model import ClientCert
+from manager.controlapi.ca import issuing_ca, trust_bundle
 from manager.controlapi.context import Manager, manager_of
 from manager.state.store import Transaction
 
@@ -76,14 +77,14 @@ async def client_cert_create(request: web.Request) -> web.Response:
             f"a client certificate named {name!r} is in force; revoke it with 'shoal swarm "
             f"client-cert rm {name}' or pick another name", field="name")
     client_id = new_id()
-    ca = pki.RootCA(cert_pem=cluster.root_ca.cert_pem, key_pem=cluster.root_ca.key_pem)
+    ca = issuing_ca(cluster)  # the new root during a rotation (manager/controlapi/ca.py)
     cert_pem, serial = pki.issue_client(ca, csr, name, client_id, cluster.id, expiry)
     not_after = x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc.timestamp()
     record = ClientCert(id=client_id, name=name, serial=serial, not_after=not_after)
     record.meta.created_at = record.meta.updated_at = now
     await manager.propose(Transaction().create("client_certs", record))
     return reply({**client_cert_view(record, now), "cert": cert_pem.decode(),
-                  "ca_cert": cluster.root_ca.cert_pem.decode()}, status=201)
+                  "ca_cert": trust_bundle(cluster).decode()}, status=201)
 
 
 async def client_cert_list(request: web.Request) -> web.Response:

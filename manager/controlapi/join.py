@@ -11,9 +11,10 @@ from aiohttp import web
 from common import errors, pki, strict, tokens
 from common.httpserver import body_json, field, reply
 from common.ids import new_id
-from common.model import (Cluster, ManagerStatus, NODE_ROLE_MANAGER, Node, NodeDescription,
+from common.model import (ManagerStatus, NODE_ROLE_MANAGER, Node, NodeDescription,
                           NodeSpec, NodeStatus)
 from common.nodestate import API_PORT, RAFT_PORT
+from manager.controlapi.ca import issuing_ca, trust_bundle
 from manager.controlapi.context import Manager, identity_of, manager_of
 from manager.controlapi.middleware import local_only
 from manager.state.store import Transaction
@@ -30,10 +31,6 @@ async def join_ca(request: web.Request) -> web.Response:
     return web.Response(body=cluster.root_ca.cert_pem, content_type="application/x-pem-file")
 
 
-def _root_ca(cluster: Cluster) -> pki.RootCA:
-    return pki.RootCA(cert_pem=cluster.root_ca.cert_pem, key_pem=cluster.root_ca.key_pem)
-
-
 async def join(request: web.Request) -> web.Response:
     manager = manager_of(request)
     cluster = manager.cluster()
@@ -41,6 +38,11 @@ async def join(request: web.Request) -> web.Response:
     token_text = field(data, "token", str)
     parsed = tokens.parse_token(token_text)
     if not pki.pinned_ca_matches(cluster.root_ca.cert_pem, parsed.ca_digest):
+        if parsed.ca_digest in cluster.root_ca.previous_digests:
+            raise errors.Unauthorized(
+                "the join token pins a root CA this swarm has rotated out ('shoal swarm ca "
+                "--rotate'); get the current token with 'shoal swarm join-token worker' (or "
+                "manager) on a manager")
         raise errors.Unauthorized("the join token belongs to another swarm (its CA digest does not "
                                   "match this swarm's); get a token from a manager of this swarm")
     role = tokens.role_for_token(token_text, cluster.join_tokens.worker, cluster.join_tokens.manager)
@@ -57,7 +59,7 @@ async def join(request: web.Request) -> web.Response:
     description = strict.decode(NodeDescription, data.get("description") or {}, "description")
     csr = field(data, "csr", str).encode()
     node_id = new_id()
-    cert = _root_ca(cluster).issue(
+    cert = issuing_ca(cluster).issue(
         csr, node_id, pki.ROLE_MANAGER if role == NODE_ROLE_MANAGER else pki.ROLE_WORKER,
         cluster.id, [addr], cluster.spec.ca_config.node_cert_expiry)
     now = time.time()
@@ -73,7 +75,7 @@ async def join(request: web.Request) -> web.Response:
         await manager.propose(Transaction().create("nodes", node))
     log.info("node %s (%s) joined as %s", node_id, description.hostname, role)
     return reply({"node_id": node_id, "cluster_id": cluster.id, "role": role,
-                  "cert": cert.decode(), "ca_cert": cluster.root_ca.cert_pem.decode(),
+                  "cert": cert.decode(), "ca_cert": trust_bundle(cluster).decode(),
                   "managers": manager.manager_api_addrs(), "raft": raft_info})
 
 
@@ -123,7 +125,7 @@ async def certificate_renew(request: web.Request) -> web.Response:
     data = await body_json(request)
     csr = field(data, "csr", str).encode()
     role = pki.ROLE_MANAGER if node.role == NODE_ROLE_MANAGER else pki.ROLE_WORKER
-    cert = _root_ca(cluster).issue(csr, node.id, role, cluster.id, [node.status.addr] if node.status.addr else [],
+    cert = issuing_ca(cluster).issue(csr, node.id, role, cluster.id, [node.status.addr] if node.status.addr else [],
                                    cluster.spec.ca_config.node_cert_expiry)
     return reply({"cert": cert.decode(), "role": node.role})
 

@@ -47,6 +47,7 @@ def auth_middleware(cluster_id_of):
                                          ident.not_after, ident.not_before)
             else:
                 request[FORWARDED_LOCAL] = True
+        _refuse_removed(request, ident)
         request[IDENTITY] = ident
         if not request.path.startswith(_NODE_PATHS) and not ident.is_manager \
                 and not request.get(FORWARDED_LOCAL):
@@ -54,6 +55,16 @@ def auth_middleware(cluster_id_of):
                 f"{request.path} is for managers; node {ident.node_id} holds a worker certificate")
         return await handler(request)
     return auth
+
+
+def _refuse_removed(request: web.Request, ident: pki.NodeIdentity) -> None:
+    """A removed node's certificate stays valid until it expires: refuse it by the replicated
+    record of removed nodes (only managers hold it; a worker's 2377 serves no control API)."""
+    manager = context_of(request).manager
+    if manager is not None and manager.store.get("removed_nodes", ident.node_id) is not None:
+        raise errors.PermissionDenied(
+            f"node {ident.node_id} was removed from the swarm ('node rm'): its certificate is "
+            "revoked; run 'shoal swarm leave --force' on it and join again with a join token")
 
 
 def _leader_only(request: web.Request) -> bool:

@@ -12,7 +12,7 @@ from common import codec, errors, strict
 from common.apipath import api_path
 from common.httpserver import body_json, query_flag, query_int, reply
 from common.model import (AVAILABILITIES, ManagerStatus, NODE_ROLES, NODE_ROLE_MANAGER,
-                          NODE_ROLE_WORKER, NODE_STATE_DOWN, Node)
+                          NODE_ROLE_WORKER, NODE_STATE_DOWN, Node, RemovedNode)
 from common.nodestate import API_PORT, RAFT_PORT
 from manager.controlapi.context import ApiContext, Manager, context_of, manager_of
 from manager.state.store import Transaction
@@ -177,7 +177,9 @@ async def remove_node(manager: Manager, ref: str, force: bool) -> Node:
                                         "first, or use --force")
     if node.id == manager.node_id:
         raise errors.FailedPrecondition("a node cannot remove itself; use 'shoal swarm leave'")
-    await manager.propose(Transaction().delete("nodes", node.id))
+    # The record revokes its certificate on 2377 (middleware.py), which stays valid until it expires.
+    removed = RemovedNode(id=node.id, removed_at=time.time())
+    await manager.propose(Transaction().delete("nodes", node.id).create("removed_nodes", removed))
     return node
 
 

@@ -18,6 +18,8 @@ from manager.state.store import Transaction
 def cluster_view(cluster: Cluster) -> dict:
     plain = codec.to_plain(cluster)
     plain["root_ca"].pop("key_pem", None)  # the CA key never leaves the managers' store
+    if plain["root_ca"].get("rotation"):  # nor does a new root's, during a rotation
+        plain["root_ca"]["rotation"].pop("key_pem", None)
     plain.pop("unlock_keys", None)  # only `swarm unlock-key` shows it (manager/controlapi/autolock.py)
     return plain
 

@@ -323,3 +323,8 @@ def client_cert_rm(cli: Cli, refs: tuple[str, ...]) -> None:
 def _when(ts: float) -> str:
     import time
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+from shoal.cli.swarm_ca import ca as _ca  # noqa: E402  (its own module: `swarm ca`)
+
+swarm.add_command(_ca)
