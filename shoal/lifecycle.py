@@ -149,7 +149,9 @@ async def join_swarm(daemon, remote_addr: str, token: str, advertise_addr: str |
         if not pki.pinned_ca_matches(ca_pem, parsed.ca_digest):
             raise errors.Unauthorized(
                 f"the manager at {remote} presented a CA that does not match the join token: the "
-                "token is for another swarm (or someone is in the middle); check both")
+                "token is for another swarm, or its root CA was rotated since ('shoal swarm ca "
+                "--rotate': get a current token with 'shoal swarm join-token'), or someone is in "
+                "the middle; check both")
 
         # Step 2: a CSR with the token, over TLS verified against the pinned CA.
         key = pki.generate_key()
