@@ -97,6 +97,9 @@ class DispatcherConfig:
 @dataclass
 class CAConfig:
     node_cert_expiry: float = 90 * 86400.0
+    # Docker's ForceRotate: a counter that each root rotation raises (`swarm ca --rotate`);
+    # a Docker client asks for a rotation by sending it one higher.
+    force_rotate: int = 0
 
 
 @dataclass

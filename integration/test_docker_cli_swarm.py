@@ -77,6 +77,32 @@ def test_node_update_promote_demote_and_rm(lab, docker_config, host):
     assert "worker2" not in node_table(lab, "manager1")
 
 
+def test_swarm_ca_rotate_with_the_docker_cli(lab, docker_config, host):
+    """`docker swarm ca --rotate`: Docker's ForceRotate, then its progress display, which reads
+    the swarm's and every node's TLSInfo until the rotation is done."""
+    before = swarm(lab)
+    shown = docker(lab, host, "swarm", "ca", cfg=docker_config).stdout.strip()
+    assert shown == before["root_ca"]["cert_pem"].strip()
+    res = docker(lab, host, "swarm", "ca", "--rotate", "--cert-expiry", "48h",
+                 cfg=docker_config, timeout=180)
+    assert "rotated CA certificates" in res.stdout, res.stdout
+    new_root = res.stdout[res.stdout.index("-----BEGIN CERTIFICATE-----"):].strip()
+    after = swarm(lab)
+    assert after["root_ca"]["digest"] != before["root_ca"]["digest"]
+    assert after["root_ca"]["cert_pem"].strip() == new_root
+    assert after["root_ca"].get("rotation") is None
+    assert after["spec"]["ca_config"]["node_cert_expiry"] == 48 * 3600
+    assert after["spec"]["ca_config"]["force_rotate"] == before["spec"]["ca_config"]["force_rotate"] + 1
+    [inspected] = json.loads(docker(lab, host, "node", "inspect", "manager1",
+                                    cfg=docker_config).stdout)
+    assert inspected["Description"]["TLSInfo"]["TrustRoot"].strip() == new_root
+    # -d returns at once; the rotation goes on and ends by itself
+    docker(lab, host, "swarm", "ca", "--rotate", "-d", cfg=docker_config)
+    wait_until(lambda: swarm(lab)["root_ca"]["digest"] != after["root_ca"]["digest"]
+               and swarm(lab)["root_ca"].get("rotation") is None,
+               timeout=120, what="the detached rotation to finish")
+
+
 def test_swarm_update_join_tokens_and_unlock_key(lab, docker_config, host):
     docker(lab, host, "swarm", "update", "--task-history-limit", "3", cfg=docker_config)
     assert swarm(lab)["spec"]["orchestration"]["task_history_retention_limit"] == 3

@@ -105,14 +105,20 @@ async def ca_rotate(request: web.Request) -> web.Response:
     manager = manager_of(request)
     data = await body_json(request, required=False)
     expiry = field(data, "cert_expiry", float, required=False)
-    return reply(await rotate_root(manager, expiry))
+    force_rotate = field(data, "force_rotate", int, required=False)
+    return reply(await rotate_root(manager, expiry, force_rotate))
 
 
-async def rotate_root(manager: Manager, cert_expiry: Optional[float] = None) -> dict:
+async def rotate_root(manager: Manager, cert_expiry: Optional[float] = None,
+                      force_rotate: Optional[int] = None) -> dict:
     """Start a root rotation on the leader. A rotation under way is replaced by a fresh one
-    from the current root (as docker's `--rotate` does): nodes simply renew again."""
+    from the current root (as docker's `--rotate` does): nodes simply renew again.
+    `force_rotate`: the value of Docker's rotation counter a Docker client asked for (one
+    higher than it read); shoal's own callers leave it and the counter goes up by one."""
     current = _cluster_or_unavailable(manager)
     cluster = manager.store.get("clusters", current.id)
+    counter = cluster.spec.ca_config.force_rotate
+    cluster.spec.ca_config.force_rotate = max(counter + 1, force_rotate or 0)
     if cert_expiry is not None:
         cluster.spec.ca_config.node_cert_expiry = cert_expiry
         validate_cluster_spec(cluster.spec)

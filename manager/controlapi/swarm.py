@@ -54,6 +54,8 @@ async def update_swarm(manager: Manager, version: Optional[int], spec: Optional[
         raise errors.Unavailable("the cluster object is not replicated here yet; retry in a moment")
     cluster = manager.store.get("clusters", current.id)
     if spec is not None:
+        # Only a root rotation raises the rotation counter (controlapi/ca.py rotate_root).
+        spec.ca_config.force_rotate = cluster.spec.ca_config.force_rotate
         cluster.spec = spec
     if rotate_worker_token:
         cluster.join_tokens.worker = tokens.new_token(cluster.root_ca.cert_pem)

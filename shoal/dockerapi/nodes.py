@@ -8,6 +8,7 @@ from manager.controlapi.nodes import find_node
 from shoal.dockerapi import filters
 from shoal.dockerapi.access import manager_of
 from shoal.dockerapi.errors import bad_request, json_answer, not_found
+from shoal.dockerapi.translate import tls
 from shoal.dockerapi.translate.nodes import node as node_json
 
 _ACCEPTED = ("id", "name", "label", "node.label", "role", "membership")
@@ -36,7 +37,7 @@ async def node_list(request: web.Request, params: dict[str, str]) -> web.Respons
                 and (not roles or n.role in roles)
                 and (not memberships or "accepted" in memberships)):
             continue
-        out.append(node_json(n, reach))
+        out.append(node_json(n, reach, _tls(manager, n.id)))
     return json_answer(out)
 
 
@@ -47,4 +48,9 @@ async def node_inspect(request: web.Request, params: dict[str, str]) -> web.Resp
         n = find_node(manager, ref)
     except errors.NotFound:
         raise not_found(f"node {ref} not found") from None
-    return json_answer(node_json(n, manager.reachability()))
+    return json_answer(node_json(n, manager.reachability(), _tls(manager, n.id)))
+
+
+def _tls(manager, node_id: str) -> dict | None:
+    cluster = manager.cluster()
+    return tls.node_tls(cluster, manager.store.get("node_tls", node_id)) if cluster else None

@@ -7,6 +7,7 @@ from aiohttp import web
 
 from common.model import Cluster
 from manager.controlapi.autolock import current_unlock_key
+from manager.controlapi.ca import rotate_root
 from manager.controlapi.swarm import update_swarm
 from manager.specs.cluster import parse_cluster_spec
 from shoal.dockerapi import leader
@@ -38,6 +39,10 @@ async def swarm_update(request: web.Request, params: dict[str, str]) -> web.Resp
               "rotate_manager_token": flag(request, "rotateManagerToken"),
               "rotate_unlock_key": flag(request, "rotateManagerUnlockKey")}
     spec = cluster_spec(await json_body(request, "a SwarmSpec"), cluster.spec)
+    # `docker swarm ca --rotate` sends CAConfig.ForceRotate one higher: a root rotation, started
+    # once the rest of the spec (its --cert-expiry) is in.
+    wanted_rotation = spec["ca_config"].pop("force_rotate", 0)
+    spec["ca_config"]["force_rotate"] = cluster.spec.ca_config.force_rotate
 
     async def local(manager) -> dict:
         return await update_swarm(manager, version, parse_cluster_spec(spec), **rotate)
@@ -49,6 +54,11 @@ async def swarm_update(request: web.Request, params: dict[str, str]) -> web.Resp
         rotate_manager_unlock_key="true" if rotate["rotate_unlock_key"] else None)
     await leader.write(request, "POST", path, {"spec": spec}, local, update_path,
                        leader.changed("clusters", cluster.id))
+    if wanted_rotation > cluster.spec.ca_config.force_rotate:
+        async def rotate_here(manager) -> dict:
+            return await rotate_root(manager, None, wanted_rotation)
+        await leader.write(request, "POST", "/swarm/ca/rotate", {"force_rotate": wanted_rotation},
+                           rotate_here, update_path, leader.changed("clusters", cluster.id))
     return web.Response(status=200)
 
 

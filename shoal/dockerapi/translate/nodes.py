@@ -1,13 +1,16 @@
 """A shoal Node as Docker's swarm.Node, and Docker's NodeSpec as shoal's node change."""
 from __future__ import annotations
 
+from typing import Optional
+
 from common.model import NODE_ROLE_MANAGER, Node
 from shoal.dockerapi.translate.reader import Obj, bad
 from shoal.dockerapi.translate.values import drop_empty, meta
 
 
-def node(n: Node, reachability: dict[str, str]) -> dict:
-    """`reachability`: raft address -> leader | reachable | unreachable (Manager.reachability)."""
+def node(n: Node, reachability: dict[str, str], tls_info: Optional[dict] = None) -> dict:
+    """`reachability`: raft address -> leader | reachable | unreachable (Manager.reachability);
+    `tls_info`: Docker's TLSInfo of the node (translate/tls.py)."""
     d = n.description
     out = {
         **meta(n),
@@ -19,6 +22,8 @@ def node(n: Node, reachability: dict[str, str]) -> dict:
             "Resources": {"NanoCPUs": d.resources.nano_cpus,
                           "MemoryBytes": d.resources.memory_bytes},
             "Engine": {"EngineVersion": d.engine_version},
+            "TLSInfo": tls_info or {"TrustRoot": "", "CertIssuerSubject": "",
+                                    "CertIssuerPublicKey": ""},
         },
         "Status": drop_empty({"State": n.status.state, "Message": n.status.message,
                               "Addr": n.status.addr}),

@@ -8,6 +8,7 @@ from typing import Optional
 from common import codec
 from common.model import Cluster, ClusterSpec
 from manager.specs.cluster import DATA_PATH_PORTS
+from shoal.dockerapi.translate import tls
 from shoal.dockerapi.translate.reader import Obj, bad
 from shoal.dockerapi.translate.values import meta, nanos
 
@@ -28,12 +29,13 @@ def cluster_info(c: Cluster) -> dict:
             "Raft": {"SnapshotInterval": s.raft.snapshot_interval,
                      "KeepOldSnapshots": s.raft.keep_old_snapshots},
             "Dispatcher": {"HeartbeatPeriod": nanos(s.dispatcher.heartbeat_period)},
-            "CAConfig": {"NodeCertExpiry": nanos(s.ca_config.node_cert_expiry)},
+            "CAConfig": {"NodeCertExpiry": nanos(s.ca_config.node_cert_expiry),
+                         "ForceRotate": s.ca_config.force_rotate},
             "TaskDefaults": {},
             "EncryptionConfig": {"AutoLockManagers": s.encryption_config.auto_lock_managers},
         },
-        "TLSInfo": {"TrustRoot": c.root_ca.cert_pem.decode("ascii", "replace")},
-        "RootRotationInProgress": False,
+        "TLSInfo": tls.cluster_tls(c),
+        "RootRotationInProgress": tls.rotation_in_progress(c),
         "DefaultAddrPool": list(net.default_addr_pools),
         "SubnetSize": net.subnet_size,
         "DataPathPort": c.data_path_port,
@@ -100,7 +102,9 @@ def cluster_spec(body: Optional[dict], current: ClusterSpec, path: str = "") -> 
         ca.refuse("ExternalCAs", "shoal's managers sign certificates with the swarm's own CA")
         ca.refuse("SigningCACert", "the swarm's root CA cannot be replaced")
         ca.refuse("SigningCAKey", "the swarm's root CA cannot be replaced")
-        _refuse_int(ca, "ForceRotate", "the swarm's root CA cannot be rotated")
+        if ca.has("ForceRotate"):  # `docker swarm ca --rotate` sends it one higher
+            out["ca_config"]["force_rotate"] = ca.int("ForceRotate")
+        ca.take("ForceRotate")
         ca.done()
     enc = o.obj("EncryptionConfig")
     if enc is not None:
@@ -131,7 +135,7 @@ _WORDS = {"spec": "Spec", "name": "Name", "labels": "Labels", "orchestration": "
           "snapshot_interval": "SnapshotInterval", "keep_old_snapshots": "KeepOldSnapshots",
           "data_path_port": "DataPathPort", "dispatcher": "Dispatcher",
           "heartbeat_period": "HeartbeatPeriod", "ca_config": "CAConfig",
-          "node_cert_expiry": "NodeCertExpiry", "encryption_config": "EncryptionConfig",
+          "node_cert_expiry": "NodeCertExpiry", "force_rotate": "ForceRotate", "encryption_config": "EncryptionConfig",
           "auto_lock_managers": "AutoLockManagers", "default_addr_pools": "DefaultAddrPool",
           "subnet_size": "SubnetSize", "advertise_addr": "AdvertiseAddr",
           "listen_addr": "ListenAddr", "remote_addr": "RemoteAddrs", "token": "JoinToken",
