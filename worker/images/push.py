@@ -1,7 +1,8 @@
 """`shoal image push`: an image of the store to a registry (distribution API v2 uploads).
 
 Each blob is asked for first (HEAD: one the registry has is not sent again), then uploaded:
-in one PUT when small, in PATCH chunks and a closing PUT otherwise. The layers go as the store
+in one PUT when small, otherwise streamed from its file in one PATCH (progress every
+`chunk_size` bytes) and closed by a PUT with its digest. The layers go as the store
 kept them (gzip stays gzip; a plain tar goes as a plain OCI layer), so their digests are the
 ones the image came with; the manifest the image was pulled or loaded through is sent again
 byte for byte when it still describes these blobs, so the pushed digest is the one already
@@ -29,7 +30,8 @@ MT_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 LAYER_TYPES = {"": "application/vnd.oci.image.layer.v1.tar",
                "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
                "zstd": "application/vnd.oci.image.layer.v1.tar+zstd"}
-CHUNK_SIZE = 16 << 20  # a blob up to this goes in one PUT; a bigger one in chunks of it
+CHUNK_SIZE = 16 << 20  # a blob up to this goes in one PUT; a bigger one is streamed
+READ_SIZE = 1 << 20  # a streamed blob is read this much at a time (the loop never waits long)
 
 Progress = Callable[[dict], Awaitable[None]]
 
@@ -191,21 +193,29 @@ async def _upload(reg: RegistryClient, path: Path, digest: str, size: int, what:
         await progress(size)
         return
     location = await _start(reg, what)
-    offset = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            end = offset + len(chunk) - 1
-            resp = await reg.send("PATCH", location, what,
-                                  {"Content-Type": "application/octet-stream",
-                                   "Content-Range": f"{offset}-{end}"}, data=chunk)
-            try:
-                if resp.status != 202 or "Location" not in resp.headers:
-                    await _failed(reg, resp, what, f"bytes {offset}-{end} of blob {digest[:19]}")
-                location = _absolute(reg, resp.headers["Location"], what)
-            finally:
-                resp.release()
-            offset = end + 1
-            await progress(offset)
+
+    def body():  # a fresh stream for each attempt (the auth dance may send it again)
+        async def stream():
+            sent = reported = 0
+            with open(path, "rb") as f:
+                while chunk := f.read(min(chunk_size, READ_SIZE)):
+                    yield chunk
+                    sent += len(chunk)
+                    if sent - reported >= chunk_size or sent == size:
+                        reported = sent
+                        await progress(sent)
+        return stream()
+    # One PATCH streams the whole blob, as docker's push does: the registry writes while the
+    # bytes come, where a PATCH per chunk waited for each chunk to land before the next.
+    resp = await reg.send("PATCH", location, what,
+                          {"Content-Type": "application/octet-stream",
+                           "Content-Length": str(size)}, data=body)
+    try:
+        if resp.status != 202 or "Location" not in resp.headers:
+            await _failed(reg, resp, what, f"the upload of blob {digest[:19]}")
+        location = _absolute(reg, resp.headers["Location"], what)
+    finally:
+        resp.release()
     resp = await reg.send("PUT", _with_digest(location, digest), what, {"Content-Length": "0"})
     try:
         if resp.status != 201:

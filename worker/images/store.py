@@ -276,9 +276,13 @@ class ImageStore:
 
     async def _ensure_layer(self, diff_id: str, what: str,
                             fetch: Callable[[], Awaitable[tuple[Path, bool]]],
-                            blob_digest: Optional[str]) -> None:
+                            blob_digest: Optional[str],
+                            unpack: Optional[Callable[[Path, Path], Awaitable[dict]]] = None
+                            ) -> None:
         """Unpack one layer unless it is there already; `fetch` gives the blob's path and
-        whether it is a temporary file to delete afterwards."""
+        whether it is a temporary file to delete afterwards. `unpack` (blob, staging) stands
+        in for the unpack child: a build moves its settled step dir there (or unpacks in its
+        own helper); what it returns is checked all the same."""
         lock = self._layer_locks.setdefault(diff_id, asyncio.Lock())
         async with lock:
             final = self.root / "layers" / _hex(diff_id)
@@ -287,7 +291,8 @@ class ImageStore:
             blob, temporary = await fetch()
             staging = self.root / "tmp" / f"layer-{_hex(diff_id)[:12]}-{secrets.token_hex(4)}"
             try:
-                result = await _run_helper("unpack-layer", str(blob), str(staging))
+                result = await (unpack(blob, staging) if unpack is not None else
+                                _run_helper("unpack-layer", str(blob), str(staging)))
                 if blob_digest and result["blob_digest"] != blob_digest:
                     raise errors.InvalidArgument(
                         f"image {what}: layer blob {blob_digest} is corrupt (its content "

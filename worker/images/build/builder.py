@@ -23,7 +23,7 @@ from worker.images.build import metadata
 from worker.images.build.copyin import is_dir_in
 from worker.images.build.dockerfile import (BuildError, Dockerfile, Instruction, Stage,
                                             SubstitutionError, expand, parse, split_words)
-from worker.images.build.helper import HelperError, run_helper
+from worker.images.build.helper import HelperError, HelperProcess
 from worker.images.build.mounts import StepDir, read_only_tree
 from worker.images.build.runstep import RunFailed, run_step, shell_argv
 from worker.images.build.state import State, StepCache, canonical
@@ -104,8 +104,16 @@ class _Run:
         self.consumed: set[str] = set()
         self.meta: dict[str, str] = {}
         self.step = 0
+        self.helper = HelperProcess()
 
     async def all(self) -> str:
+        try:
+            await self.helper.start()
+            return await self._all()
+        finally:
+            await self.helper.close()
+
+    async def _all(self) -> str:
         for ins in self.df.meta_args:
             name, value = self._arg(ins, self.meta, self.meta)
             if value is not None:
@@ -283,12 +291,25 @@ class _Run:
 
     async def _add_layer(self, step: StepDir) -> str:
         blob = step.path / "layer.tar.gz"
-        result = await run_helper("difftar", upper=str(step.upper), blob=str(blob))
+        # settled, the upper dir is what unpacking the blob would make: it becomes the layer
+        # (a rename), sparing a second write of every byte, unless it is on another filesystem
+        result = await self.helper.call("difftar", upper=str(step.upper), blob=str(blob),
+                                        settle=True)
 
         async def fetch() -> tuple[Path, bool]:
             return blob, True
+
+        async def unpack(blob: Path, dest: Path) -> dict:
+            if "layer_size" in result:  # settled
+                try:
+                    os.rename(step.upper, dest)
+                    return {"diff_id": result["diff_id"], "blob_digest": result["blob_digest"],
+                            "size": result["layer_size"]}
+                except OSError:
+                    pass
+            return await self.helper.call("unpack-layer", blob=str(blob), dest=str(dest))
         await self.b.store._ensure_layer(result["diff_id"], "built layer", fetch,
-                                         result["blob_digest"])
+                                         result["blob_digest"], unpack)
         return result["diff_id"]
 
     def _cached(self, key: str) -> Optional[dict]:
@@ -375,7 +396,7 @@ class _Run:
         req = {"tree": tree, "is_context": is_context,
                "ignore": self.ignore if is_context else "",
                "what": "the build context" if is_context else f"stage {source}"}
-        found = await run_helper("resolve", sources=srcs, **req)
+        found = await self.helper.call("resolve", sources=srcs, **req)
         text = canonical([ins.cmd, source, chown, mode, srcs, dest]).decode()
         shown = f"{ins.cmd} {'--from=' + source + ' ' if source else ''}" \
                 f"{'--chown=' + chown + ' ' if chown else ''}{' '.join(srcs)} {dest}"
@@ -388,8 +409,8 @@ class _Run:
                 if not group:
                     gid = uid  # Docker: a user without a group means that number for both
             into = len(found["sources"]) > 1 or dest.endswith("/") or is_dir_in(rootfs, dest)
-            await run_helper("copy", sources=found["sources"], rootfs=str(rootfs),
-                             dest=dest, into_dir=into, uid=uid, gid=gid, mode=mode, **req)
+            await self.helper.call("copy", sources=found["sources"], rootfs=str(rootfs),
+                                   dest=dest, into_dir=into, uid=uid, gid=gid, mode=mode, **req)
         return await self._fs_step(sr, text, found["hash"], shown, copy)
 
     # -- the image -------------------------------------------------------------------------
