@@ -32,6 +32,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._results import Results, add_json_option  # noqa: E402
 from shoal.lab.netlab import Lab  # noqa: E402
 
 DOCKER = os.environ.get("SHOAL_TEST_DOCKER", "/opt/shoal-test/docker-cli/usr/bin/docker")
@@ -107,7 +108,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--requests", type=int, default=1000)
+    add_json_option(parser, "dockerapi_bench")
     args = parser.parse_args()
+    results = Results("dockerapi_bench", args={"calls": args.calls, "requests": args.requests})
     with tempfile.TemporaryDirectory() as cfg, Lab("benchdk") as lab:
         lab.up(managers=3, workers=2)
         h = lab.host(HOST)
@@ -132,6 +135,8 @@ def main() -> None:
           f"(a new process per call):")
     for name, samples in cli.items():
         print(row(name, samples))
+        results.add(f"{name} p50 ms", [pct(samples, 0.5) * 1000], "ms", "lower")
+        results.add(f"{name} p99 ms", [pct(samples, 0.99) * 1000], "ms", "lower")
     print(f"GET /services with {SERVICES} services, {args.requests} requests from one process:")
     for conc in (1, 8):
         for key, label in (("docker", "Docker socket /v1.44/services"),
@@ -139,10 +144,13 @@ def main() -> None:
                            ("shoal", "shoal socket /services")):
             lat, rate = http[(key, conc)]
             print(row(f"{label} x{conc}", lat) + f"   {rate:7.0f} req/s")
+            results.add(f"GET {label} x{conc} p50 ms", [pct(lat, 0.5) * 1000], "ms", "lower")
+            results.add(f"GET {label} x{conc} req/s", [rate], "req/s", "higher")
     seq_docker, seq_shoal = http[("docker", 1)][0], http[("shoal", 1)][0]
     added = (pct(seq_docker, 0.5) - pct(seq_shoal, 0.5)) * 1000
     print(f"translation's added cost per GET /services (p50, sequential): {added:+.2f} ms "
           f"(aim: < 5 ms)")
+    results.write(args.json)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._results import Results, add_json_option  # noqa: E402
 from integration.helpers import wait_until  # noqa: E402
 from shoal.lab.netlab import Lab, host_namespace  # noqa: E402
 from tests import imagebuild  # noqa: E402
@@ -201,7 +202,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each HTTP measurement")
     parser.add_argument("--blast-rounds", type=int, default=15)
     parser.add_argument("--blast-seconds", type=float, default=2.0)
+    add_json_option(parser, "network_bench")
     args = parser.parse_args()
+    results = Results("network_bench", args={k: v for k, v in vars(args).items() if k != "json"})
     if shutil.which("iperf3") is None:
         raise SystemExit("network_bench: iperf3 is not installed; run scripts/setup.sh "
                          "(or apt-get install iperf3) and retry")
@@ -287,6 +290,12 @@ def main() -> None:
     of_medians, paired = ratios(thr["overlay"], thr["underlay"])
     print(f"  overlay/underlay: {of_medians:.2f} (ratio of medians); per round {paired}; "
           f"aim >= 0.70: {verdict(of_medians, 0.70)}")
+    for what, vals in thr.items():
+        results.add(f"{what} Gbit/s", vals, "Gbit/s", "higher")
+    for what, base in (("overlay", "underlay"), ("overlay iperf3", "underlay iperf3"),
+                       ("bare vxlan", "underlay"), ("overlay", "bare vxlan")):
+        # Paired round by round: the underlay's own swings cancel out of the ratio.
+        results.add(f"{what} / {base}", [v / b for v, b in zip(thr[what], thr[base])], "ratio", "higher")
     print("  the same two paths with iperf3 (its default 128 KiB writes):")
     print(f"  underlay  {summary(thr['underlay iperf3'], '{:.2f}')} Gbit/s")
     print(f"  overlay   {summary(thr['overlay iperf3'], '{:.2f}')} Gbit/s")
@@ -304,9 +313,16 @@ def main() -> None:
             of_medians, paired = ratios(vals, direct)
             print(f"  {name:<16} {summary(vals, '{:.0f}'):<20} req/s   /direct {of_medians:.2f}, "
                   f"per round {paired}")
+        for name in names:
+            vals = rps[(name, keepalive)]
+            label = f"HTTP {name}{', keep-alive' if keepalive else ''}"
+            results.add(f"{label} req/s", vals, "req/s", "higher")
+            if name != "direct":
+                results.add(f"{label} / direct", [v / d for v, d in zip(vals, direct)], "ratio", "higher")
         worst, _ = ratios(rps[("mesh, other", keepalive)], direct)
         print(f"  mesh via a node without the task / direct = {worst:.2f}; aim >= 0.80: "
               f"{verdict(worst, 0.80)}")
+    results.write(args.json)
 
 
 if __name__ == "__main__":

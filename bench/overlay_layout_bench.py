@@ -34,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._results import Results, add_json_option  # noqa: E402
 from worker.network import nsutil  # noqa: E402
 from worker.network.lb import Backend, Frontend, TaskNftables  # noqa: E402
 from worker.network.overlay import OverlayNetwork, Peer  # noqa: E402
@@ -145,7 +146,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--seconds", type=float, default=2.0)
+    add_json_option(parser, "overlay_layout_bench")
     args = parser.parse_args()
+    results = Results("overlay_layout_bench", args={"rounds": args.rounds, "seconds": args.seconds})
     with tempfile.TemporaryDirectory(prefix="shoal-olb-") as tmpdir:
         tmp = Path(tmpdir)
         nets: list[OverlayNetwork] = []
@@ -173,6 +176,12 @@ def main() -> None:
         print(f"  {name:<18} {med[name]:6.2f} ({min(vals):.2f}–{max(vals):.2f})   "
               f"/underlay {med[name] / med['underlay']:.2f}   /shoal 0.1 "
               f"{med[name] / med['shoal 0.1']:.2f}")
+        results.add(f"{name} Gbit/s", vals, "Gbit/s", "higher")
+        if name != "underlay":
+            # Paired round by round: the underlay's own swings cancel out of the ratio.
+            results.add(f"{name} / underlay", [v / u for v, u in zip(vals, got["underlay"])],
+                        "ratio", "higher")
+    results.write(args.json)
 
 
 if __name__ == "__main__":

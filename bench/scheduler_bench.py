@@ -10,7 +10,8 @@ and 22.6 s for 100k tasks on 1k nodes. Those include SwarmKit's store transactio
 events (and, per the PR, creating the objects), so the ratio compares a decision engine with a
 whole pipeline on other hardware: read it as an order of magnitude, not a like-for-like result.
 
-Run: .venv/bin/python bench/scheduler_bench.py [--repeat 3]
+Run: .venv/bin/python bench/scheduler_bench.py [--repeat 3] [--json PATH]
+(figures also as JSON, by default bench/results/scheduler_bench.json, for bench/compare.py)
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.model import (Node, NodeDescription, NodeSpec, NodeStatus, Placement,  # noqa: E402
                           ResourceRequirements, Resources, Task, TaskSpec)
 from manager.scheduler.scheduler import Scheduler  # noqa: E402
+from bench._results import Results, add_json_option  # noqa: E402
 
 SWARMKIT = {10_000: 1.8, 100_000: 22.6}     # seconds, 1k nodes, moby/swarmkit#193
 NODES = 1000
@@ -54,7 +56,8 @@ def make_tasks(n: int, services: int, constraints: list[str], prefs: list[str],
 
 
 def run(tasks: int, services: int = 1, constraints: list[str] | None = None,
-        prefs: list[str] | None = None, cpu: int = 0, repeat: int = 3) -> tuple[float, float, str]:
+        prefs: list[str] | None = None, cpu: int = 0,
+        repeat: int = 3) -> tuple[float, float, str, list[float]]:
     nodes = make_nodes(NODES)
     times = []
     check = ""
@@ -67,7 +70,7 @@ def run(tasks: int, services: int = 1, constraints: list[str] | None = None,
         decisions = s.schedule(batch)
         times.append(time.perf_counter() - t0)
         check = verify(decisions, tasks)
-    return min(times), statistics.median(times), check
+    return min(times), statistics.median(times), check, times
 
 
 def verify(decisions, expected: int) -> str:
@@ -80,8 +83,10 @@ def verify(decisions, expected: int) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)
+    add_json_option(ap, "scheduler_bench")
     args = ap.parse_args()
-    scenarios: list[tuple[str, int, Callable[[], tuple[float, float, str]]]] = []
+    results = Results("scheduler_bench", args={"repeat": args.repeat})
+    scenarios: list[tuple[str, int, Callable[[], tuple[float, float, str, list[float]]]]] = []
     for n in (10_000, 100_000):
         scenarios += [
             (f"{n:>7,} tasks, 1 service", n, lambda n=n: run(n, repeat=args.repeat)),
@@ -97,11 +102,13 @@ def main() -> None:
     print(f"{'scenario':<62} {'best':>8} {'median':>8} {'tasks/s':>10} {'SwarmKit':>9} "
           f"{'ratio':>7}")
     for name, n, fn in scenarios:
-        best, median, check = fn()
+        best, median, check, times = fn()
         ref = SWARMKIT[n]
         print(f"{name:<62} {best:>7.3f}s {median:>7.3f}s {n / best:>10,.0f} {ref:>8.1f}s "
               f"{ref / best:>6.0f}x   {check}")
+        results.add(" ".join(name.split()) + " s", times, "s", "lower")
     print("SwarmKit: moby/swarmkit#193 (2016 laptop; includes its store and event pipeline).")
+    results.write(args.json)
 
 
 if __name__ == "__main__":

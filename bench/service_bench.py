@@ -20,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._results import Results, add_json_option  # noqa: E402
 from integration.helpers import wait_until  # noqa: E402
 from shoal.lab.netlab import Lab  # noqa: E402
 from tests import imagebuild  # noqa: E402
@@ -56,7 +57,9 @@ def rss_mb(pid: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=5)
+    add_json_option(parser, "service_bench")
     args = parser.parse_args()
+    results = Results("service_bench", args={"trials": args.trials})
     create_times, scale_times, latencies = [], [], []
     with tempfile.TemporaryDirectory() as tmp, Lab("benchsvc") as lab:
         layout = imagebuild.build_busybox_oci_layout(Path(tmp) / "img", tag="1")
@@ -86,6 +89,8 @@ def main() -> None:
                                      ("scale 10 -> 50 -> 50 running", scale_times, 6.1, 2.03)):
         cluster = [c for _, c in times]
         wall = [w for w, _ in times]
+        results.add(f"{what}, cluster s", cluster, "s", "lower")
+        results.add(f"{what}, wall s", wall, "s", "lower")
         print(f"{what}: median {statistics.median(cluster):.2f}s by the cluster's clock, "
               f"{statistics.median(wall):.2f}s wall through the CLI (Docker Swarm here: {docker}s; "
               f"aim: < {aim}s) — {', '.join(f'{c:.2f}' for c in cluster)}")
@@ -93,6 +98,11 @@ def main() -> None:
           f"p99 {p(0.99) * 1000:.0f} ms")
     print(f"shoald RSS on a worker with 50 tasks: {rss:.0f} MB (no per-task helper process; "
           f"Docker here: ~800 MB; aim: < 100 MB)")
+    # One sample per task for the percentiles would weigh a figure by the task count: keep p50, p99.
+    results.add("task start latency p50 ms", [p(0.5) * 1000], "ms", "lower")
+    results.add("task start latency p99 ms", [p(0.99) * 1000], "ms", "lower")
+    results.add("shoald RSS with 50 tasks MB", [rss], "MB", "lower")
+    results.write(args.json)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._results import Results, add_json_option  # noqa: E402
 from integration.helpers import wait_until  # noqa: E402
 from shoal.lab.netlab import Lab  # noqa: E402
 from tests import imagebuild  # noqa: E402
@@ -67,7 +68,9 @@ def cluster_time(lab: Lab, service: str | None) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=5)
+    add_json_option(parser, "stack_bench")
     args = parser.parse_args()
+    results = Results("stack_bench", args={"trials": args.trials})
     first, changed, unchanged = [], [], []
     with tempfile.TemporaryDirectory() as tmp, Lab("benchstk") as lab:
         layout = imagebuild.build_busybox_oci_layout(Path(tmp) / "img", tag="1")
@@ -93,14 +96,17 @@ def main() -> None:
     def show(what: str, runs: list[tuple[float, float]], clock: bool = True) -> None:
         walls = [w for w, _ in runs]
         line = f"{what:<44} wall median {statistics.median(walls):.2f}s (min {min(walls):.2f}, max {max(walls):.2f})"
+        results.add(f"{what}, wall s", walls, "s", "lower")
         if clock:
             line += f"; cluster median {statistics.median(c for _, c in runs):.2f}s"
+            results.add(f"{what}, cluster s", [c for _, c in runs], "s", "lower")
         print(line)
 
     print(f"stack of {SERVICES} services x {REPLICAS} replicas on 3 workers, {args.trials} trials")
     show("deploy until all 30 tasks run", first)
     show("redeploy, one service changed (3 tasks)", changed)
     show("redeploy, nothing changed", unchanged, clock=False)
+    results.write(args.json)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._results import Results, add_json_option  # noqa: E402
 from integration.helpers import wait_until  # noqa: E402
 from shoal.lab.netlab import Lab  # noqa: E402
 from tests import imagebuild  # noqa: E402
@@ -73,7 +74,9 @@ def trial(lab: Lab, name: str, image: str) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=5)
+    add_json_option(parser, "update_bench")
     args = parser.parse_args()
+    figures = Results("update_bench", args={"trials": args.trials})
     summary: list[str] = []
     with tempfile.TemporaryDirectory() as tmp, Lab("benchupd") as lab:
         v1 = imagebuild.build_busybox_oci_layout(Path(tmp) / "v1", tag="1")
@@ -96,6 +99,8 @@ def main() -> None:
                 print(f"{label}, trial {i + 1}: {cluster:.2f}s by the cluster's clock, {wall:.2f}s wall "
                       f"(-> {image})", flush=True)
             lab.cli("manager1", "service", "rm", name)
+            figures.add(f"{label}, cluster s", [c for c, _ in results], "s", "lower")
+            figures.add(f"{label}, wall s", [w for _, w in results], "s", "lower")
             cluster = statistics.median(c for c, _ in results)
             wall = statistics.median(w for _, w in results)
             summary.append(f"{label}: {cluster:.2f}s by the cluster's clock ({cluster / DOCKER:.2f} of "
@@ -105,6 +110,7 @@ def main() -> None:
           f"until all {REPLICAS} new tasks run, median of {args.trials} (aim: < {DOCKER / 3:.1f}s):")
     for line in summary:
         print("  " + line)
+    figures.write(args.json)
 
 
 if __name__ == "__main__":

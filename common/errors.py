@@ -68,6 +68,14 @@ class Unavailable(ShoalError):
     code = "unavailable"
 
 
+class OutcomeUnknown(Unavailable):
+    """A write whose leader went away mid-request and no new leader answered in time: the
+    change may or may not have been applied. Never a refusal: check before retrying."""
+
+    status = 504
+    code = "unknown_outcome"
+
+
 class NotAManager(ShoalError):
     status = 503
     code = "not_a_manager"
@@ -80,7 +88,7 @@ class NotInSwarm(ShoalError):
 
 _BY_CODE = {cls.code: cls for cls in (
     ShoalError, InvalidArgument, Unauthorized, PermissionDenied, NotFound, Conflict,
-    FailedPrecondition, ResourceExhausted, Unavailable, NotAManager, NotInSwarm)}
+    FailedPrecondition, ResourceExhausted, Unavailable, OutcomeUnknown, NotAManager, NotInSwarm)}
 
 
 def from_dict(body: dict, status: int = 500) -> ShoalError:

@@ -18,7 +18,12 @@ from yarl import URL
 from common import errors
 from common.unixhttp import DEFAULT_SOCKET, daemon_unreachable, parse_body as _parse
 
-__all__ = ["DEFAULT_SOCKET", "ApiClient", "Endpoint"]
+__all__ = ["DEFAULT_SOCKET", "ApiClient", "ConnectionLost", "Endpoint"]
+
+
+class ConnectionLost(errors.Unavailable):
+    """The request may have reached the server (it was sent, no answer came back): unlike a
+    failed connect, the server may have acted on it."""
 
 
 @dataclass
@@ -103,11 +108,13 @@ class ApiClient:
         except aiohttp.ClientConnectorError as exc:
             raise self._unreachable(exc) from None
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-            raise errors.Unavailable(
+            raise ConnectionLost(
                 f"{self.endpoint.describe()} closed the connection ({exc}); if it is a manager, "
                 f"it may be restarting or this node's certificate was refused") from None
-        except asyncio.TimeoutError:
-            raise errors.Unavailable(
+        except asyncio.TimeoutError as exc:
+            cls = (errors.Unavailable if isinstance(exc, aiohttp.ConnectionTimeoutError)
+                   else ConnectionLost)
+            raise cls(
                 f"no answer from {self.endpoint.describe()} within {timeout:g}s "
                 f"(the manager is unreachable or has no quorum)") from None
 

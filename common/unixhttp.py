@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import sys
 from typing import Any, Iterator, Optional
 from urllib.parse import urlencode
 
@@ -17,6 +18,16 @@ from common import errors
 
 DEFAULT_SOCKET = "/run/shoal/shoal.sock"
 _CONNECT_TIMEOUT = 3.0
+# A manager answering from a replica that may be out of date says why
+# (manager/controlapi/forwarding.py).
+WARNING_HEADER = "Shoal-Warning"
+
+
+def show_warning(resp: http.client.HTTPResponse) -> None:
+    """The answer's warning on stderr, so that it never mixes with the output a script reads."""
+    warning = resp.getheader(WARNING_HEADER)
+    if warning:
+        print(f"Warning: {warning}", file=sys.stderr)
 
 
 def daemon_unreachable(path: str) -> errors.Unavailable:
@@ -33,6 +44,16 @@ def parse_body(data: bytes) -> Any:
         return json.loads(data)
     except ValueError:
         return data.decode(errors="replace")
+
+
+def _maybe_applied(method: str, exc: errors.ShoalError) -> errors.ShoalError:
+    """A write sent whose answer never came: the daemon may have made the change (it may have
+    died right after). A read stays what it is."""
+    if method in ("GET", "HEAD"):
+        return exc
+    return errors.OutcomeUnknown(f"the change may or may not have been applied: the request "
+                                 f"was sent and no answer came ({exc.message}); check before "
+                                 f"sending it again")
 
 
 def error_for(method: str, path: str, status: int, data: bytes) -> errors.ShoalError:
@@ -85,17 +106,22 @@ class UnixClient:
         headers = {"Content-Type": "application/json"} if data is not None else {}
         conn = _UnixConnection(self.socket_path, timeout)
         try:
-            conn.request(method, url, body=data, headers=headers)
-            return conn, conn.getresponse()
+            conn.connect()
         except (FileNotFoundError, ConnectionRefusedError):
             conn.close()
             raise daemon_unreachable(self.socket_path) from None
-        except socket.timeout:
-            conn.close()
-            raise self._no_answer(timeout) from None
         except OSError as exc:
             conn.close()
             raise self._unreachable(exc) from None
+        try:
+            conn.request(method, url, body=data, headers=headers)
+            return conn, conn.getresponse()
+        except socket.timeout:
+            conn.close()
+            raise _maybe_applied(method, self._no_answer(timeout)) from None
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise _maybe_applied(method, self._unreachable(exc)) from None
 
     def request(self, method: str, path: str, body: Any = None, *, params: Optional[dict] = None,
                 timeout: float = 60.0) -> Any:
@@ -103,11 +129,12 @@ class UnixClient:
         try:
             data = resp.read()
         except socket.timeout:
-            raise self._no_answer(timeout) from None
+            raise _maybe_applied(method, self._no_answer(timeout)) from None
         except (OSError, http.client.HTTPException) as exc:
-            raise self._unreachable(exc) from None
+            raise _maybe_applied(method, self._unreachable(exc)) from None
         finally:
             conn.close()
+        show_warning(resp)
         if resp.status >= 400:
             raise error_for(method, path, resp.status, data)
         return parse_body(data)
@@ -116,6 +143,7 @@ class UnixClient:
                params: Optional[dict] = None) -> Iterator[dict]:
         """An NDJSON response, one parsed object at a time, for as long as the daemon sends."""
         conn, resp = self._send(method, path, body, params, None)
+        show_warning(resp)
         try:
             if resp.status >= 400:
                 raise error_for(method, path, resp.status, resp.read())

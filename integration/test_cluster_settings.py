@@ -119,6 +119,13 @@ def test_snapshot_interval_compacts_the_log(lab):
     wait_until(lambda: (raft_dir / "snapshot").exists()
                and (raft_dir / "snapshot").stat().st_mtime_ns > before,
                timeout=30, what="a raft snapshot after 60 writes with --snapshot-interval 25")
+    # --max-snapshots 1 (the update test): the snapshot before the current one is kept
+    for i in range(60, 90):
+        lab.exec("manager1", ["shoal", "config", "create", f"c{i}", "-"], input=f"v{i}",
+                 check=True)
+    olds = wait_until(lambda: list(raft_dir.glob("snapshot.old-*")), timeout=30,
+                      what="an old snapshot kept with --max-snapshots 1")
+    assert len(olds) == 1, olds
 
 
 def test_data_path_port_out_of_range_is_refused_at_init():

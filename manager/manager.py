@@ -134,7 +134,7 @@ class Manager:
                 cluster = self.cluster()
                 if cluster is not None and self.raft is not None:
                     self.raft.set_snapshot_interval(cluster.spec.raft.snapshot_interval)
-                    self.raft.keep_old_snapshots = cluster.spec.raft.keep_old_snapshots
+                    self.raft.set_keep_old_snapshots(cluster.spec.raft.keep_old_snapshots)
                 await queue.get()
         finally:
             self.unwatch(queue)

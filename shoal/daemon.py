@@ -36,6 +36,7 @@ from manager.controlapi import autolock as manager_autolock
 from manager.controlapi.middleware import auth_middleware, forward_middleware
 from manager.manager import Manager
 from shoal import autolock
+from shoal.metrics_server import MetricsServer, api_middlewares, parse_metrics_addr
 from worker.agent import Agent
 
 log = logging.getLogger("shoal.daemon")
@@ -78,6 +79,8 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.locked = False  # autolock: a restarted manager waits for `shoal swarm unlock`
         self._key_sync: Optional[asyncio.Task] = None
+        self.metrics_addr: Optional[str] = None  # --metrics-addr; None: no metrics listener
+        self.metrics: Optional[MetricsServer] = None
 
     # ---- lifecycle --------------------------------------------------------------------------
     async def run(self) -> None:
@@ -88,6 +91,9 @@ class Daemon:
         self.images = ImageStore(self.files.root / "images")
         self.executor = Executor(self.files.root / "executor", self.images)
         self.volumes = self.executor.volumes
+        if self.metrics_addr:  # before the roles: a manager starting is attached to it
+            self.metrics = MetricsServer(self, self.metrics_addr)
+            await self.metrics.start()
         if self.state.in_swarm and not autolock.comes_up_locked(self):
             await self.start_roles()
         # The Docker socket first: the lab and scripts wait on shoal's socket as the sign of
@@ -113,6 +119,8 @@ class Daemon:
             await self._docker_runner.cleanup()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.docker_socket_path)
+        if self.metrics is not None:
+            await self.metrics.stop()
 
     async def _serve_docker(self) -> None:
         if not self.docker_socket_path:
@@ -124,12 +132,14 @@ class Daemon:
 
     async def _serve_unix(self) -> None:
         from shoal import localapi, standaloneapi, workerapi
-        app = web.Application(middlewares=[error_middleware, autolock.locked_middleware,
-                                           forward_middleware])
+        app = web.Application(middlewares=[*api_middlewares(self, "local"), error_middleware,
+                                           autolock.locked_middleware, forward_middleware])
         app[CTX] = self
         app.add_routes(localapi.routes() + controlapi.routes()
                        + workerapi.local_routes() + standaloneapi.routes())
         app.add_routes(autolock.local_routes())
+        from shoal import recoveryapi
+        app.add_routes(recoveryapi.routes())  # force-new-cluster, backup, restore: local only
         self._unix_runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE)
         await self._unix_runner.setup()
         Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
@@ -181,6 +191,8 @@ class Daemon:
         await self.manager.start()
         from shoal.dockerapi.events import start_recording
         start_recording(self.manager)  # `docker events --since` reaches back to here
+        if self.metrics is not None:
+            self.metrics.attach_manager(self.manager)
         self._key_sync = asyncio.create_task(manager_autolock.keep_sealed(self.files, self.manager),
                                              name="autolock-reseal")
 
@@ -194,10 +206,13 @@ class Daemon:
 
     async def _serve_tcp(self) -> None:
         app = web.Application(middlewares=[
-            error_middleware, auth_middleware(lambda: self.state.cluster_id), forward_middleware])
+            *api_middlewares(self, "cluster"), error_middleware,
+            auth_middleware(lambda: self.state.cluster_id), forward_middleware])
         app[CTX] = self
         from shoal import workerapi
         app.add_routes(controlapi.routes() + controlapi.node_routes() + workerapi.cluster_routes())
+        from shoal import recoveryapi
+        app.add_routes(recoveryapi.cluster_routes())  # a recovered swarm's manager tells its nodes
         app.router.add_get("/_ping", lambda _: web.Response(text="OK"))
         self._tcp_runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE)
         await self._tcp_runner.setup()
@@ -312,6 +327,13 @@ def main(argv: list[str] | None = None) -> None:
                              "over TLS requiring a client certificate from the swarm's CA "
                              "(e.g. 0.0.0.0:2376); starts once the node is in a swarm; "
                              "default: off")
+    parser.add_argument("--metrics-addr", default="", metavar="IP:PORT",
+                        help="serve Prometheus metrics at http://IP:PORT/metrics (plain HTTP, "
+                             "no authentication, as dockerd's; loopback only unless "
+                             "--metrics-addr-insecure), e.g. 127.0.0.1:9323; default: off")
+    parser.add_argument("--metrics-addr-insecure", action="store_true",
+                        help="allow --metrics-addr on a non-loopback address, where anyone who "
+                             "reaches it reads the metrics")
     parser.add_argument("--hostname", default=socket.gethostname(), help="node name to report")
     parser.add_argument("--insecure-registry", action="append", default=[], metavar="HOST:PORT",
                         help="registry reached over plain HTTP (repeatable)")
@@ -334,6 +356,13 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         parser.error(f"--docker-tcp {args.docker_tcp!r}: {exc}; give IP:PORT, e.g. "
                      "0.0.0.0:2376")
+    try:
+        metrics_addr = (parse_metrics_addr(args.metrics_addr, args.metrics_addr_insecure)
+                        if args.metrics_addr else None)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.metrics_addr_insecure and not args.metrics_addr:
+        parser.error("--metrics-addr-insecure needs --metrics-addr IP:PORT")
     if os.geteuid() != 0:
         parser.error("shoald must run as root (it manages namespaces, mounts and containers)")
     os.umask(0o022)
@@ -341,6 +370,7 @@ def main(argv: list[str] | None = None) -> None:
                     args.docker_socket or None)
     daemon.insecure_registries = frozenset(args.insecure_registry)
     daemon.docker_tcp = docker_tcp
+    daemon.metrics_addr = metrics_addr
     daemon.lb_backend = args.lb_backend
 
     async def run() -> None:

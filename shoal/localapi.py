@@ -10,6 +10,7 @@ from shoal import API_VERSION, __version__, lifecycle
 from shoal import resolveapi
 from shoal import buildapi
 from shoal import imageapi  # image load|push|tag|...|save, system df|prune
+from shoal import containercmds  # container top|stats|kill
 
 
 def _daemon(request: web.Request):
@@ -73,5 +74,5 @@ async def swarm_leave(request: web.Request) -> web.Response:
 def routes() -> list[web.RouteDef]:
     return [web.get("/_ping", ping), web.get("/info", info), web.post("/swarm/init", swarm_init),
             web.post("/swarm/join", swarm_join), web.post("/swarm/leave", swarm_leave),
-            *imageapi.routes(),
+            *imageapi.routes(), *containercmds.routes(),
             *resolveapi.routes(), *buildapi.routes()]

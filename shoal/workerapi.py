@@ -14,6 +14,8 @@ from common import registryauth
 from common.imageref import parse_ref
 from common import httpstreams as streams
 from common.httpserver import CTX, body_json, field, query_flag, reply
+from common.logtime import optional_time
+from worker.executor.logs import LogWindow
 from worker.images import registry
 from worker.restarts import Restarts
 from worker.volumes import VolumeStore
@@ -107,14 +109,22 @@ async def _ndjson(request: web.Request, lines: AsyncIterator[dict]) -> web.Strea
     return resp
 
 
+def query_window(request: web.Request) -> LogWindow:
+    """`since` and `until`: Unix seconds (or a duration before now, or RFC 3339)."""
+    return LogWindow(optional_time(request.query.get("since"), "since"),
+                     optional_time(request.query.get("until"), "until"))
+
+
 async def container_logs(request: web.Request) -> web.StreamResponse:
     c = _find_container(request, request.match_info["ref"])
     tail, follow = streams.query_tail(request), query_flag(request, "follow")
+    window = query_window(request)
     ex = _daemon(request).executor
     ex.check_logs(c.id)  # before the answer starts: a `none` log driver keeps nothing to read
 
     async def lines():
-        async for line in ex.logs(c.id, tail=tail, follow=follow, timestamps=True):
+        async for line in ex.logs(c.id, tail=tail, follow=follow, timestamps=True,
+                                  window=window):
             yield {"t": line.ts, "s": line.stream, "l": line.line}
     return await _ndjson(request, lines())
 
@@ -126,6 +136,7 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
     known = {c.id for c in ex.list()}
     follow = query_flag(request, "follow")
     tail = streams.query_tail(request)
+    window = query_window(request)
     for tid in task_ids:
         if tid in known:
             ex.check_logs(tid)  # a `none` log driver: say so, rather than an empty answer
@@ -136,7 +147,8 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
 
         async def pump(tid: str) -> None:
             try:
-                async for line in ex.logs(tid, tail=tail, follow=follow, timestamps=True):
+                async for line in ex.logs(tid, tail=tail, follow=follow, timestamps=True,
+                                          window=window):
                     await queue.put({"task_id": tid, "t": line.ts, "s": line.stream, "l": line.line})
             except errors.ShoalError:
                 pass

@@ -71,6 +71,7 @@ class FakeDaemon:
             self.state.advertise_addr = "10.0.0.1"
             self.state.managers = ["10.0.0.1:2377"]
         self.locked = locked
+        self.role_lock = asyncio.Lock()
         self.hostname = "m1"
         self.files = FakeFiles(root)
         self.executor = None

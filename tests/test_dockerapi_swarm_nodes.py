@@ -320,8 +320,7 @@ def test_generated_wrong_types_in_a_swarm_spec_are_400_naming_the_field(field, v
 def test_init_join_leave_unlock_refusals_need_no_swarm_and_change_nothing():
     outside = FakeDaemon(None, in_swarm=False)
     cases = [
-        ("/swarm/init", {"ListenAddr": "0.0.0.0:2377", "ForceNewCluster": True}, 400,
-         "ForceNewCluster: "),
+        ("/swarm/init", {"ForceNewCluster": "yes"}, 400, "ForceNewCluster: "),
         ("/swarm/init", {"DataPathAddr": "10.0.0.5"}, 400, "DataPathAddr: "),
         ("/swarm/init", {"DataPathPort": 80}, 400, "DataPathPort: "),
         ("/swarm/init", {"DataPathPort": 65000}, 400, "DataPathPort: "),
@@ -350,6 +349,11 @@ def test_init_join_leave_unlock_refusals_need_no_swarm_and_change_nothing():
                              if path.endswith("join") else {})
         assert status == 503 and "already part of a swarm" in answer["message"]
     assert inside.state.node_id == "n1"
+    # --force-new-cluster on a node of a swarm recovers it: never on a worker
+    worker = FakeDaemon(None, in_swarm=True)
+    status, answer = one(worker, "POST", "/swarm/init", {"ForceNewCluster": True})
+    assert status == 503 and "not a swarm manager" in answer["message"], answer
+    assert worker.state.node_id == "n1" and worker.state.role == "worker"
 
 
 # ---- task logs ---------------------------------------------------------------------------------

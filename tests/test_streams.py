@@ -37,7 +37,7 @@ class FakeExecutor:
     def list(self) -> list[ContainerInfo]:
         return [ContainerInfo(id=CID, labels={"shoal.task.name": "web.1"}, state="running", pid=1)]
 
-    async def logs(self, cid, tail=None, follow=False, timestamps=True, run=None):
+    async def logs(self, cid, tail=None, follow=False, timestamps=True, run=None, window=None):
         self.asked.append({"cid": cid, "tail": tail, "follow": follow})
         if self.vanish:
             raise errors.NotFound(f"no such container: {cid}")

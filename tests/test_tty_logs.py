@@ -355,4 +355,6 @@ def test_a_bad_log_option_refuses_the_create_and_leaves_nothing(images_root, ex_
             await ex.create(config("bad", "true", log_driver=rotating("1k", 0)))
         assert not (ex.containers_dir / "bad").exists() and ex.list() == []
     run(scenario())
-    assert log_policy(None).keep and log_policy(None).max_size is None  # the default: as before
+    # the default (issue 19): rotated as Docker's advised 10m x 3 (tests/test_container_cmds.py)
+    assert log_policy(None).keep and (log_policy(None).max_size, log_policy(None).max_files) == \
+        (10_000_000, 3)

@@ -1,18 +1,20 @@
 """The control API's middlewares: who may call what on 2377 (auth), and writes forwarded to the leader.
 
-Reads are served from the local replica. Writes are served by the leader: a follower forwards
-them (forward_middleware), so a user can talk to any manager. On 2377 every caller is known by
-its certificate (auth_middleware): joiners come with no certificate and may only reach /join;
-agents with any node certificate reach the dispatcher and certificate renewal; the control API
-needs a manager certificate.
+Reads are served from the local replica (with a Shoal-Warning header while this manager has no
+leader). Writes are served by the leader: a follower forwards them (forward_middleware), so a
+user can talk to any manager; across a failover they get a definite answer (forwarding.py).
+On 2377 every caller is known by its certificate (auth_middleware): joiners come with no
+certificate and may only reach /join; agents with any node certificate reach the dispatcher and
+certificate renewal; the control API needs a manager certificate.
 """
 from __future__ import annotations
 
-import asyncio
+import time
 
 from aiohttp import web
 
 from common import errors, pki
+from manager.controlapi import forwarding, replay
 from manager.controlapi.context import FORWARDED_LOCAL, IDENTITY, context_of, identity_of, manager_of
 
 
@@ -87,40 +89,6 @@ def _asks_for_a_change_to(method: str, path: str) -> bool:
     return not path.startswith(_SYSTEM_WRITES) and path != "/join/ca"
 
 
-def leader_to_forward_to(ctx, manager) -> str | None:
-    """None when this manager is the leader; else the leader's API address, once it is known
-    and connected (Unavailable otherwise)."""
-    if manager.is_leader:
-        return None
-    leader = manager.leader_api_addr()
-    if leader is None or leader == ctx.state.api_addr:
-        raise errors.Unavailable(manager.no_leader_reason())
-    if not manager.leader_connected():
-        raise errors.Unavailable(manager.leader_unreachable_reason())
-    return leader
-
-
-async def forward_to_leader(ctx, manager, leader: str, method: str, path_qs: str, raw: bytes,
-                            headers: dict[str, str]) -> tuple[int, bytes]:
-    """A control API request sent on to the leader: its status and body."""
-    client = ctx.peer_client(leader)
-    # Fail fast when the leader is cut off: a client should hear "no quorum", not hang. A new
-    # connection gives up after 1 s; a pooled one to a leader that has just been cut off would
-    # wait for the whole timeout, so the forward also ends once raft loses the leader.
-    client.connect_timeout = 1.0
-    forward = asyncio.ensure_future(client.request_raw(
-        method, path_qs, raw=raw, timeout=30.0, headers=headers))
-    try:
-        while not (await asyncio.wait({forward}, timeout=0.25))[0]:
-            if not manager.leader_connected():
-                raise errors.Unavailable(
-                    f"{manager.leader_unreachable_reason()} (lost while forwarding this request, "
-                    f"which may or may not have been applied)")
-        return forward.result()
-    finally:
-        forward.cancel()  # done: no effect; abandoned: closes its connection
-
-
 def check_disk_for(manager, method: str, path: str) -> None:
     """On the leader: refuse a change a user asked for when the disk is about to fill."""
     if _asks_for_a_change_to(method, path):
@@ -131,17 +99,59 @@ def check_disk_for(manager, method: str, path: str) -> None:
 async def forward_middleware(request: web.Request, handler):
     ctx = context_of(request)
     if not _leader_only(request) or getattr(handler, "local_only", False):
-        return await handler(request)
-    manager = manager_of(request)
-    leader = leader_to_forward_to(ctx, manager)
-    if leader is None:
-        check_disk_for(manager, request.method, request.path)
-        return await handler(request)
+        response = await handler(request)
+        if request.method in ("GET", "HEAD") and ctx.manager is not None \
+                and not response.prepared:
+            warning = forwarding.stale_warning(ctx.manager)
+            if warning:
+                response.headers[forwarding.WARNING_HEADER] = warning
+        return response
+    return await _deliver(request, handler, ctx, manager_of(request))
+
+
+# The cluster keeping itself running: one attempt each, the agents and joiners retry.
+_SYSTEM_PREFIXES = ("/dispatcher/", "/certificates/", "/raft/", "/join")
+
+
+async def _deliver(request: web.Request, handler, ctx, manager) -> web.StreamResponse:
+    """A write, on the leader or forwarded to it, with a definite answer (forwarding.py)."""
+    forwarded_id = request.headers.get(forwarding.REQUEST_ID_HEADER)
+    request_id = forwarded_id or forwarding.new_request_id()
+    # A forwarded request gets one attempt here: the forwarder retries.
+    one_attempt = forwarded_id is not None or request.path.startswith(_SYSTEM_PREFIXES)
+    deadline = time.monotonic() + (0.0 if one_attempt else forwarding.DELIVER_DEADLINE)
+    read_back = replay.read_back_request(request)
+    raw = await request.read()
     ident = identity_of(request)
-    headers = {FORWARDED_NODE_HEADER: ident.node_id if ident and not request.get(FORWARDED_LOCAL) else ""}
-    status, data = await forward_to_leader(ctx, manager, leader, request.method,
-                                           request.path_qs, await request.read(), headers)
-    return web.Response(status=status, body=data, content_type="application/json")
+    origin = ident.node_id if ident and not request.get(FORWARDED_LOCAL) else ""
+
+    async def local(maybe_applied: bool) -> forwarding.Answer:
+        check_disk_for(manager, request.method, request.path)
+
+        async def run() -> forwarding.Answer:
+            return forwarding.Answer.of(await handler(request))
+        return await forwarding.serve_on_leader(
+            manager, request_id, maybe_applied, run,
+            lambda result: replay.replay_answer(request, read_back, manager, result))
+
+    async def remote(leader: str, maybe_applied: bool) -> forwarding.Answer:
+        headers = {FORWARDED_NODE_HEADER: origin, forwarding.REQUEST_ID_HEADER: request_id}
+        if maybe_applied:
+            headers[forwarding.RETRY_HEADER] = "1"
+        return await forwarding.send_to_leader(ctx, manager, leader, request.method,
+                                               request.path_qs, raw, headers)
+
+    try:
+        answer = await forwarding.deliver(
+            manager, ctx, local=local, remote=remote, answer_of=lambda a: a, deadline=deadline,
+            maybe_applied=forwarding.RETRY_HEADER in request.headers)
+    except forwarding.NoLeader as exc:
+        if forwarded_id is None:
+            raise
+        # To the forwarder: not applied, try the next leader.
+        return web.Response(status=exc.status, body=forwarding.no_leader_body(exc),
+                            content_type="application/json")
+    return answer.response()
 
 
 def local_only(handler):

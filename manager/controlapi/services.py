@@ -13,6 +13,7 @@ from aiohttp import web
 from common import codec, errors, httpstreams as streams
 from common.httpserver import CTX, body_json, query_flag, query_int, reply
 from common.ids import new_id
+from common.logtime import optional_time
 from common.model import SentSpec, Service, ServiceSpec, Task, UpdateStatus
 from common.nodestate import API_PORT
 from manager.allocator.allocator import ingress_ports
@@ -257,11 +258,13 @@ async def service_remove(request: web.Request) -> web.Response:
     return reply({"id": svc.id})
 
 
-async def gather_logs(ctx, manager, svc: Service, follow: bool,
-                      tail: int | None) -> AsyncIterator[dict]:
+async def gather_logs(ctx, manager, svc: Service, follow: bool, tail: int | None,
+                      since: Optional[float] = None,
+                      until: Optional[float] = None) -> AsyncIterator[dict]:
     """Every task's log entries ({t, s, l, task, node, task_id, node_id}, or {error, node}),
     gathered from the nodes that ran them (mutual TLS to each): as they come with `follow`,
-    else all of them in time order. shoal's API and the Docker API's both stream these."""
+    else all of them in time order. shoal's API and the Docker API's both stream these.
+    `since`/`until` (Unix seconds) are applied by the nodes, as they read."""
     by_node: dict[str, list[Task]] = {}
     for t in manager.store.by_index("tasks", "service_id", svc.id):
         if t.node_id and t.status.container_id:
@@ -279,7 +282,8 @@ async def gather_logs(ctx, manager, svc: Service, follow: bool,
             client = ctx.peer_client(f"{node.status.addr}:{API_PORT}")
             params = [("follow", "true" if follow else "false"),
                       ("tail", "all" if tail is None else str(tail))] + \
-                [("task", t.id) for t in tasks]
+                [("task", t.id) for t in tasks] + \
+                [(k, f"{v:.6f}") for k, v in (("since", since), ("until", until)) if v is not None]
             stream = await client.open_stream("GET", "/worker/logs", params=params, connect_timeout=3)
             try:
                 async for raw in stream.content:
@@ -321,14 +325,32 @@ async def service_logs(request: web.Request) -> web.StreamResponse:
     manager = manager_of(request)
     svc = find_service(manager, request.match_info["ref"])
     # Checked here, before the stream starts (manager.streams), not by each node later.
-    follow = query_flag(request, "follow")
-    tail = streams.query_tail(request)
+    follow, tail, since, until = log_query(request)
+    return await stream_log_entries(request, svc, gather_logs(
+        request.app[CTX], manager, svc, follow, tail, since, until))
+
+
+def log_query(request: web.Request) -> tuple[bool, Optional[int], Optional[float],
+                                             Optional[float]]:
+    """follow, tail, since, until of a logs request (refused here, before any stream)."""
+    return (query_flag(request, "follow"), streams.query_tail(request),
+            optional_time(request.query.get("since"), "since"),
+            optional_time(request.query.get("until"), "until"))
+
+
+async def stream_log_entries(request: web.Request, svc: Service,
+                             entries: AsyncIterator[dict]) -> web.StreamResponse:
+    """The entries as NDJSON; with details=true each keeps its task_id and node_id and gets
+    its service_id (what `service logs --details` shows, as docker's com.docker.swarm.*)."""
+    details = query_flag(request, "details")
     resp = await streams.start_ndjson(request)
-    entries = gather_logs(request.app[CTX], manager, svc, follow, tail)
     try:
         async for item in entries:
-            item.pop("task_id", None)
-            item.pop("node_id", None)
+            if details and "error" not in item:
+                item["service_id"] = svc.id
+            else:
+                item.pop("task_id", None)
+                item.pop("node_id", None)
             await resp.write(json.dumps(item).encode() + b"\n")
     except (ConnectionResetError, ConnectionError):
         pass

@@ -6,11 +6,12 @@ from typing import AsyncIterator, Optional
 from aiohttp import web
 
 from common import codec, errors
-from common.httpserver import reply
+from common.httpserver import CTX, reply
 from common.model import Task
 from manager.controlapi.context import manager_of
 from manager.controlapi.nodes import find_node
-from manager.controlapi.services import find_service, gather_logs
+from manager.controlapi.services import (find_service, gather_logs, log_query,
+                                         stream_log_entries)
 
 
 def task_view(manager, task: Task) -> dict:
@@ -51,8 +52,9 @@ async def task_inspect(request: web.Request) -> web.Response:
     return reply(task_view(manager, task))
 
 
-async def gather_task_logs(ctx, manager, task: Task, follow: bool,
-                           tail: Optional[int]) -> AsyncIterator[dict]:
+async def gather_task_logs(ctx, manager, task: Task, follow: bool, tail: Optional[int],
+                           since: Optional[float] = None,
+                           until: Optional[float] = None) -> AsyncIterator[dict]:
     """One task's log entries: its service's (services.gather_logs, the one way logs are
     fetched from the nodes) narrowed to the task. `tail` counts the task's own lines, so the
     nodes are asked for all of them and the cut is made here."""
@@ -60,7 +62,7 @@ async def gather_task_logs(ctx, manager, task: Task, follow: bool,
     if svc is None:
         raise errors.NotFound(f"the service of task {task.id} is gone, and its logs with it")
     entries = gather_logs(ctx, manager, svc, follow, None if tail is not None and not follow
-                          else tail)
+                          else tail, since, until)
     try:
         if follow:
             async for entry in entries:
@@ -77,8 +79,29 @@ async def gather_task_logs(ctx, manager, task: Task, follow: bool,
         yield entry
 
 
+async def task_logs(request: web.Request) -> web.StreamResponse:
+    """`service logs TASK`: one task's lines, as GET /services/{ref}/logs gives them."""
+    manager = manager_of(request)
+    task = find_task(manager, request.match_info["ref"])
+    svc = manager.store.get("services", task.service_id)
+    if svc is None:
+        raise errors.NotFound(f"the service of task {task.id} is gone, and its logs with it")
+    follow, tail, since, until = log_query(request)
+    return await stream_log_entries(request, svc, gather_task_logs(
+        request.app[CTX], manager, task, follow, tail, since, until))
+
+
+def find_task(manager, ref: str) -> Task:
+    """A task by its id or a unique prefix of it (the store's find)."""
+    task = manager.store.find("tasks", ref)
+    if task is None:
+        raise errors.NotFound(f"no such service or task: {ref}")
+    return task
+
+
 def routes() -> list[web.RouteDef]:
     return [
         web.get("/tasks", task_list),
         web.get("/tasks/{ref}", task_inspect),
+        web.get("/tasks/{ref}/logs", task_logs),
     ]

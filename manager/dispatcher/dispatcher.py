@@ -69,13 +69,21 @@ class Dispatcher:
         # Status reports from all agents, committed together.
         self._status_queue: list[tuple[str, dict, asyncio.Future]] = []
         self._flusher: asyncio.Task | None = None
+        self.heartbeats = 0  # received by this dispatcher (manager/metrics.py)
 
     @property
     def period(self) -> float:
         cluster = current_cluster(self.replica.store)
         return cluster.spec.dispatcher.heartbeat_period if cluster else 5.0
 
+    def session_count(self) -> int:
+        """Nodes whose agent heartbeated to this dispatcher within its grace period."""
+        now = time.monotonic()
+        return sum(1 for node_id, period in self._told.items()
+                   if now - self._last_seen.get(node_id, 0.0) <= period * GRACE_MULTIPLIER)
+
     async def heartbeat(self, node_id: str, addr: str, description: dict | None) -> dict:
+        self.heartbeats += 1
         self._last_seen[node_id] = time.monotonic()
         period = self.period
         self._told[node_id] = period

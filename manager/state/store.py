@@ -170,6 +170,13 @@ class Store:
             matches = [o for i, o in objs.items() if i.startswith(ref)] if ref else []
             return matches[0] if len(matches) == 1 else None
 
+    def outcome(self, txn_id: str) -> Optional[TxnResult]:
+        """The result of transaction `txn_id` if it was applied recently (the last
+        _RECENT_TXN_LIMIT, snapshots included): how a retried request learns its fate."""
+        with self._lock:
+            done = self._recent.get(txn_id)
+        return TxnResult.from_plain(done) if done is not None else None
+
     # ---- events ---------------------------------------------------------------------------
     def subscribe(self, listener: Callable[[list[Event]], None]) -> Callable[[], None]:
         """`listener` is called on the applying (raft) thread with each transaction's events."""

@@ -266,6 +266,10 @@ class ShoalGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except errors.OutcomeUnknown as exc:
+            # Not a refusal: the change may be there. Its own label, so nobody reads it as one.
+            click.echo(f"Outcome unknown: {exc.message}", err=True)
+            ctx.exit(1)
         except errors.ShoalError as exc:
             click.echo(f"Error: {exc.message}", err=True)
             ctx.exit(1)

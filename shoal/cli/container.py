@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 import click
 
@@ -12,6 +11,8 @@ from common.model import RESTART_POLICIES
 from common.registryauth import DockerConfig
 from common.units import format_size
 from shoal.cli.client import Cli, api_path, pass_cli
+from shoal.cli.container_cmds import register as register_container_cmds
+from shoal.cli.log_flags import SINCE_HELP, UNTIL_HELP, log_window, rfc3339_nano
 from shoal.cli.output import print_json, print_listing
 from shoal.cli.flag_values import parse_mount, parse_publish
 from shoal.cli.image_build import image_build
@@ -184,16 +185,22 @@ def container_exec(cli: Cli, ref, argv) -> None:
     sys.exit(result["exit_code"])
 
 
+register_container_cmds(container)  # top, stats, kill
+
+
 @container.command("logs")
-@click.option("-f", "--follow", is_flag=True)
-@click.option("--tail", default="all")
-@click.option("-t", "--timestamps", is_flag=True)
+@click.option("-f", "--follow", is_flag=True, help="Follow log output")
+@click.option("--tail", default="all", help="Number of lines to show from the end of the logs")
+@click.option("-t", "--timestamps", is_flag=True, help="Show timestamps")
+@click.option("--since", default="", help=SINCE_HELP)
+@click.option("--until", default="", help=UNTIL_HELP)
 @click.argument("ref")
 @pass_cli
-def container_logs(cli: Cli, follow, tail, timestamps, ref) -> None:
-    """Fetch a container's logs."""
-    for e in cli.stream("GET", api_path("containers", ref, "logs"), params={"follow": str(follow).lower(), "tail": tail}):
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ ", time.gmtime(e["t"])) if timestamps else ""
+def container_logs(cli: Cli, follow, tail, timestamps, since, until, ref) -> None:
+    """Fetch a container's logs (across its rotated log files)."""
+    params = {"follow": str(follow).lower(), "tail": tail, **log_window(since, until)}
+    for e in cli.stream("GET", api_path("containers", ref, "logs"), params=params):
+        stamp = rfc3339_nano(e["t"]) + " " if timestamps else ""
         click.echo(stamp + e["l"], err=e["s"] == "stderr")
 
 

@@ -11,6 +11,7 @@ from common.durations import format_duration
 from shoal.cli import progress
 from shoal.cli.client import Cli, api_path, pass_cli
 from shoal.cli.data_objects import parse_reference_option
+from shoal.cli.log_flags import SINCE_HELP, UNTIL_HELP, log_window, rfc3339_nano
 from shoal.cli.login import WITH_REGISTRY_AUTH_HELP, registry_auth_body
 from shoal.cli.resolve import cli_lookup, pin_spec_image, resolve_image_option
 # SIZE and CPUS are imported from here by container.py and service_update.py too
@@ -395,22 +396,46 @@ def rm(cli: Cli, services) -> None:
 @click.option("-f", "--follow", is_flag=True, help="Follow log output")
 @click.option("--tail", default="all", help="Number of lines to show from the end of each task's log")
 @click.option("-t", "--timestamps", is_flag=True, help="Show timestamps")
+@click.option("--since", default="", help=SINCE_HELP)
+@click.option("--until", default="", help=UNTIL_HELP)
+@click.option("--details", is_flag=True, help="Show the log's attributes (com.docker.swarm.node.id,"
+              " service.id, task.id) before each line")
 @click.option("--raw", is_flag=True, help="Do not prefix lines with the task name")
-@click.argument("ref")
+@click.argument("ref", metavar="SERVICE|TASK")
 @pass_cli
-def logs(cli: Cli, follow, tail, timestamps, raw, ref) -> None:
-    """Fetch the logs of a service's tasks, from every node that ran them."""
+def logs(cli: Cli, follow, tail, timestamps, since, until, details, raw, ref) -> None:
+    """Fetch the logs of a service's tasks, or of one task, from every node that ran them."""
     if tail != "all" and not tail.isdigit():
         raise click.BadParameter(f"{tail!r}: a number of lines or 'all'", param_hint="--tail")
-    params = {"follow": "true" if follow else "false", "tail": tail}
-    for entry in cli.stream("GET", api_path("services", ref, "logs"), params=params):
+    params = {"follow": "true" if follow else "false", "tail": tail, **log_window(since, until)}
+    if details:
+        params["details"] = "true"
+    for entry in _service_or_task_logs(cli, ref, params):
         if entry.get("error"):
             click.echo(f"error from {entry.get('node', '?')}: {entry['error']}", err=True)
             continue
         prefix = "" if raw else f"{entry['task']}@{entry['node']}    | "
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(entry["t"])) + \
-            f".{int(entry['t'] % 1 * 1e6):06d}Z " if timestamps else ""
-        click.echo(f"{prefix}{stamp}{entry['l']}", err=entry.get("s") == "stderr")
+        stamp = rfc3339_nano(entry["t"]) + " " if timestamps else ""
+        attrs = (f"com.docker.swarm.node.id={entry.get('node_id', '')},"
+                 f"com.docker.swarm.service.id={entry.get('service_id', '')},"
+                 f"com.docker.swarm.task.id={entry.get('task_id', '')} ") if details else ""
+        click.echo(f"{prefix}{stamp}{attrs}{entry['l']}", err=entry.get("s") == "stderr")
+
+
+def _service_or_task_logs(cli: Cli, ref: str, params: dict):
+    """A service's entries, or a task's when no service is called `ref` (as docker's CLI)."""
+    entries = iter(cli.stream("GET", api_path("services", ref, "logs"), params=params))
+    try:
+        first = next(entries, None)
+    except errors.NotFound as exc:
+        # the managers' find_service refusal, before any line; not an error record mid-stream
+        if not exc.message.startswith("no such service"):
+            raise
+        entries = iter(cli.stream("GET", api_path("tasks", ref, "logs"), params=params))
+        first = next(entries, None)
+    if first is not None:
+        yield first
+        yield from entries
 
 
 def node_ps_command(node_group: click.Group) -> None:
@@ -431,3 +456,4 @@ def node_ps_command(node_group: click.Group) -> None:
                 ref = cli.call("GET", "/info")["swarm"].get("node_id", "")
             tasks += cli.call("GET", "/tasks", params={"node": ref})
         print_tasks(_apply_filters(tasks, f), no_trunc, quiet, fmt)
+

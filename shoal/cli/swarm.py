@@ -84,11 +84,15 @@ def swarm() -> None:
               help="Prefix length of the subnets taken from the pools (default 24)")
 @click.option("--data-path-port", type=int,
               help="UDP port of the overlays' VXLAN traffic, 1024-49151 (default 4789)")
+@click.option("--force-new-cluster", is_flag=True,
+              help="Force create a new cluster from current state")
 @pass_cli
 def init(cli: Cli, advertise_addr, listen_addr, heartbeat_period, cert_expiry, autolock,
          task_history_limit, snapshot_interval, max_snapshots, addr_pools, addr_pool_mask,
-         data_path_port) -> None:
+         data_path_port, force_new_cluster=False) -> None:
     """Initialize a swarm: this node becomes its first manager."""
+    if force_new_cluster:  # shoal/cli/swarm_recovery.py
+        return swarm_recovery.init_force_new_cluster(cli, advertise_addr)
     spec = _spec_overrides(heartbeat_period, cert_expiry, True if autolock else None,
                            task_history_limit, snapshot_interval, max_snapshots, addr_pools,
                            addr_pool_mask)
@@ -328,3 +332,8 @@ def _when(ts: float) -> str:
 from shoal.cli.swarm_ca import ca as _ca  # noqa: E402  (its own module: `swarm ca`)
 
 swarm.add_command(_ca)
+
+from shoal.cli import swarm_recovery  # noqa: E402  (its own module: backup, restore, --force-new-cluster)
+
+swarm.add_command(swarm_recovery.backup)
+swarm.add_command(swarm_recovery.restore)

@@ -21,8 +21,8 @@ from aiohttp import web
 
 from common import errors
 from manager.controlapi.context import Manager
-from manager.controlapi.middleware import (FORWARDED_NODE_HEADER, check_disk_for,
-                                           forward_to_leader, leader_to_forward_to)
+from manager.controlapi import forwarding
+from manager.controlapi.middleware import FORWARDED_NODE_HEADER, check_disk_for
 from shoal.dockerapi.access import daemon_of, manager_of
 from shoal.dockerapi.errors import DockerError, status_of
 
@@ -63,31 +63,64 @@ async def write(request: web.Request, method: str, path_qs: str, body: Optional[
                 settled: Optional[Settled] = None) -> Any:
     """`local(manager)` on the leader (its answer as shoal's API would send it), or the
     leader's answer to `method path_qs body`. Errors become Docker's, their field paths spelled
-    by `spell`."""
+    by `spell`. Across a failover the answer is definite as on shoal's own API
+    (manager/controlapi/forwarding.py): retried with the same request id while a leader may
+    still appear, else "the outcome is unknown" (504), never a refusal for a write that may
+    have been applied."""
     manager = manager_of(request)
+    ctx = daemon_of(request)
+    raw = json.dumps(body).encode() if body is not None else b""
+    request_id = forwarding.new_request_id()
+
+    async def send(leader: str, maybe_applied: bool) -> tuple[str, Any]:
+        headers = {FORWARDED_NODE_HEADER: "", forwarding.REQUEST_ID_HEADER: request_id}
+        if maybe_applied:
+            headers[forwarding.RETRY_HEADER] = "1"
+        return "sent", await forwarding.send_to_leader(ctx, manager, leader, method, path_qs,
+                                                       raw, headers)
+
+    async def here(maybe_applied: bool) -> tuple[str, Any]:
+        if maybe_applied:
+            # An earlier attempt may stand: this leader's control API answers the retry from
+            # what was applied (or runs it), as it does for a follower's.
+            return await send(ctx.state.api_addr, True)
+        check_disk_for(manager, method, path_qs.partition("?")[0])
+        answer = await forwarding.serve_on_leader(manager, request_id, False,
+                                                  lambda: local(manager), _replayed)
+        return "here", answer
+
     try:
-        leader = leader_to_forward_to(daemon_of(request), manager)
-        if leader is None:
-            check_disk_for(manager, method, path_qs.partition("?")[0])
-            return await local(manager)
-        raw = json.dumps(body).encode() if body is not None else b""
-        status, data = await forward_to_leader(daemon_of(request), manager, leader, method,
-                                               path_qs, raw, {FORWARDED_NODE_HEADER: ""})
+        kind, result = await forwarding.deliver(
+            manager, ctx, local=here, remote=send, deadline=time.monotonic() +
+            forwarding.DELIVER_DEADLINE, answer_of=lambda r: r[1] if r[0] == "sent" else None)
+    except errors.OutcomeUnknown as exc:
+        raise DockerError(exc.status, exc.message) from None
     except errors.ShoalError as exc:
         raise _docker_error(exc.status, exc.message, exc.field, spell,
                             not_a_manager=isinstance(exc, errors.NotAManager)) from None
+    if kind == "here":
+        return result
+    status, data = result.status, result.body
     try:
         answer = json.loads(data) if data else {}
     except ValueError:
         answer = {"message": data.decode("utf-8", "replace")}
     if status >= 400:
         answer = answer if isinstance(answer, dict) else {}
+        if status == errors.OutcomeUnknown.status:
+            raise DockerError(status, str(answer.get("message", "")))
         raise _docker_error(status, str(answer.get("message", "")), answer.get("field"), spell)
     if settled is not None:
         deadline = time.monotonic() + SETTLE_TIMEOUT
         while not settled(manager, answer) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
     return answer
+
+
+async def _replayed(result) -> Any:
+    # A first attempt has a fresh request id: no other attempt can have used it.
+    raise errors.OutcomeUnknown(f"the request's change was applied by another attempt (index "
+                                f"{result.index}); check it before sending it again")
 
 
 def _docker_error(status: int, message: str, field: Optional[str], spell: Optional[Spell],

@@ -34,7 +34,8 @@ log = logging.getLogger("shoal.dockerapi.remote")
 DEFAULT_PORT = 2376
 SHOAL_PREFIX = "/shoal"
 # Headers of shoal's answer that describe its body; the rest are the hop's own.
-_PASSED_HEADERS = ("Content-Type", "Content-Disposition")
+# Shoal-Warning: a stale read on a manager without a leader says so to remote CLIs too.
+_PASSED_HEADERS = ("Content-Type", "Content-Disposition", "Shoal-Warning")
 # The session of the proxy to the local socket, in the app.
 _SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("shoal.remote.session",
                                                         aiohttp.ClientSession)

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from common import errors
 from common.keywrap import UnlockKey
-from shoal import autolock, lifecycle
+from shoal import autolock, lifecycle, recovery
 from shoal.dockerapi.access import daemon_of
 from shoal.dockerapi.errors import DockerError, bad_request, from_shoal, json_answer
 from shoal.dockerapi.query import flag, json_body
@@ -58,8 +58,16 @@ def _not_in_swarm(daemon) -> None:
 
 async def swarm_init(request: web.Request, params: dict[str, str]) -> web.Response:
     daemon = daemon_of(request)
-    _not_in_swarm(daemon)
     req = init_request(await json_body(request, "a SwarmInitRequest"))
+    # `docker swarm init --force-new-cluster` on a node of a swarm: recover it with this
+    # manager alone. On a node in no swarm it is a plain init, as dockerd's.
+    if req.force_new_cluster and daemon.state.in_swarm:
+        try:
+            result = await recovery.force_new_cluster(daemon, req.advertise_addr or None)
+        except errors.ShoalError as exc:
+            raise _spelled(exc, init_path) from None
+        return json_answer(result["node_id"])
+    _not_in_swarm(daemon)
     try:
         result = await lifecycle.init_swarm(daemon, _advertise(req.advertise_addr),
                                             req.listen_addr or None, req.spec,

@@ -36,8 +36,8 @@ them after restarting.
 The modules, each depending only on those below it (lifecycle imports the others, never the
 reverse):
 
-    lifecycle   the Executor: create, start, restart, stop, remove, adopt, close, wait, exec,
-                logs; ExecTimeout
+    lifecycle   the Executor: create, start, restart, stop, kill, remove, adopt, close, wait,
+                exec, logs; ExecTimeout
     exits       exit watching: the init's pidfd, its status by waitpid, orphaned zombies
     logs        copying stdout.log/stderr.log into container.log; its records, tail offsets
     runc        running the runtime against our --root, and its error messages
@@ -45,6 +45,8 @@ reverse):
     ocispec     the OCI runtime spec: command, user (looked up in the image), env, mounts,
                 namespaces, limits; signals and the stop grace period (pure functions)
     rootfs      the overlayfs root filesystem, mounted and unmounted
+    top         `container top`: the cgroup's pids, the host's ps narrowed to them
+    stats       `container stats`: cgroup counters and /proc/net/dev, docker's figures
     cgroups     the per-daemon cgroup prefix, cgroup mounts, swap accounting, OOM kill counts
     container   the records: ContainerConfig, ExitInfo, ContainerInfo, LogLine, and _Container
                 (what is tracked per container) with its state files

@@ -24,8 +24,8 @@ from worker.executor.container import (ContainerConfig, ContainerInfo, ExitInfo,
                                        _suppress_os, _write_small)
 from worker.executor.console import stop_pump
 from worker.executor.exits import reap_orphans, watch
-from worker.executor.logs import (STREAMS, LogReader, _LogTail, copy_logs, log_base, log_end,
-                                  log_policy, policy_of, refuse_reading)
+from worker.executor.logs import (STREAMS, LogReader, LogWindow, _LogTail, copy_logs, log_base,
+                                  log_end, log_policy, policy_of, refuse_reading)
 from worker.executor.ocispec import _signal, runtime_spec, stop_grace
 from worker.executor.rootfs import _mount_overlay, _unmount
 from worker.executor.runc import Stdio, _last_line, run_runc, runc_create, runtime_path
@@ -264,6 +264,25 @@ class Executor:
                     return
             raise errors.Unavailable(f"container {cid} did not exit after SIGKILL")
 
+    async def kill(self, cid: str, signal: str = "KILL") -> signals.Signals:
+        """`container kill`: the signal (a name or number, as docker's; default KILL) to the
+        container's init, nothing more: its exit is handled as any exit (a task's restart
+        policy). Returns the signal sent."""
+        try:
+            sig = _signal(signal)
+        except errors.InvalidArgument:
+            raise errors.InvalidArgument(
+                f"unknown signal {signal!r}: give -s/--signal a name (KILL, SIGTERM, HUP) or a "
+                "number (9)", field="signal") from None
+        c = self._get(cid)
+        async with c.lock:
+            self._arm(c)
+            if c.exited.is_set() or not c.started:
+                raise errors.Conflict(f"cannot kill container {cid}: it is not running",
+                                      field="id")
+            await self._kill(c, sig)
+        return sig
+
     async def _wait_exit(self, c: _Container, timeout: float) -> bool:
         """Wait for the init's exit; meanwhile reap container processes orphaned to us (they
         would keep the container's pid namespace, hence its init, from finishing its exit)."""
@@ -465,13 +484,15 @@ class Executor:
 
     # ---- logs -------------------------------------------------------------------------------
     async def logs(self, cid: str, tail: Optional[int] = None, follow: bool = False,
-                   timestamps: bool = True, run: Optional[int] = None) -> AsyncIterator[LogLine]:
+                   timestamps: bool = True, run: Optional[int] = None,
+                   window: LogWindow = LogWindow()) -> AsyncIterator[LogLine]:
         """The container's log lines, oldest first (the last `tail` ones if given); with
         `follow`, keeps yielding new lines until the container has exited and its output is
         all read. With `run`, the lines end where that run's output ends (a restarted
         container's log holds every run). Every LogLine carries its timestamp: `timestamps`
         only tells a formatter whether to show it (kept in the signature for the API layer's
-        convenience)."""
+        convenience). `window` keeps the lines from `since` to `until` (a follower stops once
+        `until` has passed); `tail` counts lines before that filter, as Docker's does."""
         c = self._get(cid)
         refuse_reading(c)
         self._arm(c)
@@ -483,15 +504,20 @@ class Executor:
         try:
             if tail is not None:
                 reader.seek_tail(tail)
+            if window.since is not None:
+                reader.seek_since(window.since)
             while True:
                 done = ended_before or tail_done.is_set()
                 end = c.log_ends.get(my_run) if follow or run is not None else None
                 lines = reader.read(end)
                 if lines is not None:
                     for line in lines:
-                        yield line
+                        if window.after(line):
+                            return
+                        if not window.before(line):
+                            yield line
                     continue
-                if not follow or done:
+                if not follow or done or window.over(time.time()):
                     return
                 await asyncio.sleep(0.1)
         finally:

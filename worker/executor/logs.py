@@ -1,11 +1,13 @@
 """Container logs: stdout.log/stderr.log copied into container.log as timestamped records.
 
 The log driver (TaskSpec.log_driver) is Docker's:
-- json-file (and no driver at all): container.log holds every record. With `max-size`
+- json-file (and no driver at all): container.log holds the records. With `max-size`
   (Docker's sizes: 10k, 10m, 1g, decimal as in Docker) it is rotated before a record would
   take it past that size: container.log.1 is the newest rotated file, up to `max-file` files
   in all (default 1: the log starts over). stdout.log/stderr.log are then freed (hole-punched)
-  behind what was copied, so that they stop taking disk space too.
+  behind what was copied, so that they stop taking disk space too. A container that names no
+  log options gets 10m x 3 (DEFAULT_POLICY): a chatty task never fills the node's disk (Docker
+  leaves its json-file unbounded; its docs advise these limits, and shoal takes them).
 - none: the container's stdout and stderr go to /dev/null; there is no log to read.
 
 Readers see container.log and its rotated files as one stream with *logical offsets*: bytes
@@ -51,11 +53,17 @@ class LogPolicy:
     max_files: int = 1                # container.log and its rotated files, in all
 
 
+DEFAULT_MAX_SIZE = 10_000_000   # Docker's "10m" (decimal)
+DEFAULT_MAX_FILES = 3
+DEFAULT_POLICY = LogPolicy(max_size=DEFAULT_MAX_SIZE, max_files=DEFAULT_MAX_FILES)
+
+
 def log_policy(driver: object) -> LogPolicy:
-    """The policy of a LogDriver (or its plain form, as shoal.json keeps it; None: json-file
-    without limits). InvalidArgument naming the option for what Docker would refuse too."""
+    """The policy of a LogDriver (or its plain form, as shoal.json keeps it). No driver, or
+    json-file without options: DEFAULT_POLICY. InvalidArgument naming the option for what
+    Docker would refuse too."""
     if driver is None:
-        return LogPolicy()
+        return DEFAULT_POLICY
     name = getattr(driver, "name", None) if not isinstance(driver, dict) else driver.get("name")
     options = (getattr(driver, "options", None) if not isinstance(driver, dict)
                else driver.get("options")) or {}
@@ -71,6 +79,8 @@ def log_policy(driver: object) -> LogPolicy:
     if unknown:
         raise errors.InvalidArgument(f"unknown log option {unknown[0]!r} for the json-file log "
                                      "driver: max-size and max-file only", field="log_driver")
+    if not options:
+        return DEFAULT_POLICY
     max_size = _docker_size(options["max-size"]) if "max-size" in options else None
     max_files = _max_files(options.get("max-file", "1"))
     return LogPolicy(max_size=max_size, max_files=max_files)
@@ -112,7 +122,7 @@ def policy_of(c: _Container) -> LogPolicy:
     try:
         return log_policy(c.config.get("log_driver"))
     except errors.InvalidArgument:
-        return LogPolicy()
+        return DEFAULT_POLICY
 
 
 def refuse_reading(c: _Container) -> None:
@@ -392,6 +402,17 @@ class LogReader:
                 return
             need -= found
 
+    def seek_since(self, since: float) -> None:
+        """Past the rotated files whose last record is older than `since`: they are skipped
+        unread (records are written in time order). Never moves back (after seek_tail)."""
+        for i in range(self.i, len(self.segments) - 1):
+            last = _last_record(self.segments[i].fd)
+            if last is not None and last.ts >= since:
+                return
+            nxt = self.segments[i + 1]
+            if nxt.base > self.pos:
+                self.i, self.pos, self.pending = i + 1, nxt.base, b""
+
     def read(self, end: Optional[int] = None) -> Optional[list[LogLine]]:
         """The next records (up to logical offset `end`); None when there is nothing new."""
         if not self.segments:
@@ -435,6 +456,29 @@ class LogReader:
         for seg in self.segments:
             os.close(seg.fd)
         self.segments = []
+
+
+def _last_record(fd: int) -> Optional[LogLine]:
+    """A file's last record (None for an empty or unreadable one)."""
+    start = _tail_offset(fd, 1)
+    return _parse_record(os.pread(fd, os.fstat(fd).st_size - start, start).rstrip(b"\n"))
+
+
+@dataclass(frozen=True)
+class LogWindow:
+    """`logs --since/--until` (Unix seconds, both inclusive, as Docker's)."""
+    since: Optional[float] = None
+    until: Optional[float] = None
+
+    def before(self, line: LogLine) -> bool:
+        return self.since is not None and line.ts < self.since
+
+    def after(self, line: LogLine) -> bool:
+        return self.until is not None and line.ts > self.until
+
+    def over(self, now: float) -> bool:
+        """A follower stops once `until` has passed: nothing later may be shown."""
+        return self.until is not None and now > self.until
 
 
 def _tail_start(fd: int, n: int) -> tuple[int, int]:

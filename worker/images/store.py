@@ -6,6 +6,7 @@ import json
 import os
 import re
 import secrets
+import time
 from pathlib import Path
 from typing import Awaitable, Callable, Optional
 
@@ -39,6 +40,8 @@ class ImageStore:
         self._index.setdefault("layers", {})
         self._layer_locks: dict[str, asyncio.Lock] = {}
         self._background: set[asyncio.Task] = set()
+        # Told of every pull (seconds taken, whether it succeeded): worker/metrics.py.
+        self.pull_observers: list[Callable[[float, bool], None]] = []
         self._prune_layers()
 
     def _prune_layers(self) -> None:
@@ -332,4 +335,11 @@ class ImageStore:
     async def pull(self, ref: str, **options) -> Image:
         """Pull from the registry `ref` names (worker/images/registry.py: insecure registries,
         credentials, the certs.d directory)."""
-        return await registry.pull(self, ref, **options)
+        started, ok = time.monotonic(), False
+        try:
+            image = await registry.pull(self, ref, **options)
+            ok = True
+            return image
+        finally:
+            for observe in self.pull_observers:
+                observe(time.monotonic() - started, ok)

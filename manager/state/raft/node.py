@@ -9,7 +9,8 @@ the password makes every message authenticated encryption, so nothing from a pee
 cluster secret is ever unpickled), journal plus full dump, dynamic membership, no batching,
 fast leader fallback and reconnection, short election timeouts.
 
-Raft data at rest is encrypted: every transaction and every snapshot is sealed with AES-GCM
+Raft data at rest is encrypted: every entry (its batch of transactions as one compressed blob,
+see cipher.py) and every snapshot is sealed with AES-GCM
 under a data key derived from the cluster's raft secret before pysyncobj sees it, so its
 journal and snapshot files hold ciphertext only (membership entries hold nothing but peer
 addresses). With autolock on, the raft secret itself is on disk only sealed by the swarm's
@@ -20,8 +21,13 @@ A full disk is an error, not a crash (manager/state/raft/journal.py): an append 
 fails before it enters the log, and the leader's commit says so. The leader refuses users'
 changes well before that point (manager/diskguard.py).
 
-pysyncobj does not fsync its journal: a power loss on a majority of managers at once can lose
-the last acknowledged writes. That is on the list of things to close.
+Durable: an entry is on stable storage (fdatasync) before this manager acknowledges it, as a
+follower, or counts it toward the commit majority, as the leader; one sync per raft tick covers
+every entry of the tick (group commit). The journal's records carry checksums, so a torn tail
+after a crash is cut back to the last whole entry and logged, never replayed; the snapshot is
+replaced crash-safely. The journal side is manager/state/raft/journal.py, pysyncobj's side
+manager/state/raft/durable_acks.py (mixed into _SyncObj below). SHOAL_UNSAFE_RAFT_NO_SYNC=1
+turns syncing off, for tests and benchmarks only.
 """
 from __future__ import annotations
 
@@ -42,9 +48,12 @@ from pysyncobj.syncobj import _RAFT_STATE  # noqa: E402
 # (pyroute2's netlink parser, on a node that is manager and worker at once): undo it.
 socket.inet_ntop = _INET_NTOP
 
-from common.errors import FailedPrecondition, ResourceExhausted, Unavailable  # noqa: E402
+from common.errors import FailedPrecondition, OutcomeUnknown, ResourceExhausted, Unavailable  # noqa: E402
+from manager.state import requestids  # noqa: E402
 from manager.state.raft import journal as raft_journal  # noqa: E402
+from manager.state.raft import snapshot_retention  # noqa: E402
 from manager.state.raft.cipher import DataCipher  # noqa: E402
+from manager.state.raft.durable_acks import DurableAcks  # noqa: E402
 from manager.state.store import Store, Transaction, TxnResult  # noqa: E402
 
 log = logging.getLogger("shoal.raft")
@@ -97,10 +106,15 @@ class _StoreMachine(SyncObjConsumer):
 
     @replicated
     def apply_batch(self, payloads: list[bytes]) -> list[dict]:
+        try:
+            txns = self._cipher.open_entry(payloads)
+        except Exception as exc:  # a bad entry must not kill the raft thread on every replica
+            log.exception("raft entry could not be opened")
+            return [TxnResult(False, code="invalid", message=f"entry not applied: {exc}").to_plain()]
         results = []
-        for payload in payloads:
+        for txn in txns:
             try:
-                results.append(self._store.apply(self._cipher.open(payload)))
+                results.append(self._store.apply(txn))
             except Exception as exc:  # a bad entry must not kill the raft thread on every replica
                 log.exception("raft entry could not be applied")
                 results.append(TxnResult(False, code="invalid",
@@ -114,9 +128,12 @@ class _StoreMachine(SyncObjConsumer):
         self._store.restore(self._cipher.open(data["store"]))
 
 
-class _SyncObj(SyncObj):
+class _SyncObj(DurableAcks, SyncObj):
     """pysyncobj with one fix: a late acknowledgement must not move the leader's next index for
     a follower backwards.
+
+    (DurableAcks, mixed in first, holds acknowledgements until the journal is synced and syncs
+    once per tick; its docstring names the pysyncobj methods it overrides, each a seam.)
 
     pysyncobj sets nextIndex to the acknowledged index + 1 even when it already sent further on
     the same ordered connection. It then re-sends from there, and the follower (which truncates
@@ -251,8 +268,6 @@ class RaftNode:
         data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(data_dir, 0o700)  # the log holds the CA key and every secret
         self.data_dir = data_dir
-        # Earlier snapshots kept beside the current one (the swarm's `--max-snapshots`).
-        self.keep_old_snapshots = 0
         conf = SyncObjConf(
             password=password.hex(),
             journalFile=str(data_dir / "journal"),
@@ -283,6 +298,12 @@ class RaftNode:
         # The journal replays up to the commit index it recorded before contacting anyone.
         self._sync = _SyncObj(self_addr, [p for p in partners if p != self_addr], conf,
                              consumers=[self._machine])
+        # For metrics (manager/metrics.py): each commit's latency in seconds goes to these
+        # callables on the loop, and leader_changes counts the leaders this member has seen.
+        self.commit_observers: list = []
+        self.leader_changes = 0
+        self._leader_seen: Optional[str] = None
+        self._sync.addOnTickCallback(self._count_leader_change)
 
     # ---- state ----------------------------------------------------------------------------
     @property
@@ -296,6 +317,12 @@ class RaftNode:
         # state_changes reads the state it was woken for.
         return self._sync._isLeader()
 
+    def _count_leader_change(self) -> None:
+        # pysyncobj's thread, every tick: a follower's own state does not change with the leader.
+        leader = self.leader_addr
+        if leader is not None and leader != self._leader_seen:
+            self._leader_seen, self.leader_changes = leader, self.leader_changes + 1
+
     def _on_state_changed(self, old: int, new: int) -> None:
         # pysyncobj's thread: hand over to the loop (the one thread seam of the manager).
         self._loop.call_soon_threadsafe(self.state_changes.set)
@@ -303,6 +330,13 @@ class RaftNode:
     @property
     def has_quorum(self) -> bool:
         return self._sync.hasQuorum
+
+    @property
+    def leader_heard_at(self) -> Optional[float]:
+        """Wall-clock time of the last append this follower received from a leader (None:
+        never since start). For the stale-read warning of a manager without a leader."""
+        heard = self._sync._leader_heard_at
+        return time.time() - (time.monotonic() - heard) if heard else None
 
     @property
     def term(self) -> int:
@@ -335,13 +369,23 @@ class RaftNode:
         """Propose `txn` and wait until it is applied here. Raises Unavailable without quorum."""
         fut: asyncio.Future = self._loop.create_future()
         proposed_at = time.monotonic()
-        self._queued.append((self._cipher.seal(txn.encode()), fut))
+        requestids.assign(txn)  # a user's request: its id, so a retry elsewhere applies once
+        self._queued.append((txn.encode(), fut))
         if len(self._queued) == 1:
             self._loop.call_soon(self._propose_queued)
         try:
-            return TxnResult.from_plain(await asyncio.wait_for(asyncio.shield(fut), timeout))
+            result = TxnResult.from_plain(await asyncio.wait_for(asyncio.shield(fut), timeout))
         except asyncio.TimeoutError:
-            raise self._timeout_error(timeout, "commit", proposed_at) from None
+            error = self._timeout_error(timeout, "commit", proposed_at)
+            if isinstance(error, ResourceExhausted):
+                raise error from None
+            # The entry may sit in this manager's log (or pysyncobj's queue) and still commit.
+            raise OutcomeUnknown(f"{error.message}; the change may or may not have been "
+                                 f"applied") from None
+        for observe in self.commit_observers:
+            observe(time.monotonic() - proposed_at)
+        requestids.check_own(self.store, txn, result)
+        return result
 
     def _propose_queued(self) -> None:
         """Group commit: whatever queued while earlier proposals were in flight goes as one entry."""
@@ -359,12 +403,20 @@ class RaftNode:
                 if fut.done():
                     continue
                 if error == FAIL_REASON.SUCCESS:
-                    fut.set_result(results[i])
+                    # An entry that could not be opened has one result for all its transactions.
+                    fut.set_result(results[i] if i < len(results) else results[-1])
+                elif error == FAIL_REASON.LEADER_CHANGED:
+                    # Sent on to a leader that may have appended it before it changed.
+                    fut.set_exception(OutcomeUnknown(
+                        f"commit failed: {_FAILURES[error]}; the change may or may not have "
+                        f"been applied"))
                 else:
                     fut.set_exception(Unavailable(f"commit failed: {_FAILURES.get(error, error)}"))
             self._propose_queued()
 
-        self._machine.apply_batch([payload for payload, _ in batch], callback=done)
+        # Sealed as one blob: see cipher.py for what sealing each transaction cost.
+        self._machine.apply_batch(self._cipher.seal_batch([payload for payload, _ in batch]),
+                                  callback=done)
         if self._queued:
             self._loop.call_soon(self._propose_queued)
 
@@ -423,6 +475,10 @@ class RaftNode:
         """The swarm's `--snapshot-interval`: log entries between two snapshots. pysyncobj reads
         its config on every tick of its thread; one int assignment is atomic under the GIL."""
         self._sync._SyncObj__conf.logCompactionMinEntries = max(2, int(entries))
+
+    def set_keep_old_snapshots(self, count: int) -> None:
+        """The swarm's `--max-snapshots`: earlier snapshots kept beside the current one."""
+        snapshot_retention.set_keep(str(self.data_dir / "snapshot"), count)
 
     def compact(self) -> None:
         """Write a snapshot and truncate the journal now (normally it happens by itself)."""

@@ -167,6 +167,7 @@ class InitRequest:
     advertise_addr: str
     spec: dict
     data_path_port: int = 0   # 0: the default (4789), as dockerd reads it
+    force_new_cluster: bool = False   # recover this manager's swarm alone (shoal/recovery.py)
 
 
 def init_request(body: dict) -> InitRequest:
@@ -177,8 +178,7 @@ def init_request(body: dict) -> InitRequest:
     if data_path_port and not DATA_PATH_PORTS[0] <= data_path_port <= DATA_PATH_PORTS[1]:
         raise bad(o.at("DataPathPort"), f"must be a UDP port between {DATA_PATH_PORTS[0]} and "
                                         f"{DATA_PATH_PORTS[1]} (0: the default, 4789)")
-    o.refuse("ForceNewCluster", "a swarm that lost its quorum is rebuilt with a new "
-                                "`swarm init` on a node that left it")
+    force_new_cluster = o.bool("ForceNewCluster")
     o.refuse("Availability", "set it after the init with `docker node update --availability`",
              ("active",))
     spec = cluster_spec(o.take("Spec"), ClusterSpec(), "Spec")
@@ -191,7 +191,7 @@ def init_request(body: dict) -> InitRequest:
     if size:
         spec["networking"]["subnet_size"] = size
     o.done()
-    return InitRequest(listen, advertise, spec, data_path_port)
+    return InitRequest(listen, advertise, spec, data_path_port, force_new_cluster)
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,12 @@ _EMPTY = {"TrustRoot": "", "CertIssuerSubject": "", "CertIssuerPublicKey": ""}
 
 @functools.lru_cache(maxsize=16)
 def _issuer(cert_pem: bytes) -> tuple[str, str, str]:
-    """(key id, base64 DER subject, base64 DER public key) of a root."""
-    cert = x509.load_pem_x509_certificate(cert_pem)
+    """(key id, base64 DER subject, base64 DER public key) of a root; empty strings for one
+    that does not parse (an answer about the swarm must not fail for its TLS details)."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        return "", "", ""
     spki = cert.public_key().public_bytes(serialization.Encoding.DER,
                                           serialization.PublicFormat.SubjectPublicKeyInfo)
     return (pki.key_id(cert_pem), base64.b64encode(cert.subject.public_bytes()).decode(),
