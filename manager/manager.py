@@ -15,6 +15,7 @@ from manager.allocator.allocator import Allocator
 from manager.allocator.loop import AllocatorLoop
 from manager.diskguard import RaftDiskGuard
 from manager.dispatcher.dispatcher import Dispatcher
+from manager.events import recorder as event_recorder
 from manager.orchestrator.orchestrator import Orchestrator
 from manager.scheduler.loop import SchedulingLoop
 from manager.state.raft.node import RaftNode, RaftTimings
@@ -60,6 +61,8 @@ class Manager:
 
     async def start(self) -> None:
         self.hub = WatchHub(self.store, asyncio.get_running_loop())
+        # Before raft exists: the events of the journal's replay are history too.
+        event_recorder.attach(self)
         partners = [a for a in self.state.raft_members if a != self.state.raft_addr]
         self.raft = RaftNode(self.store, self.state.raft_addr, partners, self.files.raft_dir,
                              self.files.load_raft_secret(), bind_addr=self._bind_addr,
@@ -74,6 +77,7 @@ class Manager:
         if self.raft is not None:
             await asyncio.to_thread(self.raft.close)
             self.raft = None
+        await event_recorder.detach(self)
         if self.hub is not None:
             self.hub.close()
 

@@ -110,6 +110,8 @@ class Daemon:
         await self.shutdown()
 
     async def shutdown(self) -> None:
+        from shoal.dashboard import api as dashboardapi
+        await dashboardapi.stop(self)  # before the roles: it reads through this node's API
         await self.stop_roles()
         if self._unix_runner is not None:
             await self._unix_runner.cleanup()
@@ -189,8 +191,6 @@ class Daemon:
         bind = None if host in ("0.0.0.0", "") else host
         self.manager = Manager(self.files, self.state, bind_addr=bind)
         await self.manager.start()
-        from shoal.dockerapi.events import start_recording
-        start_recording(self.manager)  # `docker events --since` reaches back to here
         if self.metrics is not None:
             self.metrics.attach_manager(self.manager)
         self._key_sync = asyncio.create_task(manager_autolock.keep_sealed(self.files, self.manager),

@@ -9,8 +9,10 @@ from common.httpserver import CTX, body_json, field, query_flag, reply
 from shoal import API_VERSION, __version__, lifecycle
 from shoal import resolveapi
 from shoal import buildapi
+from shoal import eventsapi  # `shoal events`: the manager's cluster events as NDJSON
 from shoal import imageapi  # image load|push|tag|...|save, system df|prune
 from shoal import containercmds  # container top|stats|kill
+from shoal.dashboard import api as dashboardapi  # POST /dashboard: `shoal dashboard`
 
 
 def _daemon(request: web.Request):
@@ -75,4 +77,5 @@ def routes() -> list[web.RouteDef]:
     return [web.get("/_ping", ping), web.get("/info", info), web.post("/swarm/init", swarm_init),
             web.post("/swarm/join", swarm_join), web.post("/swarm/leave", swarm_leave),
             *imageapi.routes(), *containercmds.routes(),
-            *resolveapi.routes(), *buildapi.routes()]
+            *resolveapi.routes(), *buildapi.routes(), *eventsapi.routes(),
+            *dashboardapi.routes()]

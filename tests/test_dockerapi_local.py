@@ -453,7 +453,9 @@ def test_events_stream_service_create_update_remove_live_and_from_history():
 
 
 def test_events_of_a_node_update_name_the_changed_fields():
-    from shoal.dockerapi.translate.events import message
+    # shoal's events of one change (an `update` and a `state`) are one Docker event.
+    from shoal.dockerapi.translate.events import changes, message
+    from manager.events.diff import events_of
     from manager.state.store import Event
     manager = DockerTestManager()
     populate(manager)
@@ -461,12 +463,17 @@ def test_events_of_a_node_update_name_the_changed_fields():
     new = codec.clone(old)
     new.spec.availability = "drain"
     new.status.state = "down"
-    msg = message(Event("update", "nodes", new, old))
-    assert msg["Type"] == "node" and msg["Action"] == "update"
+    ours = events_of(Event("update", "nodes", new, old, 7, 1.5), 1.5, lambda n: n)
+    assert [e.action for e in ours] == ["update", "state"]
+    [group] = list(changes(ours))
+    msg = message(group)
+    assert msg["Type"] == "node" and msg["Action"] == "update" and msg["timeNano"] == 1.5e9
     assert msg["Actor"]["Attributes"] == {"name": "w1", "availability.old": "active",
                                           "availability.new": "drain",
                                           "state.old": "ready", "state.new": "down"}
-    assert message(Event("update", "tasks", manager.store.get("tasks", "task1"), None)) is None
+    task = manager.store.get("tasks", "task1")
+    assert [message(g) for g in changes(
+        events_of(Event("create", "tasks", task, None, 8, 2.0), 2.0, lambda n: n))] == [None]
 
 
 def test_events_on_a_worker_are_an_empty_stream_and_bad_bounds_are_refused():

@@ -2,11 +2,14 @@
 
     python3 guest_tools.py get URL COUNT      one fresh connection per request; prints each body,
                                               or FAILED:<reason>, one per line
-    python3 guest_tools.py api METHOD PATH    the local shoald API over its Unix socket; prints
-                                              the JSON body (exit 1 on an HTTP error)
+    python3 guest_tools.py api METHOD PATH [BODY]
+                                              the local shoald API over its Unix socket (BODY:
+                                              JSON to send); prints the JSON body (exit 1 on an
+                                              HTTP error)
 
 The shoal CLI imports aiohttp and costs 10-15 s per call under software emulation; these are for
-the many polls and requests the tests make. Changes still go through the real CLI.
+the many polls and requests the tests make. Changes still go through the real CLI, except the
+power-loss test's stream of small writes, which must come faster than one per CLI start.
 """
 import http.client
 import socket
@@ -33,12 +36,14 @@ def get(url: str, count: int) -> None:
         sys.stdout.flush()
 
 
-def api(method: str, path: str) -> int:
+def api(method: str, path: str, body: str = "") -> int:
     c = UnixConnection("localhost")
-    c.request(method, path)
+    if body:
+        c.request(method, path, body=body.encode(), headers={"Content-Type": "application/json"})
+    else:
+        c.request(method, path)
     r = c.getresponse()
-    body = r.read().decode()
-    print(body)
+    print(r.read().decode())
     return 0 if r.status < 400 else 1
 
 
@@ -46,6 +51,6 @@ if __name__ == "__main__":
     if sys.argv[1] == "get":
         get(sys.argv[2], int(sys.argv[3]))
     elif sys.argv[1] == "api":
-        sys.exit(api(sys.argv[2], sys.argv[3]))
+        sys.exit(api(*sys.argv[2:5]))
     else:
         sys.exit(f"unknown command {sys.argv[1]!r}")

@@ -12,6 +12,9 @@ tokens and images.
     lab.guests[0].sh("ipvsadm -Ln")
     lab.stop()        # kills exactly the QEMU processes this lab started
 
+A guest's disk outlives its QEMU process until stop(): `power_cut()` SIGKILLs every guest at once
+and `power_on()` boots the same disks again (integration/vm/test_vm_power_loss.py).
+
 Run `python -m integration.vm.lab up` for an interactive lab (see README, "VM lab").
 """
 from __future__ import annotations
@@ -81,6 +84,16 @@ class Guest:
     @property
     def console_log(self) -> Path:
         return self.run_dir / f"{self.name}.console.log"
+
+    def forget_connection(self) -> None:
+        """Drop the agent connection and whatever was half-read on it (its QEMU is gone)."""
+        with self._lock:
+            with contextlib.suppress(OSError):
+                if self._sock:
+                    self._sock.close()
+            self._sock = None
+            self._buf = b""
+            self._pending.clear()
 
     def alive(self) -> bool:
         # a guest attached to without its process (an interactive lab) counts as alive
@@ -223,8 +236,13 @@ def _die_with_parent() -> None:
 
 class VMLab:
     def __init__(self, n: int = 3, memory_mb: int = 1024, image: Optional[Image] = None,
-                 run_dir: Optional[Path] = None, log=sys.stderr) -> None:
+                 run_dir: Optional[Path] = None, log=sys.stderr,
+                 disk_cache: str = "unsafe") -> None:
         self.n = n
+        # QEMU's cache mode for the guests' disks. "unsafe" ignores the guests' flushes, fine
+        # for guests that never outlive their disks; a power-loss test wants "writeback", where
+        # a guest's flush reaches the host's disk and anything it did not flush may be lost.
+        self.disk_cache = disk_cache
         self.memory_mb = memory_mb
         self.log = log
         self.image = image
@@ -250,13 +268,44 @@ class VMLab:
         (self.share / "tokens").mkdir(exist_ok=True)
         self.accel = "kvm" if kvm_works(self.image, self.log) else "tcg"
         for g in self.guests:
-            overlay = self.run_dir / f"{g.name}.qcow2"
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
-                            str(self.image.rootfs), str(overlay)], check=True)
-            g.proc = subprocess.Popen(self.qemu_argv(g, overlay), stdin=subprocess.DEVNULL,
-                                      stdout=open(self.run_dir / f"{g.name}.qemu.log", "wb"),
-                                      stderr=subprocess.STDOUT, start_new_session=True,
-                                      preexec_fn=_die_with_parent)
+                            str(self.image.rootfs), str(self.overlay(g))], check=True)
+            self._launch(g)
+
+    def overlay(self, g: Guest) -> Path:
+        return self.run_dir / f"{g.name}.qcow2"
+
+    def _launch(self, g: Guest) -> None:
+        # append: a guest booted again keeps the log of its earlier lives
+        with open(self.run_dir / f"{g.name}.qemu.log", "ab") as log:
+            g.proc = subprocess.Popen(self.qemu_argv(g, self.overlay(g)), stdin=subprocess.DEVNULL,
+                                      stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True, preexec_fn=_die_with_parent)
+
+    def power_cut(self) -> float:
+        """SIGKILL every guest's QEMU at once, as a power cut takes a rack: what a guest had
+        not flushed to its disk is gone, what it flushed is in the overlay (kept for power_on).
+        Returns the seconds between the first and the last kill."""
+        procs = [g.proc for g in self.guests if g.proc is not None and g.proc.poll() is None]
+        t0 = time.monotonic()
+        for p in procs:     # all signals first, then the waits: no guest outlives another
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGKILL)
+        spread = time.monotonic() - t0
+        for p in procs:
+            p.wait()
+        for g in self.guests:
+            g.forget_connection()
+        return spread
+
+    def power_on(self) -> None:
+        """Boot every guest again from the disk it had (after power_cut); then wait_ready()."""
+        for g in self.guests:
+            if g.proc is not None and g.proc.poll() is None:
+                raise RuntimeError(f"{g.name} is still running (pid {g.proc.pid})")
+            with contextlib.suppress(FileNotFoundError):
+                g.agent_path.unlink()   # ping_agent must wait for the new QEMU's socket
+            self._launch(g)
 
     def qemu_argv(self, g: Guest, overlay: Path) -> list[str]:
         if self.accel == "kvm":
@@ -269,7 +318,8 @@ class VMLab:
                 "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
                 "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
                 "-append", cmdline,
-                "-drive", f"file={overlay},if=virtio,format=qcow2,cache=unsafe,discard=unmap",
+                "-drive", f"file={overlay},if=virtio,format=qcow2,cache={self.disk_cache},"
+                          f"discard=unmap",
                 "-netdev", f"socket,id=net0,mcast={self.mcast},localaddr=127.0.0.1",
                 "-device", f"virtio-net-pci,netdev=net0,mac=52:54:00:53:00:{g.index:02x}",
                 "-virtfs", f"local,path={SRC},mount_tag=shoalsrc,security_model=none,"
@@ -316,7 +366,7 @@ class VMLab:
                     g.proc.wait()
         for g in self.guests:
             with contextlib.suppress(OSError):
-                (self.run_dir / f"{g.name}.qcow2").unlink()
+                self.overlay(g).unlink()
 
     def remove(self) -> None:
         shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -332,12 +382,16 @@ class VMLab:
                 "SHOAL_JOIN_TIMEOUT": "600",
                 "SHOAL_LAST": "1" if g.index == self.n else "0"}
 
-    def provision(self, managers: int = 1, opts: str = "", timeout: float = 900) -> dict[str, Result]:
+    def provision(self, managers: int = 1, opts: str = "", timeout: float = 900,
+                  together: bool = False) -> dict[str, Result]:
         """provision.sh on the first manager, then on the others at once (as vagrant-libvirt
-        brings machines up in parallel; the joiners wait for the tokens)."""
+        brings machines up in parallel; the joiners wait for the tokens). ``together``: on the
+        first one too, so that every guest installs shoal at the same time (only for a fresh
+        lab: a joiner must not find the tokens of an earlier swarm)."""
         results: dict[str, Result] = {}
         first = self.guests[0]
-        results[first.name] = self._provision_one(first, managers, opts, timeout)
+        if not together:
+            results[first.name] = self._provision_one(first, managers, opts, timeout)
         errors: list[str] = []
 
         def one(g: Guest) -> None:
@@ -345,7 +399,8 @@ class VMLab:
                 results[g.name] = self._provision_one(g, managers, opts, timeout)
             except Exception as exc:
                 errors.append(f"{g.name}: {exc}")
-        threads = [threading.Thread(target=one, args=(g,)) for g in self.guests[1:]]
+        threads = [threading.Thread(target=one, args=(g,))
+                   for g in (self.guests if together else self.guests[1:])]
         for t in threads:
             t.start()
         for t in threads:
@@ -357,9 +412,14 @@ class VMLab:
     def _provision_one(self, g: Guest, managers: int, opts: str, timeout: float) -> Result:
         # the output also goes to the shared directory: readable from the host while it runs
         log = f"/shoal-lab/{g.name}.provision.log"
-        return g.run(["bash", "-c", f"bash {PROVISION} 2>&1 | tee -a {log}; "
-                                    "exit ${PIPESTATUS[0]}"],
-                     timeout=timeout, env=self.provision_env(g, managers, opts), check=True)
+        argv = ["bash", "-c", f"bash {PROVISION} 2>&1 | tee -a {log}; exit ${{PIPESTATUS[0]}}"]
+        env = self.provision_env(g, managers, opts)
+        r = g.run(argv, timeout=timeout, env=env)
+        if r.rc != 0 and "file changed as we read it" in r.out:
+            # the tree changed under the script's tar (a checkout being edited while the tests
+            # run); the script is safe to run again
+            r = g.run(argv, timeout=timeout, env=env)
+        return r.check()
 
     # -- diagnostics --
     def collect_logs(self, dest: Optional[Path] = None) -> Path:

@@ -13,6 +13,7 @@ reader holds stays consistent.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -67,6 +68,9 @@ class Transaction:
     ops: list[Op] = field(default_factory=list)
     # Proposals are retried across leader changes; the id makes a retry harmless.
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # When it was made, on the proposer's clock: in the entry, so every manager's events of it
+    # carry the same time (manager/events/).
+    time: float = field(default_factory=time.time)
 
     def create(self, table: str, obj: Any) -> "Transaction":
         self.ops.append(Op("create", table, obj))
@@ -82,12 +86,14 @@ class Transaction:
         return self
 
     def encode(self) -> bytes:
-        return codec.pack({"id": self.id, "ops": [op.to_plain() for op in self.ops]})
+        return codec.pack({"id": self.id, "ops": [op.to_plain() for op in self.ops],
+                           "t": self.time})
 
     @classmethod
     def decode(cls, data: bytes) -> "Transaction":
         d = codec.unpack(data)
-        return cls(ops=[Op.from_plain(o) for o in d["ops"]], id=d["id"])
+        return cls(ops=[Op.from_plain(o) for o in d["ops"]], id=d["id"],
+                   time=float(d.get("t") or 0.0))
 
 
 @dataclass
@@ -97,6 +103,7 @@ class Event:
     obj: Any             # the object after the change (before, for delete)
     old: Any = None
     index: int = 0
+    time: float = 0.0    # the transaction's (Transaction.time); 0 for a snapshot's resync
 
 
 @dataclass
@@ -203,6 +210,8 @@ class Store:
             else:
                 self.index += 1
                 events = [self._apply_op(op) for op in txn.ops]
+                for event in events:
+                    event.time = txn.time
                 result = TxnResult(True, self.index)
             plain = result.to_plain()
             self._recent[txn.id] = plain

@@ -110,6 +110,8 @@ from shoal.cli.network import network as _network; main.add_command(_network)  #
 from shoal.cli.volume import volume as _volume; main.add_command(_volume)  # noqa: E402,E702
 from shoal.cli.system import system as _system; main.add_command(_system)  # noqa: E402,E702
 from shoal.cli.stack import stack as _stack; main.add_command(_stack)  # noqa: E402,E702
+from shoal.cli.events import events as _events; main.add_command(_events)  # noqa: E402,E702
+from shoal.cli.dashboard import dashboard as _dashboard; main.add_command(_dashboard)  # noqa: E402,E702
 from shoal.cli.login import login as _login, logout as _logout  # noqa: E402
 main.add_command(_login)
 main.add_command(_logout)

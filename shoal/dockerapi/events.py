@@ -2,34 +2,28 @@
 network creates, updates and removals), as newline-delimited JSON, until the client goes or
 `until` passes.
 
-Every manager applies every change, so each one's replica sees them all. A `Recorder` per
-manager keeps the last events (as many as dockerd keeps) for `since`/`until`, and hands new ones
-to the open streams. It records from its first use on: `start_recording(manager)` right after a
-manager starts makes the history reach back to then. A worker (or a node outside a swarm) has no
-swarm events: it answers an empty stream, as dockerd's own events of a worker hold none.
+They come from the manager's one event history (manager/events/recorder.py, which `shoal
+events` reads too), translated to Docker's messages as they are sent. A worker (or a node
+outside a swarm) has no swarm events: it answers an empty stream, as dockerd's own events of a
+worker hold none.
 """
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import re
 import time
-import weakref
-from typing import Any, Iterable, Optional
+from typing import Iterable, Optional
 
 from aiohttp import web
 
-from manager.state.store import Event
+from manager.events import recorder as event_recorder
+from manager.events.recorder import EventRecorder, Subscription
 from shoal.dockerapi import filters
 from shoal.dockerapi.access import daemon_of
 from shoal.dockerapi.errors import bad_request
-from shoal.dockerapi.translate.events import message
+from shoal.dockerapi.translate.events import changes, message
 
-# dockerd's eventsLimit: how many past events `since` can reach.
-HISTORY = 256
-# A stream whose reader falls this far behind is closed rather than buffered without end.
-BACKLOG = 4096
 # How often an idle stream checks whether its client is still there.
 IDLE_CHECK = 1.0
 
@@ -43,53 +37,6 @@ _SCOPES = ("local", "swarm")
 _BY_ACTOR = ("container", "daemon", "plugin", "volume", "network", "node", "service", "secret",
              "config")
 _TIMESTAMP = re.compile(r"(-?\d{1,19})(?:\.(\d{0,20}))?")
-
-
-class Recorder:
-    """The last HISTORY swarm events of one manager's replica, and the open streams' queues."""
-
-    def __init__(self) -> None:
-        self.history: collections.deque[dict] = collections.deque(maxlen=HISTORY)
-        self._listeners: list[asyncio.Queue] = []
-
-    def take(self, event: Event) -> bool:
-        """Called by the manager's WatchHub for every change, on the loop. Recording here, in
-        the hub's own fan-out, rather than from a queue of its own, keeps history and live
-        streams in one order with nothing pending between them; it returns False so the hub
-        queues nothing for it."""
-        msg = message(event)
-        if msg is None:
-            return False
-        self.history.append(msg)
-        for queue in list(self._listeners):
-            if queue.qsize() >= BACKLOG:
-                self._listeners.remove(queue)
-                queue.put_nowait(None)  # the stream ends: its reader cannot keep up
-            else:
-                queue.put_nowait(msg)
-        return False
-
-    def listen(self) -> asyncio.Queue:
-        queue: asyncio.Queue = asyncio.Queue()
-        self._listeners.append(queue)
-        return queue
-
-    def unlisten(self, queue: asyncio.Queue) -> None:
-        if queue in self._listeners:
-            self._listeners.remove(queue)
-
-
-_recorders: "weakref.WeakKeyDictionary[Any, Recorder]" = weakref.WeakKeyDictionary()
-
-
-def start_recording(manager: Any) -> Recorder:
-    """The manager's recorder, subscribed to its store's changes on first call."""
-    recorder = _recorders.get(manager)
-    if recorder is None:
-        recorder = Recorder()
-        manager.watch(recorder.take)
-        _recorders[manager] = recorder
-    return recorder
 
 
 # ---- the request -----------------------------------------------------------------------------
@@ -148,13 +95,14 @@ async def events(request: web.Request, params: dict[str, str]) -> web.StreamResp
     f = parse_filters(request.query.get("filters"))
     recorder = _recorder_of(request)
     past: Iterable[dict] = ()
-    queue: Optional[asyncio.Queue] = None
+    sub: Optional[Subscription] = None
     if recorder is not None:
-        # As dockerd: the history only when a bound asks for it.
+        # As dockerd: the history only when a bound asks for it. Taken in the same loop step
+        # as the subscription, so nothing falls between them.
         if since is not None or until is not None:
-            past = [m for m in recorder.history if _within(m, since, until)]
+            past = _messages(recorder.past(since, until))
         if until is None or until > time.time():
-            queue = recorder.listen()
+            sub = recorder.subscribe()
     # Before API 1.52 dockerd labels this stream application/json; clients read it as lines.
     resp = web.StreamResponse(headers={"Content-Type": "application/json"})
     await resp.prepare(request)
@@ -163,28 +111,32 @@ async def events(request: web.Request, params: dict[str, str]) -> web.StreamResp
             if include(f, msg):
                 await _send(resp, msg)
         if until is None or until > time.time():
-            await _follow(request, resp, queue, f, until)
+            await _follow(request, resp, sub, f, until)
     except (ConnectionResetError, ConnectionError):
         pass  # the client went away
     finally:
-        if queue is not None and recorder is not None:
-            recorder.unlisten(queue)
+        if sub is not None and recorder is not None:
+            recorder.unsubscribe(sub)
     return resp
 
 
-def _recorder_of(request: web.Request) -> Optional[Recorder]:
+def _messages(events) -> list[dict]:
+    return [m for m in (message(g) for g in changes(events)) if m is not None]
+
+
+def _recorder_of(request: web.Request) -> Optional[EventRecorder]:
     daemon = daemon_of(request)
     manager = daemon.manager
     if daemon.locked or manager is None or not daemon.state.in_swarm:
         return None
-    return start_recording(manager)
+    return event_recorder.attach(manager)
 
 
 async def _follow(request: web.Request, resp: web.StreamResponse,
-                  queue: Optional[asyncio.Queue], f: filters.Filters,
+                  sub: Optional[Subscription], f: filters.Filters,
                   until: Optional[float]) -> None:
     """Live events until `until`, the client's leaving, or (on an overflowing backlog) None."""
-    waiter = queue if queue is not None else asyncio.Queue()
+    waiter = sub.queue if sub is not None else asyncio.Queue()
     while True:
         timeout = IDLE_CHECK
         if until is not None:
@@ -193,16 +145,17 @@ async def _follow(request: web.Request, resp: web.StreamResponse,
                 return
             timeout = min(timeout, left)
         try:
-            msg = await asyncio.wait_for(waiter.get(), timeout)
+            batch = await asyncio.wait_for(waiter.get(), timeout)
         except asyncio.TimeoutError:
             transport = request.transport
             if transport is None or transport.is_closing():
                 return
             continue
-        if msg is None:
+        if batch is None:
             return
-        if include(f, msg) and (until is None or msg["timeNano"] / 1e9 <= until):
-            await _send(resp, msg)
+        for msg in _messages(batch):
+            if include(f, msg) and (until is None or msg["timeNano"] / 1e9 <= until):
+                await _send(resp, msg)
 
 
 async def _send(resp: web.StreamResponse, msg: dict) -> None:

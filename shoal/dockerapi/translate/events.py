@@ -1,79 +1,68 @@
-"""A store change as Docker's swarm event (events.Message), as dockerd's managers log them from
-swarmkit's watch: Type, Action, Actor {ID, Attributes}, scope "swarm", time and timeNano.
+"""Cluster events (manager/events/) as Docker's swarm events (events.Message), as dockerd's
+managers log them from swarmkit's watch: Type, Action, Actor {ID, Attributes}, scope "swarm",
+time and timeNano.
 
-For updates the Attributes carry the changed fields under Docker's names (image.old/new,
-replicas.old/new, updatestate.old/new for services; availability, role, state for nodes), so
-scripts that grep `docker events` for them keep working.
+One store change of an object is one Docker event: shoal's `update` and `state` events of the
+same change are merged. For updates the Attributes carry the changed fields under Docker's
+names (image.old/new, replicas.old/new, updatestate.old/new for services; availability, role,
+state for nodes), so scripts that grep `docker events` for them keep working. Tasks, standalone
+containers and leader elections make no swarm events in Docker.
 """
 from __future__ import annotations
 
-import time
-from typing import Any, Optional
+from typing import Iterable, Iterator, Optional
 
-from manager.state.store import Event
+from manager.events.model import ClusterEvent
 
-# shoal's tables as Docker's event types; tasks and clusters make no swarm events in Docker.
-TYPES = {"services": "service", "nodes": "node", "secrets": "secret", "configs": "config",
-         "networks": "network"}
-_ACTIONS = {"create": "create", "update": "update", "delete": "remove"}
+TYPES = ("service", "node", "secret", "config", "network")
+# Docker's attribute for a changed field, by shoal's event type and the field's path.
+_CHANGED = {
+    "service": {"spec.task_template.container.image": "image", "spec.mode.replicas": "replicas"},
+    "node": {"spec.availability": "availability", "role": "role", "status.state": "state"},
+}
 
 
-def message(event: Event, now: Optional[float] = None) -> Optional[dict]:
-    """Docker's event for a store change, or None for a change Docker does not report."""
-    kind = TYPES.get(event.table)
-    action = _ACTIONS.get(event.action)
-    if kind is None or action is None or event.obj is None:
+def changes(events: Iterable[ClusterEvent]) -> Iterator[list[ClusterEvent]]:
+    """Events grouped by the store change of one object they came from (they are recorded
+    together, so the group is a run)."""
+    group: list[ClusterEvent] = []
+    for ev in events:
+        if group and (ev.action == "leader" or group[0].action == "leader"
+                      or (ev.index, ev.type, ev.id) != (group[0].index, group[0].type,
+                                                         group[0].id)):
+            yield group
+            group = []
+        group.append(ev)
+    if group:
+        yield group
+
+
+def message(group: list[ClusterEvent]) -> Optional[dict]:
+    """Docker's event for one object's change, or None for one Docker does not report."""
+    first = group[0]
+    if first.type not in TYPES or first.action == "leader":
         return None
-    obj = event.obj
-    attributes = {"name": _name(kind, obj)}
-    if action == "update" and event.old is not None:
-        if kind == "service":
-            attributes.update(_service_changes(obj, event.old))
-        elif kind == "node":
-            attributes.update(_node_changes(obj, event.old))
-    # dockerd stamps a create with the object's CreatedAt, an update with its UpdatedAt and a
-    # removal with the time it saw it.
-    if action == "create":
-        when = obj.meta.created_at
-    elif action == "update":
-        when = obj.meta.updated_at
-    else:
-        when = 0.0
-    if when <= 0:
-        when = time.time() if now is None else now
-    nano = int(round(when * 1e9))
-    return {"Type": kind, "Action": action, "Actor": {"ID": obj.id, "Attributes": attributes},
+    action = first.action if first.action in ("create", "remove") else "update"
+    attributes = {"name": first.name}
+    if action == "update":
+        names = _CHANGED.get(first.type, {})
+        for ev in group:
+            for change in ev.changes:
+                key = names.get(change.path)
+                if key is None or not change.shown or change.old == change.new:
+                    continue
+                if key == "replicas" and first.attributes.get("mode") != "replicated":
+                    continue
+                attributes[f"{key}.old"], attributes[f"{key}.new"] = _s(change.old), _s(change.new)
+            if first.type == "service" and ev.state is not None and ev.state.new:
+                if ev.state.old:
+                    attributes["updatestate.old"] = ev.state.old
+                attributes["updatestate.new"] = ev.state.new
+    nano = int(round(first.time * 1e9))
+    return {"Type": first.type, "Action": action, "Actor": {"ID": first.id,
+                                                            "Attributes": attributes},
             "scope": "swarm", "time": nano // 1_000_000_000, "timeNano": nano}
 
 
-def _name(kind: str, obj: Any) -> str:
-    if kind == "node":
-        return obj.description.hostname or obj.id
-    return obj.spec.name
-
-
-def _changed(out: dict, key: str, old: str, new: str) -> None:
-    if old != new:
-        out[f"{key}.old"], out[f"{key}.new"] = old, new
-
-
-def _service_changes(new: Any, old: Any) -> dict[str, str]:
-    out: dict[str, str] = {}
-    _changed(out, "image", old.spec.task_template.container.image,
-             new.spec.task_template.container.image)
-    if new.spec.mode.mode == old.spec.mode.mode == "replicated":
-        _changed(out, "replicas", str(old.spec.mode.replicas), str(new.spec.mode.replicas))
-    state_new, state_old = new.update_status.state, old.update_status.state
-    if state_new and not state_old:
-        out["updatestate.new"] = state_new
-    elif state_new:
-        _changed(out, "updatestate", state_old, state_new)
-    return out
-
-
-def _node_changes(new: Any, old: Any) -> dict[str, str]:
-    out: dict[str, str] = {}
-    _changed(out, "availability", old.spec.availability, new.spec.availability)
-    _changed(out, "role", old.role, new.role)
-    _changed(out, "state", old.status.state, new.status.state)
-    return out
+def _s(value: object) -> str:
+    return "" if value is None else str(value)
