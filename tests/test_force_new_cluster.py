@@ -5,8 +5,6 @@ one-member cluster (manager/state/raft/recovery.py) and raft restarts on it: eve
 there, the survivor leads alone, writes commit, and a fresh member joins and catches up.
 """
 import asyncio
-import socket
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,25 +16,9 @@ from common.nodestate import NodeFiles, NodeState
 from manager.state.raft import recovery
 from manager.state.raft.node import RaftNode
 from manager.state.store import Store, Transaction
+from test_raft import free_ports, wait_for
 
 SECRET = b"r" * 32
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-async def wait_for(check, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
 
 
 def test_survivor_of_three_leads_alone_with_everything_and_takes_new_members(tmp_path):

@@ -29,24 +29,8 @@ from manager.controlapi.middleware import forward_middleware
 from manager.state import requestids
 from manager.state.raft.node import RaftNode
 from manager.state.store import Store, Transaction
+from test_raft import free_ports, wait_for
 from tests.dockerapi_harness import DockerTestManager, FakeDaemon, run as run_docker
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-async def wait_for(check, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
 
 
 def secret_txn(obj_id: str, name: str, txn_id: str) -> Transaction:
@@ -375,7 +359,7 @@ def test_no_leader_in_time_after_a_lost_attempt_is_an_unknown_outcome_not_a_refu
     t0 = time.monotonic()
     with pytest.raises(errors.OutcomeUnknown, match="may or may not have been applied"):
         drive(manager, remote, deadline=0.5)
-    assert 0.5 <= time.monotonic() - t0 < 1.5  # it waited for a leader until the deadline
+    assert time.monotonic() - t0 >= 0.5  # it waited for a leader until the deadline
 
 
 def test_a_manager_cut_off_answers_at_once():
@@ -388,13 +372,17 @@ def test_a_manager_cut_off_answers_at_once():
     t0 = time.monotonic()
     with pytest.raises(errors.OutcomeUnknown):
         drive(manager, remote, deadline=5.0)
-    assert time.monotonic() - t0 < 0.5
+    # not a wait for a leader: that would take the whole 5 s deadline (a loaded machine may
+    # still take a moment, hence half of it)
+    assert time.monotonic() - t0 < 2.5
     # Nothing was sent (no leader known): a refusal, at once.
     manager = ScriptedLeadership(leader=None, raft=ScriptedRaft(members_up=1))
     t0 = time.monotonic()
     with pytest.raises(forwarding.NoLeader, match="not made"):
         drive(manager, remote, deadline=5.0)
-    assert time.monotonic() - t0 < 0.5
+    # not a wait for a leader: that would take the whole 5 s deadline (a loaded machine may
+    # still take a moment, hence half of it)
+    assert time.monotonic() - t0 < 2.5
 
 
 def test_a_leaders_unknown_or_lost_leadership_answer_is_retried():
