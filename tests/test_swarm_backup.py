@@ -304,13 +304,22 @@ def test_restore_refuses_garbage_and_a_missing_address(tmp_path, sealed):
     assert _tree(tmp_path / "fresh") == []
 
 
-def test_cli_writes_the_backup_0600(tmp_path):
-    from shoal.cli.swarm_recovery import _write_private
+def test_cli_writes_the_backup_0600(tmp_path, monkeypatch):
+    """`shoal swarm backup -o FILE`, with the daemon's answer stood in for (Cli.call, the one
+    method through which the CLI reaches its daemon): the file is 0600 whatever the umask."""
+    from click.testing import CliRunner
+    from shoal.cli import main
+    from shoal.cli.client import Cli
+    answer = {"file": base64.b64encode(b"x" * 10).decode(), "size": 10, "store_index": 7,
+              "raft_index": 9, "encrypted_with": "passphrase"}
+    monkeypatch.setattr(Cli, "call", lambda self, *args, **kwargs: answer)
     old = os.umask(0)
     try:
-        _write_private(tmp_path / "b.bak", b"x" * 10)
+        res = CliRunner().invoke(main, ["swarm", "backup", "-o", str(tmp_path / "b.bak")])
     finally:
         os.umask(old)
+    assert res.exit_code == 0, res.output
+    assert "store index 7" in res.output
     assert (tmp_path / "b.bak").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "b.bak").read_bytes() == b"x" * 10
 

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import base64
-import os
 import sys
 from pathlib import Path
 
 import click
 
+from common.fsutil import write_private
 from shoal.cli.client import Cli, pass_cli
 
 
@@ -41,25 +41,6 @@ def init_force_new_cluster(cli: Cli, advertise_addr: str | None) -> None:
                "the instructions.")
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """0600 from the moment it exists, fsynced, renamed into place: never half a backup."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 @click.command()
 @click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False),
               help="File to write the backup to (created 0600)")
@@ -78,7 +59,8 @@ def backup(cli: Cli, output: str, passphrase_stdin: bool) -> None:
     passphrase = _passphrase_from_stdin(passphrase_stdin)
     result = cli.call("POST", "/swarm/backup",
                       {"passphrase": passphrase} if passphrase is not None else {}, timeout=300)
-    _write_private(target, base64.b64decode(result["file"]))
+    # 0600 from the moment it exists, fsynced, renamed into place: never half a backup.
+    write_private(target, base64.b64decode(result["file"]))
     click.echo(f"Swarm backup written to {target} ({result['size']} bytes, store index "
                f"{result['store_index']}, raft index {result['raft_index']}, encrypted with the "
                f"{result['encrypted_with']}).")
