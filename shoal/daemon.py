@@ -140,6 +140,8 @@ class Daemon:
         app.add_routes(localapi.routes() + controlapi.routes()
                        + workerapi.local_routes() + standaloneapi.routes())
         app.add_routes(autolock.local_routes())
+        from shoal import execapi
+        app.add_routes(execapi.local_routes())  # container and service exec: websockets
         from shoal import recoveryapi
         app.add_routes(recoveryapi.routes())  # force-new-cluster, backup, restore: local only
         self._unix_runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE)
@@ -211,6 +213,8 @@ class Daemon:
         app[CTX] = self
         from shoal import workerapi
         app.add_routes(controlapi.routes() + controlapi.node_routes() + workerapi.cluster_routes())
+        from shoal import execapi
+        app.add_routes(execapi.cluster_routes())  # exec relayed by a manager (manager certs only)
         from shoal import recoveryapi
         app.add_routes(recoveryapi.cluster_routes())  # a recovered swarm's manager tells its nodes
         app.router.add_get("/_ping", lambda _: web.Response(text="OK"))

@@ -378,6 +378,26 @@ def test_a_leader_is_recorded_when_it_changes():
         ("leader", "alpha", "2"), ("leader", "beta", "3")]
 
 
+def test_an_exec_is_recorded_with_who_and_what_and_filtered_as_exec():
+    from shoal.cli.events import line
+    store = Store()
+    rec = EventRecorder(store)
+    rec.saw_exec(who="root on the local socket of manager2", task_id="t1", task_name="web.1.t1",
+                 service_id="svc1", node_id="n1", argv=["sh", "-c", "id"], tty=True,
+                 when=1_700_000_000.0)
+    [ev] = list(rec.history)
+    assert (ev.type, ev.action, ev.id, ev.node) == ("task", "exec", "t1", "n1")
+    assert ev.attributes == {"who": "root on the local socket of manager2",
+                             "command": "sh -c id", "tty": "true"}
+    assert event_filters.parse(["event=exec"]).match(ev)
+    assert not event_filters.parse(["event=state"]).match(ev)
+    text = line(ev.to_plain())
+    assert "task exec web.1.t1" in text and "by root on the local socket of manager2: sh -c id (tty)" in text
+    # not a store change: Docker's /events does not report it
+    from shoal.dockerapi.translate.events import message
+    assert message([ev]) is None
+
+
 # ---- the stream -------------------------------------------------------------------------------
 def _lines(raw: bytes) -> list[dict]:
     return [json.loads(line) for line in raw.decode().splitlines() if line.strip()]

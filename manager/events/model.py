@@ -8,7 +8,7 @@ from typing import Any, Optional
 TYPES = ("service", "node", "task", "network", "secret", "config", "container")
 # create/update/remove of an object; state: a task's state, a node's status, a service's update
 # progress; leader: a leader elected (type node).
-ACTIONS = ("create", "update", "remove", "state", "leader")
+ACTIONS = ("create", "update", "remove", "state", "leader", "exec")
 
 
 @dataclass

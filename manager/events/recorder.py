@@ -77,6 +77,20 @@ class EventRecorder:
                           attributes={"term": str(term), "raft_addr": raft_addr})
         self._publish([ev])
 
+    def saw_exec(self, *, who: str, task_id: str, task_name: str, service_id: str,
+                 node_id: str, argv: list[str], tty: bool, when: float) -> None:
+        """An exec this manager relayed into a task (manager/controlapi/exec.py): not a store
+        change, so only the manager that served it records it. The command is kept to what
+        was typed: an exec's argv is the operator's own, never a secret of the store's."""
+        task = self._store.get("tasks", task_id)
+        service = task.service_name if task is not None else ""
+        ev = ClusterEvent(index=getattr(self._store, "index", 0), time=when, type="task",
+                          action="exec", id=task_id, name=task_name, service=service,
+                          service_id=service_id, node=node_id,
+                          attributes={"who": who, "command": " ".join(argv)[:200],
+                                      "tty": "true" if tty else "false"})
+        self._publish([ev])
+
     def _publish(self, batch: list[ClusterEvent]) -> None:
         if not batch:
             return

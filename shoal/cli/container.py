@@ -171,14 +171,19 @@ def container_rm(cli: Cli, force, refs) -> None:
 
 
 @container.command("exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("-i", "--interactive", is_flag=True, help="Keep stdin open and stream it")
+@click.option("-t", "--tty", "tty_", is_flag=True, help="Allocate a pseudo-TTY")
 @click.argument("ref")
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
 @pass_cli
-def container_exec(cli: Cli, ref, argv) -> None:
+def container_exec(cli: Cli, interactive, tty_, ref, argv) -> None:
     """Run a command in a running container: CONTAINER -- CMD [ARG...] (task id or name)."""
     argv = list(argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
+    if interactive or tty_:  # streamed both ways (shoal/cli/exec.py)
+        from shoal.cli.exec import container_exec_interactive
+        container_exec_interactive(cli, ref, argv, tty_=tty_, interactive=interactive)
     result = cli.call("POST", api_path("containers", ref, "exec"), {"argv": argv}, timeout=300)
     sys.stdout.write(result["output"])
     sys.stdout.flush()

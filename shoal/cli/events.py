@@ -28,7 +28,7 @@ def _bound(value: str | None, flag: str, now: float) -> float | None:
               help="Stop at this time (same forms); one in the past ends the stream at once")
 @click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
               help="type=service|node|task|network|secret|config|container, "
-                   "event=create|update|remove|state|leader, service=S, node=N, label=K[=V]; "
+                   "event=create|update|remove|state|leader|exec, service=S, node=N, label=K[=V]; "
                    "repeat a key for either value")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="One readable line, or one JSON object, per event")
@@ -71,6 +71,10 @@ def line(ev: dict) -> str:
         details.append(moved)
     if ev["action"] == "leader":
         details.append(f"leader elected (term {ev.get('attributes', {}).get('term', '?')})")
+    if ev["action"] == "exec":
+        attrs = ev.get("attributes", {})
+        details.append(f"by {attrs.get('who', '?')}: {attrs.get('command', '')}"
+                       + (" (tty)" if attrs.get("tty") == "true" else ""))
     if ev.get("node_name") and ev["type"] in ("task", "container"):
         details.append(f"node={ev['node_name']}")
     for change in ev.get("changes", []):

@@ -457,3 +457,6 @@ def node_ps_command(node_group: click.Group) -> None:
             tasks += cli.call("GET", "/tasks", params={"node": ref})
         print_tasks(_apply_filters(tasks, f), no_trunc, quiet, fmt)
 
+
+from shoal.cli.exec import add_service_exec  # noqa: E402  (after the group it extends)
+add_service_exec(service)

@@ -24,6 +24,7 @@ from worker.executor.container import (ContainerConfig, ContainerInfo, ExitInfo,
                                        _suppress_os, _write_small)
 from worker.executor.console import stop_pump
 from worker.executor.exits import reap_orphans, watch
+from worker.executor.execio import ExecProcess
 from worker.executor.logs import (STREAMS, LogReader, LogWindow, _LogTail, copy_logs, log_base,
                                   log_end, log_policy, policy_of, refuse_reading)
 from worker.executor.ocispec import _signal, runtime_spec, stop_grace
@@ -481,6 +482,17 @@ class Executor:
         finally:
             pid_file.unlink(missing_ok=True)
         return rc, out.decode(errors="replace")
+
+    def exec_process(self, cid: str, argv: list[str], *, tty: bool,
+                     stdin: bool) -> ExecProcess:
+        """An interactive exec into the running container, not started yet (execio.serve
+        runs it against a client's stream)."""
+        c = self._get(cid)
+        if c.state != "running":
+            raise errors.FailedPrecondition(f"container {cid} is not running ({c.state}): "
+                                            "exec needs a running container", field="id")
+        return ExecProcess(self._runtime_path(), self.state_dir, cid, c.dir, argv,
+                           tty=tty, stdin=stdin)
 
     # ---- logs -------------------------------------------------------------------------------
     async def logs(self, cid: str, tail: Optional[int] = None, follow: bool = False,

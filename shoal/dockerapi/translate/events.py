@@ -22,12 +22,16 @@ _CHANGED = {
 }
 
 
+# Events of shoal's own that are no store change of one object, and that Docker does not report.
+_OWN = ("leader", "exec")
+
+
 def changes(events: Iterable[ClusterEvent]) -> Iterator[list[ClusterEvent]]:
     """Events grouped by the store change of one object they came from (they are recorded
     together, so the group is a run)."""
     group: list[ClusterEvent] = []
     for ev in events:
-        if group and (ev.action == "leader" or group[0].action == "leader"
+        if group and (ev.action in _OWN or group[0].action in _OWN
                       or (ev.index, ev.type, ev.id) != (group[0].index, group[0].type,
                                                          group[0].id)):
             yield group
@@ -40,7 +44,7 @@ def changes(events: Iterable[ClusterEvent]) -> Iterator[list[ClusterEvent]]:
 def message(group: list[ClusterEvent]) -> Optional[dict]:
     """Docker's event for one object's change, or None for one Docker does not report."""
     first = group[0]
-    if first.type not in TYPES or first.action == "leader":
+    if first.type not in TYPES or first.action in _OWN:
         return None
     action = first.action if first.action in ("create", "remove") else "update"
     attributes = {"name": first.name}
