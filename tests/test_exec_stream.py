@@ -166,12 +166,14 @@ def node(images_root, ex_root):
 @needs_runc_mark
 def test_a_terminal_resizes_and_the_command_sees_the_new_size(node):
     async def scenario(open_exec):
-        s = await open_exec(xs.Start(["sh", "-c", "read x; stty size; read x; stty size; "
-                                      "test -t 0"], tty=True, stdin=True, rows=24, cols=80))
+        s = await open_exec(xs.Start(["sh", "-c", "echo ready; read x; stty size; read x; "
+                                      "stty size; test -t 0"], tty=True, stdin=True, rows=24,
+                                     cols=80))
         # runc gives the container's terminal our size once the command runs, as docker's
-        # does: a command asking at once can see 0x0 (the node tells runc again over the
-        # first second, execio._size_again)
-        await asyncio.sleep(1.5)
+        # does: a command asking at once can see 0x0 (the node tells runc again in the moments
+        # after the command started, execio._size_again). So: once it runs, a moment, then ask.
+        await s.read_until(b"ready")
+        await asyncio.sleep(1.0)
         await s.send(xs.Data(xs.STDIN, b"a\r"))
         await s.read_until(b"24 80")  # the size the client started with
         await s.send(xs.Resize(50, 132))

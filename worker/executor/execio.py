@@ -11,7 +11,7 @@ foreground process group, ^D as end of input. A resize is TIOCSWINSZ on our term
 SIGWINCH to runc, which copies the size onto the container's terminal. runc copies the first
 size once the command runs, so a command that asks at once can see 0x0 (docker exec has the
 same race; its CLI resizes again over the first second): we signal runc again over the first
-second (_size_again).
+second after the command started (_size_again).
 
 Without a terminal, runc gets pipes: stdin (only with -i; else /dev/null, so a command reading
 it ends at once), stdout and stderr kept apart.
@@ -97,8 +97,16 @@ class ExecProcess:
     async def _size_again(self) -> None:
         """runc copies our size onto the container's terminal once the command runs, which
         races a command that asks at once (as `docker exec -t` does, whose CLI resizes again
-        over its first second): tell runc again in the first moments."""
-        for delay in (0.02, 0.05, 0.1, 0.2, 0.4, 0.8):
+        over its first second): tell runc again in the first moments after the command has
+        started (runc writes its pid file then; on a loaded machine that can take seconds, so
+        a fixed first second after runc's own start is not enough)."""
+        waited = 0.0
+        while not self.pid_file.exists() and waited < 30.0:
+            if self.proc is None or self.proc.returncode is not None:
+                return
+            await asyncio.sleep(0.02)
+            waited += 0.02
+        for delay in (0.0, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8):
             await asyncio.sleep(delay)
             if self.proc is None or self.proc.returncode is not None:
                 return
