@@ -166,9 +166,9 @@ def node(images_root, ex_root):
 @needs_runc_mark
 def test_a_terminal_resizes_and_the_command_sees_the_new_size(node):
     async def scenario(open_exec):
-        s = await open_exec(xs.Start(["sh", "-c", "echo ready; read x; stty size; read x; "
-                                      "stty size; test -t 0"], tty=True, stdin=True, rows=24,
-                                     cols=80))
+        s = await open_exec(xs.Start(["sh", "-c", "echo ready; while read x; do stty size; "
+                                      "[ \"$x\" = q ] && break; done; test -t 0"],
+                                     tty=True, stdin=True, rows=24, cols=80))
         # runc gives the container's terminal our size once the command runs, as docker's
         # does: a command asking at once can see 0x0 (the node tells runc again in the moments
         # after the command started, execio._size_again). So: once it runs, a moment, then ask.
@@ -176,10 +176,19 @@ def test_a_terminal_resizes_and_the_command_sees_the_new_size(node):
         await asyncio.sleep(1.0)
         await s.send(xs.Data(xs.STDIN, b"a\r"))
         await s.read_until(b"24 80")  # the size the client started with
+        # A resize reaches the container's terminal when runc handles the SIGWINCH it is sent,
+        # a moment later: ask again until it shows (as a shell's next prompt would).
         await s.send(xs.Resize(50, 132))
-        await s.send(xs.Data(xs.STDIN, b"go\r"))
-        await s.read_until(b"50 132")
+        for attempt in range(20):
+            await s.send(xs.Data(xs.STDIN, b"go\r"))
+            try:
+                await s.read_until(b"50 132", timeout=0.5)
+                break
+            except AssertionError:
+                if attempt == 19:
+                    raise
         assert b"go" in s.out  # the terminal echoes what is typed
+        await s.send(xs.Data(xs.STDIN, b"q\r"))
         assert await s.finish() == 0
     node(scenario)
 
