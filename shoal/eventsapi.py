@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Optional
+from typing import AsyncIterator, Optional
 
 from aiohttp import web
 
@@ -84,8 +84,10 @@ async def events(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-async def _follow(request: web.Request, resp: web.StreamResponse, sub: Subscription,
-                  wanted: event_filters.EventFilter, until: Optional[float]) -> None:
+async def live_batches(request: web.Request, queue: asyncio.Queue,
+                       until: Optional[float]) -> AsyncIterator[Optional[list]]:
+    """The recorder's batches for one stream (shoal's and Docker's /events), until `until` or
+    the client's leaving; None when the subscription overflowed and was ended."""
     while True:
         timeout = IDLE_CHECK
         if until is not None:
@@ -94,12 +96,18 @@ async def _follow(request: web.Request, resp: web.StreamResponse, sub: Subscript
                 return
             timeout = min(timeout, left)
         try:
-            batch = await asyncio.wait_for(sub.queue.get(), timeout)
+            batch = await asyncio.wait_for(queue.get(), timeout)
         except asyncio.TimeoutError:
             transport = request.transport
             if transport is None or transport.is_closing():
                 return
             continue
+        yield batch
+
+
+async def _follow(request: web.Request, resp: web.StreamResponse, sub: Subscription,
+                  wanted: event_filters.EventFilter, until: Optional[float]) -> None:
+    async for batch in live_batches(request, sub.queue, until):
         if batch is None:
             raise errors.Unavailable("this event stream fell too far behind and was ended: "
                                      "run it again (with --since to catch up)")

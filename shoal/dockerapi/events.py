@@ -23,9 +23,9 @@ from shoal.dockerapi import filters
 from shoal.dockerapi.access import daemon_of
 from shoal.dockerapi.errors import bad_request
 from shoal.dockerapi.translate.events import changes, message
+from shoal.eventsapi import live_batches
 
 # How often an idle stream checks whether its client is still there.
-IDLE_CHECK = 1.0
 
 # dockerd's accepted filters for /events, and the values of those it checks.
 _ACCEPTED = ("container", "daemon", "event", "image", "label", "network", "node", "plugin",
@@ -137,20 +137,7 @@ async def _follow(request: web.Request, resp: web.StreamResponse,
                   until: Optional[float]) -> None:
     """Live events until `until`, the client's leaving, or (on an overflowing backlog) None."""
     waiter = sub.queue if sub is not None else asyncio.Queue()
-    while True:
-        timeout = IDLE_CHECK
-        if until is not None:
-            left = until - time.time()
-            if left <= 0:
-                return
-            timeout = min(timeout, left)
-        try:
-            batch = await asyncio.wait_for(waiter.get(), timeout)
-        except asyncio.TimeoutError:
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                return
-            continue
+    async for batch in live_batches(request, waiter, until):
         if batch is None:
             return
         for msg in _messages(batch):
