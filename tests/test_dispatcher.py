@@ -17,13 +17,21 @@ def test_assignment_stream_is_incremental(loops):
         await wait(lambda: h.on("web").get("n1") == 1)
         first = await d.assignments("n1", 0, 0)
         assert first["full"] and len(first["tasks"]) == 1
+        # An answer goes up to the changes the dispatcher has noted: one still in flight comes
+        # once more in the next answer, then the stream is quiet.
+        since = first["index"]
+        for _ in range(3):
+            await asyncio.sleep(0.05)
+            settled = await d.assignments("n1", since, 0, first["net_digest"])
+            since = settled["index"]
+        assert settled["tasks"] == [], settled
         # Nothing changed: a long poll waits, then returns empty.
         t0 = time.monotonic()
-        again = await d.assignments("n1", first["index"], 0.5, first["net_digest"])
+        again = await d.assignments("n1", since, 0.5, first["net_digest"])
         assert not again["full"] and again["tasks"] == [] and time.monotonic() - t0 >= 0.4
         assert "network" in first and "network" not in again   # sent only when it changed
         # A change wakes the waiter with just that change.
-        waiter = asyncio.create_task(d.assignments("n1", first["index"], 5, first["net_digest"]))
+        waiter = asyncio.create_task(d.assignments("n1", since, 5, first["net_digest"]))
         await asyncio.sleep(0.1)
         svc = h.m.store.get("services", "svc-web")
         svc.spec.mode.replicas = 0
@@ -80,4 +88,29 @@ def test_a_node_that_joins_long_after_the_leader_started_gets_its_full_grace(loo
         # a removed node is forgotten (the leader would otherwise keep one entry per node ever seen)
         await h.m.propose(Transaction().delete("nodes", "late"))
         await wait(lambda: "late" not in h.m.dispatcher._last_seen, timeout=5)
+    loops(scenario)
+
+
+def test_a_task_deleted_before_the_dispatcher_noted_it_still_reaches_its_node(loops):
+    """An answer computed after a task's deletion reached the store but before the dispatcher's
+    watch noted its tombstone must not carry the store's newer index: the node goes on from
+    that index, and the removal fell behind it for good (a stopped container of `stack rm`
+    stayed on a worker, rootfs mount and all). The deletion is applied to the store here
+    without yielding, so the watch has certainly not run when the answer is computed."""
+    async def scenario(h):
+        d = h.m.dispatcher
+        await h.m.propose(Transaction().create("services", service("web", 3)))
+        await wait(lambda: h.on("web").get("n1") == 1)
+        first = await d.assignments("n1", 0, 0)
+        (task,) = [t["id"] for t in first["tasks"]]
+        await h.m.propose(Transaction().delete("services", "svc-web"))
+        h.m.store.apply(Transaction().delete("tasks", task).encode())
+        since = first["index"]
+        seen: set[str] = set()
+        for _ in range(3):   # the node follows its stream, as worker/agent.py does
+            answer = d._assignment_delta("n1", since)
+            seen.update(answer["removed"])
+            since = answer["index"]
+            await asyncio.sleep(0.05)
+        assert task in seen
     loops(scenario)

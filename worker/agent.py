@@ -102,7 +102,13 @@ class Agent:
                     log.warning("%s; asking again", exc.message)
                     net_digest = ""
                     await asyncio.sleep(1.0)
-            await self.runner.apply(answer)
+            try:
+                await self.runner.apply(answer)
+            except Exception:  # e.g. a root filesystem busy at removal: the same answer comes
+                # again from `since`, and what was left undone is done then, not given up.
+                log.exception("applying the assignments failed; asking again")
+                await asyncio.sleep(1.0)
+                continue
             since = answer["index"]
 
     async def send_reports(self, updates: list[dict]) -> None:

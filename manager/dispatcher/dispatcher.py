@@ -59,8 +59,12 @@ class Dispatcher:
         self.directory = directory
         self._last_seen: dict[str, float] = {}
         self._told: dict[str, float] = {}  # node -> the heartbeat period its agent was last given
-        # Assignment streams: agents ask for what changed since the index they last saw.
+        # Assignment streams: agents ask for what changed since the index they last saw. An
+        # answer's index is the last change this dispatcher has noted (tombstones included),
+        # never the store's newer one: a task deleted in between would otherwise fall behind
+        # the index its node goes on from, and its removal would never reach the node.
         self._start_index = replica.store.index
+        self._noted_index = self._start_index
         self._changed: dict[str, asyncio.Event] = {}
         # Peer tables and backends depend on every node's tasks: such changes wake every stream.
         self._net_epoch = 0
@@ -118,15 +122,20 @@ class Dispatcher:
     async def _watch_tasks(self) -> None:
         queue = self.replica.watch(
             lambda e: e.table in ("tasks", "services", "networks", "nodes"))
+        # Changes before the watch began have no tombstones here: older indexes get full answers.
+        self._start_index = self._noted_index = self.replica.store.index
         try:
             while True:
-                for e in await queue.get():
+                batch = await queue.get()
+                for e in batch:
                     if e.table == "tasks":
                         self._note(e)
                     if _changes_network_state(e):
                         self._net_epoch += 1
                         for event in self._changed.values():
                             event.set()
+                if batch:
+                    self._noted_index = max(self._noted_index, batch[-1].index)
         finally:
             self.replica.unwatch(queue)
 
@@ -167,11 +176,12 @@ class Dispatcher:
 
     def _assignment_delta(self, node_id: str, since: int) -> dict:
         store = self.replica.store
-        index = store.index
+        index = self._noted_index
         full = since <= 0 or since < self._start_index or since < self._oldest_tombstone.get(node_id, 0)
         tasks = store.by_index("tasks", "node_id", node_id)
         if not full:
-            tasks = [t for t in tasks if t.meta.version > since]
+            # Changes newer than `index` come in the next answer, once their events are noted.
+            tasks = [t for t in tasks if since < t.meta.version <= index]
         removed = [] if full else [tid for idx, tid in self._tombstones.get(node_id, ()) if idx > since]
         return {"index": index, "full": full, "removed": removed,
                 "tasks": [codec.to_plain(t) for t in tasks],
