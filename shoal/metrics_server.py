@@ -79,9 +79,17 @@ def _is_ip(text: str) -> bool:
         return False
 
 
+# Where an app that routes by itself (the Docker API's one catch-all) leaves the pattern it
+# matched, for route_of.
+ROUTE_LABEL: web.RequestKey[str] = web.RequestKey("shoal.route_label", str)
+
+
 def route_of(request: web.Request) -> str:
     """The route's pattern (`/services/{id}`), never the raw path: a label must not carry ids,
     names or whatever a caller puts in a URL."""
+    label = request.get(ROUTE_LABEL)
+    if label:
+        return label
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "unmatched"
 
@@ -101,7 +109,7 @@ def api_latency_middleware(histogram: Histogram, listener: str):
 
 def api_middlewares(daemon: DaemonParts, listener: str) -> list:
     """The middleware to put first on one of the daemon's API apps; none without metrics."""
-    metrics: Optional[MetricsServer] = daemon.metrics
+    metrics: Optional[MetricsServer] = getattr(daemon, "metrics", None)
     return [metrics.api_middleware(listener)] if metrics is not None else []
 
 
@@ -116,7 +124,8 @@ class MetricsServer:
         self.api_latency = Histogram(
             "shoal_api_request_duration_seconds",
             "Time the daemon took to answer an API request, by listener (local: the Unix "
-            "socket, cluster: 2377) and route pattern", ["listener", "method", "route"],
+            "socket, cluster: 2377, docker: the Docker API socket, docker-remote: its TCP "
+            "listener) and route pattern", ["listener", "method", "route"],
             buckets=API_BUCKETS, registry=self.registry)
         self._runner: Optional[web.AppRunner] = None
 

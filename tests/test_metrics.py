@@ -405,6 +405,41 @@ def test_api_latency_is_labelled_by_route_pattern_never_by_raw_path():
                  method="other", route="unmatched") == 1  # 405: no route took it
 
 
+def test_docker_api_latency_is_labelled_by_its_route_pattern():
+    """The Docker API routes with one catch-all: its own matcher names the pattern, so its
+    requests are timed by route too, and no id or name from a URL reaches a label."""
+    from shoal.dockerapi.app import make_app
+    registry = CollectorRegistry(auto_describe=False)
+    hist = Histogram("shoal_api_request_duration_seconds", "t", ["listener", "method", "route"],
+                     registry=registry)
+
+    class Daemon:   # what make_app reads for metrics, and the swarm state _ping reports
+        state = type("State", (), {"in_swarm": False})()
+        locked, manager = False, None
+
+        class metrics:
+            @staticmethod
+            def api_middleware(listener):
+                return api_latency_middleware(hist, listener)
+
+    async def main() -> None:
+        client = TestClient(TestServer(make_app(Daemon())))
+        await client.start_server()
+        try:
+            assert (await client.get("/v1.43/_ping")).status == 200
+            await client.get("/v1.43/networks/private-name-3")  # answered, whatever it says
+            assert (await client.get("/nowhere/private-name-4")).status == 404
+        finally:
+            await client.close()
+    asyncio.run(main())
+    text = generate_latest(registry).decode()
+    assert "private-name" not in text
+    found = samples(text)
+    for route in ("/_ping", "/networks/{id}", "unmatched"):
+        assert value(found, "shoal_api_request_duration_seconds_count", listener="docker",
+                     method="GET", route=route) == 1, (route, text)
+
+
 @dataclass
 class NodeParts:
     """What MetricsServer reads of a daemon: real executor and image store, no roles."""

@@ -26,6 +26,7 @@ from shoal.dockerapi import (data_objects, info, logs, networks, nodes, service_
 from shoal.dockerapi import containers, distribution, events, images
 from shoal.dockerapi import node_writes, swarm_membership
 from shoal.dockerapi.errors import PAGE_NOT_FOUND, DockerError, answer, from_shoal
+from shoal.metrics_server import ROUTE_LABEL, api_middlewares
 
 log = logging.getLogger("shoal.dockerapi")
 
@@ -41,10 +42,12 @@ class Route:
     methods: frozenset[str]
     pattern: re.Pattern
     handler: Handler
+    label: str  # the pattern as a metrics label (/services/{id}): never a caller's id or name
 
 
 def _route(methods: str, path: str, handler: Handler) -> Route:
-    return Route(frozenset(methods.split()), re.compile(path, re.DOTALL), handler)
+    return Route(frozenset(methods.split()), re.compile(path, re.DOTALL), handler,
+                 re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", path))
 
 
 ROUTES: tuple[Route, ...] = (
@@ -98,9 +101,11 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     # A trailing slash is the same endpoint to Docker's router.
     if len(path) > 1 and path.endswith("/"):
         path = path.rstrip("/") or "/"
+    request[ROUTE_LABEL] = "unmatched"
     for route in ROUTES:
         m = route.pattern.fullmatch(path)
         if m is not None and request.method in route.methods:
+            request[ROUTE_LABEL] = route.label
             return await route.handler(request, m.groupdict())
     if unsupported.is_docker_endpoint(request.method, path):
         raise DockerError(501, unsupported.message(request.method, path))
@@ -131,8 +136,8 @@ async def docker_middleware(request: web.Request, handler) -> web.StreamResponse
     return response
 
 
-def make_app(daemon: Any) -> web.Application:
-    app = web.Application(middlewares=[docker_middleware])
+def make_app(daemon: Any, listener: str = "docker") -> web.Application:
+    app = web.Application(middlewares=[*api_middlewares(daemon, listener), docker_middleware])
     app[CTX] = daemon
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app

@@ -119,7 +119,7 @@ async def shoal_api(request: web.Request) -> web.StreamResponse:
 
 
 def make_remote_app(daemon: Any) -> web.Application:
-    app = make_app(daemon)
+    app = make_app(daemon, listener="docker-remote")
     # Outermost: a refused caller reaches neither API.
     app.middlewares.insert(0, remote_auth)
     # More specific than the Docker app's catch-all, so the router tries it first.
