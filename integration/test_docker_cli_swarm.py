@@ -9,7 +9,9 @@ Writes run on a follower, so each one is forwarded to the leader in shoal's word
 from __future__ import annotations
 
 import json
+import re
 import time
+from datetime import datetime, timezone
 
 import pytest
 
@@ -154,7 +156,8 @@ def test_swarm_update_join_tokens_and_unlock_key(lab, docker_config, host):
 def test_service_logs_of_one_task(lab, docker_config, host):
     docker(lab, host, "service", "create", "-d", "--name", "talker", "--replicas", "2",
            "--env", "SLOT={{.Task.Slot}}", "busybox:1", "sh", "-c",
-           "echo hello-from-$SLOT; exec sleep 1000", cfg=docker_config)
+           "echo hello-from-$SLOT; sleep 3; echo later-from-$SLOT; exec sleep 1000",
+           cfg=docker_config)
     def running() -> dict:
         tasks = {t["slot"]: t for t in lab.cli_json("manager1", "service", "ps", "talker")
                  if t["status"]["state"] == "running" and t["desired_state"] == "running"}
@@ -169,6 +172,20 @@ def test_service_logs_of_one_task(lab, docker_config, host):
     assert "hello-from-2" not in out
     # the CLI names the task by the com.docker.swarm.* details of each line
     assert "talker.1" in out
+    # --since is the nodes' to apply, before --tail: only the later line, then only the last
+    out = wait_until(lambda: "later-from-1" in logs() and logs(), timeout=30,
+                     what="the task's later line")
+    stamped = docker(lab, host, "service", "logs", "--timestamps", one["id"],
+                     cfg=docker_config).stdout
+    first = next(ln for ln in stamped.splitlines() if "hello-from-1" in ln)
+    hello_at = datetime.fromisoformat(re.search(r"(\d{4}-\d\d-\d\dT[\d:]+)", first)[1]
+                                      ).replace(tzinfo=timezone.utc).timestamp()
+    since = f"{hello_at + 1.5:.3f}"   # between the two lines, 3 s apart
+    res = docker(lab, host, "service", "logs", "--since", since, one["id"], cfg=docker_config)
+    assert "later-from-1" in res.stdout and "hello-from-1" not in res.stdout, res.stdout
+    res = docker(lab, host, "service", "logs", "--tail", "1", "--since", "0", one["id"],
+                 cfg=docker_config)
+    assert "later-from-1" in res.stdout and "hello-from-1" not in res.stdout, res.stdout
     docker(lab, host, "service", "rm", "talker", cfg=docker_config)
 
 

@@ -7,6 +7,7 @@ the docker CLI reads to name each line's task and node."""
 from __future__ import annotations
 
 import logging
+import math
 import struct
 from typing import AsyncIterator, Callable, Optional
 
@@ -47,21 +48,27 @@ def line(entry: dict, service_id: str, timestamps: bool, details: bool) -> bytes
     return (head + text).encode("utf-8", "replace")
 
 
-def _since(request: web.Request) -> float:
-    raw = request.query.get("since", "")
-    if not raw:
-        return 0.0
+def _time(request: web.Request, name: str) -> Optional[float]:
+    """`since`/`until`: Unix seconds as the docker CLI sends them (`1700000000.123456789`);
+    empty or 0 is no bound, as dockerd reads it."""
+    raw = request.query.get(name, "")
+    if raw in ("", "0"):
+        return None
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        raise bad_request(f"invalid value for \"since\": {raw!r} is no Unix time") from None
+        value = float("nan")
+    if not math.isfinite(value) or value < 0:
+        raise bad_request(f"invalid value for \"{name}\": {raw!r} is no Unix time "
+                          "(seconds since the epoch, e.g. 1700000000.5)")
+    return value
 
 
 async def service_logs(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
     manager = manager_of(request)
     svc = lookup(manager, params["id"])
-    return await _stream(request, svc, lambda follow, tail: gather_logs(
-        daemon_of(request), manager, svc, follow, tail))
+    return await _stream(request, svc, lambda follow, tail, since, until: gather_logs(
+        daemon_of(request), manager, svc, follow, tail, since, until))
 
 
 async def task_logs(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
@@ -71,12 +78,13 @@ async def task_logs(request: web.Request, params: dict[str, str]) -> web.StreamR
     svc = manager.store.get("services", task.service_id)
     if svc is None:
         raise not_found(f"service {task.service_id} of task {params['id']} not found")
-    return await _stream(request, svc, lambda follow, tail: gather_task_logs(
-        daemon_of(request), manager, task, follow, tail))
+    return await _stream(request, svc, lambda follow, tail, since, until: gather_task_logs(
+        daemon_of(request), manager, task, follow, tail, since, until))
 
 
 async def _stream(request: web.Request, svc: Service,
-                  gather: Callable[[bool, Optional[int]], AsyncIterator[dict]]
+                  gather: Callable[[bool, Optional[int], Optional[float], Optional[float]],
+                                   AsyncIterator[dict]]
                   ) -> web.StreamResponse:
     wanted = {name for name in _STREAMS if flag(request, name)}
     if not wanted:
@@ -88,14 +96,14 @@ async def _stream(request: web.Request, svc: Service,
         tail = int(tail_raw)
     else:
         raise bad_request(f"invalid value for \"tail\": {tail_raw!r}")
-    since = _since(request)
+    since, until = _time(request, "since"), _time(request, "until")
     follow, timestamps, details = (flag(request, "follow"), flag(request, "timestamps"),
                                    flag(request, "details"))
     tty = svc.spec.task_template.container.tty
     resp = web.StreamResponse(headers={"Content-Type": "application/vnd.docker.raw-stream" if tty
                                        else "application/vnd.docker.multiplexed-stream"})
     await resp.prepare(request)
-    entries = gather(follow, tail)
+    entries = gather(follow, tail, since, until)  # the nodes apply the bounds as they read
     try:
         async for entry in entries:
             if "error" in entry:
@@ -103,7 +111,7 @@ async def _stream(request: web.Request, svc: Service,
                          entry["error"])
                 continue
             stream = entry.get("s", "stdout")
-            if stream not in wanted or float(entry.get("t", 0)) < since:
+            if stream not in wanted:
                 continue
             payload = line(entry, svc.id, timestamps, details)
             await resp.write(payload if tty else frame(_STREAMS.get(stream, 1), payload))
