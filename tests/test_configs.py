@@ -172,6 +172,9 @@ def test_assignments_carry_only_the_configs_of_live_tasks_on_that_node():
     since = m.store.index
     t = codec.clone(m.store.get("tasks", "t4"))
     m.commit(Transaction().update("tasks", t))
+    # What the dispatcher's watch would have noted by now (no loop runs in this test): an
+    # answer goes up to the noted changes.
+    d._noted_index = m.store.index
     assert d._assignment_delta("n1", since)["configs"] == []
     assert [x["name"] for x in d._assignment_delta("n2", since)["configs"]] == ["b"]
     assert CONFIGS.for_tasks(m.store, []) == []

@@ -163,6 +163,9 @@ def test_assignments_carry_only_the_secrets_of_live_tasks_on_that_node():
     t = codec.clone(m.store.get("tasks", "t4"))
     t.status.state = "running"
     m.commit(Transaction().update("tasks", t))
+    # What the dispatcher's watch would have noted by now (no loop runs in this test): an
+    # answer goes up to the noted changes.
+    d._noted_index = m.store.index
     assert d._assignment_delta("n1", since)["secrets"] == []
     assert [s["name"] for s in d._assignment_delta("n2", since)["secrets"]] == ["b"]
     assert SECRETS.for_tasks(m.store, []) == []

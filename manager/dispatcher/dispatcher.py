@@ -177,7 +177,10 @@ class Dispatcher:
     def _assignment_delta(self, node_id: str, since: int) -> dict:
         store = self.replica.store
         index = self._noted_index
-        full = since <= 0 or since < self._start_index or since < self._oldest_tombstone.get(node_id, 0)
+        # A node ahead of what this dispatcher has noted (its index came from an earlier leader)
+        # cannot be given a delta: no tombstone here covers the gap.
+        full = (since <= 0 or since < self._start_index or since > index
+                or since < self._oldest_tombstone.get(node_id, 0))
         tasks = store.by_index("tasks", "node_id", node_id)
         if not full:
             # Changes newer than `index` come in the next answer, once their events are noted.
