@@ -54,11 +54,11 @@ def leader_of(lab, host: str) -> str | None:
 @contextlib.contextmanager
 def busybox_lab(prefix: str, *, managers: int, workers: int,
                 tags: Iterable[str] = ("busybox:1",),
-                daemon_args: Sequence[str] = ()) -> Iterator["Lab"]:
+                daemon_args: Sequence[str] = (), up_timeout: float = 60) -> Iterator["Lab"]:
     """A lab whose every host has busybox imported under `tags`, with a 1 s heartbeat, and
     `daemon_args` added to every shoald's; `lab.layout` is the busybox OCI layout. Always
     torn down, and the per-task tmpfs of secrets and configs (under /run, outside the lab's
-    directories) with it."""
+    directories) with it. `up_timeout`: for starting and forming it (Lab.up)."""
     from shoal.lab.netlab import Lab, default_daemon_argv
     from tests import imagebuild
     from worker.secrets import SecretMounts
@@ -69,7 +69,7 @@ def busybox_lab(prefix: str, *, managers: int, workers: int,
     try:
         layout = imagebuild.build_busybox_oci_layout(d / "busybox", tag="1")
         lab.layout = layout
-        lab.up(managers=managers, workers=workers)
+        lab.up(managers=managers, workers=workers, timeout=up_timeout)
         lab.cli("manager1", "swarm", "update", "--dispatcher-heartbeat", "1s")
         for h in lab.hosts():
             for tag in tags:

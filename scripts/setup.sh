@@ -16,7 +16,7 @@ fi
 APT_PACKAGES=(python3 python3-venv python3-pip iproute2 iputils-ping procps nftables runc
               busybox-static docker-registry ca-certificates bc iperf3 tini)
 APT_PACKAGES+=(skopeo)  # image save read back by skopeo (tests/test_image_commands.py)
-APT_PACKAGES+=(chromium)  # the dashboard in a real browser (integration/test_dashboard.py)
+APT_PACKAGES+=(chromium)  # the dashboard in a real browser (integration/observability/test_4_dashboard.py)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,5 +1,6 @@
 """The dashboard's gate, stream, actions and snapshot (shoal/dashboard/), against a fake
-cluster source; the real page in a real browser on a real lab is integration/test_dashboard.py.
+cluster source; the real page in a real browser on a real lab is
+integration/observability/test_4_dashboard.py.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from common.model import (ManagerStatus, Node, NodeDescription, NodeSpec, NodeSt
                           TaskStatus, UpdateStatus)
 from shoal.dashboard import api as dashboard_api
 from shoal.dashboard import auth, snapshot
+from shoal.dashboard import login as login_page
 from shoal.dashboard.server import Dashboard
 
 
@@ -159,6 +161,75 @@ def test_nothing_answers_without_a_session():
                                        headers={auth.CSRF_HEADER: "1"})
                 assert resp.status == 401, path
         assert source.calls == []
+    run(body)
+
+
+# What the fake cluster's snapshot holds: none of it may be in an answer without a session.
+CLUSTER_WORDS = ("manager1", "worker1", "web", "172.31.0.11", "busybox", "n1", "s1")
+
+
+def no_cluster_data(text: str) -> bool:
+    return not any(word in text for word in CLUSTER_WORDS)
+
+
+def test_a_browser_without_a_session_gets_the_login_page_and_nothing_else():
+    async def body(dash, source, http):
+        await dash.refresh()   # the snapshot exists: the page must still not show it
+        navigations = [("/", {}), ("/", {"Accept": "text/html"}),
+                       ("/static/index.html", {"Accept": "text/html,*/*;q=0.8"}),
+                       ("/nope", {"Sec-Fetch-Dest": "document"})]
+        for cookies in ({}, {auth.COOKIE: "guessed"}):
+            for path, headers in navigations:
+                resp = await http.get(path, cookies=cookies, headers=headers)
+                text = await resp.text()
+                assert resp.status == 401, path
+                assert resp.content_type == "text/html", path
+                assert '<form id="login" method="get" action="/">' in text
+                assert 'name="token"' in text and no_cluster_data(text), path
+                csp = resp.headers["Content-Security-Policy"]
+                assert "form-action 'self'" in csp and "default-src 'none'" in csp
+                assert "script-src" not in csp and "unsafe-inline" not in csp
+                assert resp.headers["X-Frame-Options"] == "DENY"
+                assert auth.COOKIE not in resp.cookies
+            # the stream, the API and the page's files: a line of text, no page, no data
+            for path in ("/api/snapshot", "/api/stream", "/api/logs/s1", "/static/app.js"):
+                resp = await http.get(path, cookies=cookies,
+                                      headers={"Accept": "text/html" if path == "/api/snapshot"
+                                               else "*/*"})
+                text = await resp.text()
+                assert resp.status == 401 and resp.content_type == "text/plain", path
+                assert "<form" not in text and no_cluster_data(text), path
+        assert source.calls == []
+    run(body)
+
+
+def test_the_login_pages_one_inline_style_is_the_one_its_csp_allows():
+    import base64
+    import hashlib
+    import re
+    resp = login_page.page()
+    [style] = re.findall(r"<style>(.*?)</style>", resp.text, re.S)
+    digest = base64.b64encode(hashlib.sha256(style.encode()).digest()).decode()
+    assert f"style-src 'sha256-{digest}'" in resp.headers["Content-Security-Policy"]
+    assert "<script" not in resp.text and resp.status == 401
+
+
+def test_the_login_form_takes_the_token_or_the_whole_link_once():
+    async def body(dash, source, http):
+        token = dash.gate.mint_token()
+        # what the form sends when the printed link is pasted whole
+        resp = await http.get("/", params={"token": f" {dash.url(token)} "},
+                              allow_redirects=False)
+        assert resp.status == 303 and resp.headers["Location"] == "/"
+        session = resp.cookies[auth.COOKIE].value
+        page = await http.get("/", cookies={auth.COOKIE: session})
+        assert page.status == 200 and '<table id="nodes">' in await page.text()
+        # used up: the form again, saying why, still without data
+        again = await http.get("/", params={"token": token}, allow_redirects=False)
+        text = await again.text()
+        assert again.status == 401 and 'id="why"' in text and "already used" in text
+        assert '<form id="login"' in text and no_cluster_data(text)
+        assert auth.COOKIE not in again.cookies
     run(body)
 
 

@@ -4,8 +4,10 @@ The token travels in a URL (printed by `shoal dashboard`, like Jupyter's), so it
 one exchange only and a short while: the exchange sets a random session cookie (HttpOnly,
 SameSite=Strict, kept in memory) and redirects to a URL without the token. Every other
 request without a live session gets 401, the page, its files, the stream and the actions
-alike. Actions also need a custom header, which a cross-site form cannot send and a
-cross-site fetch could only send after a CORS preflight this server never answers.
+alike: a browser's navigation gets login.py's page (a form to paste the token into, no
+cluster data), anything else a line of text. Actions also need a custom header, which a
+cross-site form cannot send and a cross-site fetch could only send after a CORS preflight
+this server never answers.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import time
 from typing import Awaitable, Callable, Optional
 
 from aiohttp import web
+
+from shoal.dashboard import login
 
 COOKIE = "shoal_dashboard"
 CSRF_HEADER = "X-Shoal-Dashboard"
@@ -78,14 +82,17 @@ def middleware(gate: Gate):
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         token = request.query.get("token")
         if request.path == "/" and request.method == "GET" and token is not None:
-            session = gate.redeem(token)
+            session = gate.redeem(login.token_of(token))
             if session is None:
-                return _refuse(401, "401: this dashboard link was already used or has expired; "
-                                    "run `shoal dashboard` on the manager for a new one")
+                return login.page(why="This dashboard link was already used or has expired: "
+                                      "run `shoal dashboard` on the manager for a new one.",
+                                  headers=SECURITY_HEADERS)
             resp = web.Response(status=303, headers={**SECURITY_HEADERS, "Location": "/"})
             resp.set_cookie(COOKIE, session, httponly=True, samesite="Strict", path="/")
             return resp
         if not gate.has_session(request.cookies.get(COOKIE)):
+            if login.is_navigation(request):
+                return login.page(headers=SECURITY_HEADERS)
             return _refuse(401, "401: no dashboard session; open the link `shoal dashboard` "
                                 "prints")
         if request.method not in ("GET", "HEAD") and request.headers.get(CSRF_HEADER) != "1":
