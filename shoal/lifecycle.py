@@ -5,11 +5,9 @@ import asyncio
 import ipaddress
 import logging
 import os
-import ssl
 import time
 
 from common import errors, pki, tokens
-from common.httpclient import ApiClient, Endpoint
 from common.ids import new_id
 from common.keywrap import UnlockKey
 from common.model import (NODE_ROLE_MANAGER, Cluster, ClusterSpec, JoinTokens, ManagerStatus,
@@ -21,7 +19,7 @@ from manager.controlapi import autolock
 from manager.allocator.allocator import INGRESS_NAME, plan_network
 from manager.specs.cluster import check_data_path_port, parse_cluster_spec
 from manager.state.store import Transaction
-from worker.agent import describe_node
+from worker.agent import describe_node, request_join
 
 log = logging.getLogger("shoal.lifecycle")
 
@@ -128,7 +126,7 @@ async def join_swarm(daemon, remote_addr: str, token: str, advertise_addr: str |
                      listen_addr: str | None) -> dict:
     async with daemon.role_lock:
         _not_in_swarm(daemon)
-        parsed = tokens.parse_token(token)
+        tokens.parse_token(token)  # a malformed token fails before anything is asked
         remote = _listen(remote_addr, remote_addr)
         advertise = advertise_addr or daemon.default_advertise_addr
         if not advertise:
@@ -137,38 +135,15 @@ async def join_swarm(daemon, remote_addr: str, token: str, advertise_addr: str |
         _require_ip(advertise, "--advertise-addr")
         listen = _listen(listen_addr, daemon.default_listen_addr)
 
-        # Step 1: fetch the CA without trusting anyone, and trust it only if the token pins it.
-        unverified = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        unverified.check_hostname = False
-        unverified.verify_mode = ssl.CERT_NONE
-        async with ApiClient(Endpoint(addr=remote, ssl_context=unverified)) as client:
-            status, ca_pem = await client.request_raw("GET", "/join/ca", timeout=10)
-        if status != 200:
-            raise errors.Unavailable(f"{remote} did not hand out its CA (HTTP {status}): "
-                                     f"{ca_pem[:200].decode(errors='replace')}")
-        if not pki.pinned_ca_matches(ca_pem, parsed.ca_digest):
-            raise errors.Unauthorized(
-                f"the manager at {remote} presented a CA that does not match the join token: the "
-                "token is for another swarm, or its root CA was rotated since ('shoal swarm ca "
-                "--rotate': get a current token with 'shoal swarm join-token'), or someone is in "
-                "the middle; check both")
-
-        # Step 2: a CSR with the token, over TLS verified against the pinned CA.
-        key = pki.generate_key()
-        csr = pki.make_csr(key, "joining")
-        async with ApiClient(Endpoint(addr=remote, ssl_context=pki.client_ssl_context(ca_pem))) as client:
-            answer = await client.request("POST", "/join", {
-                "token": token, "csr": csr.decode(), "advertise_addr": advertise,
-                "description": describe_node(daemon.hostname)}, timeout=30)
-        cert = answer["cert"].encode()
-        pki.verify_issued_by(cert, ca_pem)
-        state = NodeState(node_id=answer["node_id"], cluster_id=answer["cluster_id"],
-                          role=answer["role"], advertise_addr=advertise, listen_addr=listen,
-                          managers=sorted(answer.get("managers") or [remote]))
+        joined = await request_join(remote, token, advertise, describe_node(daemon.hostname))
+        ca_pem, cert, key = joined.ca_pem, joined.cert_pem, joined.key_pem
+        state = NodeState(node_id=joined.node_id, cluster_id=joined.cluster_id,
+                          role=joined.role, advertise_addr=advertise, listen_addr=listen,
+                          managers=joined.managers)
         daemon.files.save_certs(ca_pem, cert, key)
-        if answer["role"] == NODE_ROLE_MANAGER:
-            daemon.files.save_raft_secret(bytes.fromhex(answer["raft"]["secret"]))
-            state.raft_members = answer["raft"]["members"]
+        if joined.role == NODE_ROLE_MANAGER:
+            daemon.files.save_raft_secret(bytes.fromhex(joined.raft["secret"]))
+            state.raft_members = joined.raft["members"]
         daemon.state = state
         daemon.files.save_state(state)
         try:

@@ -10,12 +10,14 @@ import asyncio
 import logging
 import os
 import platform
+import ssl
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Protocol
 
-from common import errors, pki
+from common import errors, pki, tokens
 from common.aio import cancel_and_wait
 from common.fsutil import free_bytes
-from common.httpclient import ApiClient
+from common.httpclient import ApiClient, Endpoint
 from common.model import NODE_ROLE_MANAGER
 from common.nodestate import NodeFiles, NodeState
 from common.version import __version__
@@ -56,14 +58,62 @@ def describe_node(hostname: str) -> dict:
             "engine_version": __version__}
 
 
+@dataclass
+class Joined:
+    """What a join brings back: the node's identity, its certificate and key, the CA."""
+
+    node_id: str
+    cluster_id: str
+    role: str
+    cert_pem: bytes
+    key_pem: bytes
+    ca_pem: bytes
+    managers: list[str]
+    raft: Optional[dict]  # the raft secret and members, for a manager joiner
+
+
+async def request_join(remote: str, token: str, advertise: str, description: dict) -> Joined:
+    """The join handshake (`swarm join`, and the simulated nodes of `shoal sim nodes`): fetch
+    the CA without trusting anyone, trust it only if the token pins it, then post a CSR with
+    the token over TLS verified against that CA. Nothing is saved here."""
+    parsed = tokens.parse_token(token)
+    unverified = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    unverified.check_hostname = False
+    unverified.verify_mode = ssl.CERT_NONE
+    async with ApiClient(Endpoint(addr=remote, ssl_context=unverified)) as client:
+        status, ca_pem = await client.request_raw("GET", "/join/ca", timeout=10)
+    if status != 200:
+        raise errors.Unavailable(f"{remote} did not hand out its CA (HTTP {status}): "
+                                 f"{ca_pem[:200].decode(errors='replace')}")
+    if not pki.pinned_ca_matches(ca_pem, parsed.ca_digest):
+        raise errors.Unauthorized(
+            f"the manager at {remote} presented a CA that does not match the join token: the "
+            "token is for another swarm, or its root CA was rotated since ('shoal swarm ca "
+            "--rotate': get a current token with 'shoal swarm join-token'), or someone is in "
+            "the middle; check both")
+    key = pki.generate_key()
+    csr = pki.make_csr(key, "joining")
+    async with ApiClient(Endpoint(addr=remote, ssl_context=pki.client_ssl_context(ca_pem))) as client:
+        answer = await client.request("POST", "/join", {
+            "token": token, "csr": csr.decode(), "advertise_addr": advertise,
+            "description": description}, timeout=30)
+    cert = answer["cert"].encode()
+    pki.verify_issued_by(cert, ca_pem)
+    return Joined(node_id=answer["node_id"], cluster_id=answer["cluster_id"], role=answer["role"],
+                  cert_pem=cert, key_pem=key, ca_pem=ca_pem,
+                  managers=sorted(answer.get("managers") or [remote]), raft=answer.get("raft"))
+
+
 class Agent:
-    def __init__(self, host: AgentHost, runner: Optional["TaskRunner"] = None) -> None:
+    def __init__(self, host: AgentHost, runner: Optional["TaskRunner"] = None,
+                 description: Optional[dict] = None) -> None:
         self.host = host
         self.runner = runner
         self.leader: Optional[str] = None
         self.period = 1.0
         self.connected = asyncio.Event()
-        self._description = describe_node(host.hostname)
+        # A simulated node (worker/sim) describes itself as one.
+        self._description = description or describe_node(host.hostname)
         self._sent_description = False
         self._state_unsaved = False  # the manager list could not be saved (a full disk)
         self._tasks: list[asyncio.Task] = []

@@ -280,7 +280,8 @@ class TaskController:
 class TaskRunner:
     def __init__(self, executor: Executor, images: ImageStore, hostname: str,
                  send_reports: Callable[[list[dict]], Awaitable[None]],
-                 insecure_registries: frozenset[str] = frozenset()) -> None:
+                 insecure_registries: frozenset[str] = frozenset(),
+                 secret_mounts: Optional[SecretMounts] = None) -> None:
         self.executor = executor
         self.images = images
         self.hostname = hostname
@@ -295,7 +296,8 @@ class TaskRunner:
         # Secrets from the assignments: memory only, never written to disk or logged.
         self.secrets = SecretCache()
         self.registry_auths = RegistryAuthCache()
-        self.secret_mounts = SecretMounts(executor.root.parent)
+        # Given by the simulated nodes (worker/sim), whose executor has no disk to mount on.
+        self.secret_mounts = secret_mounts or SecretMounts(executor.root.parent)
         self.networks: Optional["NodeNetworks"] = None
         self.backend_drain = BACKEND_DRAIN
 

@@ -112,6 +112,7 @@ from shoal.cli.system import system as _system; main.add_command(_system)  # noq
 from shoal.cli.stack import stack as _stack; main.add_command(_stack)  # noqa: E402,E702
 from shoal.cli.events import events as _events; main.add_command(_events)  # noqa: E402,E702
 from shoal.cli.dashboard import dashboard as _dashboard; main.add_command(_dashboard)  # noqa: E402,E702
+from shoal.cli.sim import sim as _sim; main.add_command(_sim)  # noqa: E402,E702
 from shoal.cli.login import login as _login, logout as _logout  # noqa: E402
 main.add_command(_login)
 main.add_command(_logout)
