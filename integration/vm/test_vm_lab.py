@@ -1,34 +1,28 @@
 """The VM lab: shoal on three QEMU guests running Debian's own kernel, which has IPVS.
 
-One booted cluster serves the whole module (booting and provisioning under software emulation
-takes minutes). It is formed by vagrant/provision.sh, the script Vagrant runs, and torn down
-at the end whatever happens: only the QEMU processes this module started are killed. When a
-test fails, the guests' consoles, journals and shoald logs are copied to
-/var/tmp/shoal-vm-logs/ and the path is printed.
+One booted cluster serves the whole package (integration/vm/conftest.py: booting and
+provisioning under software emulation takes minutes). It is formed by vagrant/provision.sh, the
+script Vagrant runs, and torn down at the end whatever happens. When a test fails, the guests'
+consoles, journals and shoald logs are copied to /var/tmp/shoal-vm-logs/ and the path is printed.
 
 Select or deselect with `-m vm` / `-m "not vm"`.
 """
 from __future__ import annotations
 
-import faulthandler
 import json
-import os
 import re
 import shlex
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from integration.helpers import wait_until
-from integration.vm.lab import VMLab
+from integration.vm.conftest import LOG_ROOT, MANAGERS, TIMINGS, say
 from tests import imagebuild
 from worker.network.lb import Frontend, fwmark_for
 
 pytestmark = [pytest.mark.vm]
 
-MANAGERS = int(os.environ.get("SHOAL_VM_MANAGERS", "1"))
 VENV_PY = "/opt/shoal/venv/bin/python"
 TOOLS = "/vagrant/integration/vm/guest_tools.py"
 IMAGE = "web:1"
@@ -38,59 +32,12 @@ PORTS = {"ipvs": 8080, "nftables": 8081}
 # task that answered it.
 WEB_CMD = ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && "
                        "exec httpd -f -p 80 -h /www"]
-LOG_ROOT = Path("/var/tmp/shoal-vm-logs")
-TIMINGS: dict[str, float] = {}
-
-
-def say(request, text: str) -> None:
-    """Print past pytest's capture: the timings belong in the CI log."""
-    capman = request.config.pluginmanager.getplugin("capturemanager")
-    with capman.global_and_fixture_disabled():
-        print(f"\n[vm lab] {text}", file=sys.stderr, flush=True)
-
-
-@pytest.fixture(autouse=True)
-def _slow_steps_are_not_hangs():
-    """pyproject's faulthandler_timeout (300 s) is for hung tests; under emulation a single
-    step of these (boot, provisioning, a scenario) legitimately takes minutes. Re-arm the one
-    process-wide timer with a budget that still catches a real hang."""
-    faulthandler.dump_traceback_later(1500, file=sys.__stderr__)
-    yield
 
 
 @pytest.fixture(scope="module")
-def lab(request):
-    faulthandler.dump_traceback_later(1500, file=sys.__stderr__)
-    if os.geteuid() != 0:
-        pytest.fail("the VM lab needs root (debootstrap, 9p shares): run scripts/test.sh as root")
-    lab = VMLab(n=3)
-    failed_before = request.session.testsfailed
-    ok = False
-    try:
-        t0 = time.monotonic()
-        lab.start()
-        if lab.build_seconds:
-            TIMINGS["image build (cold)"] = lab.build_seconds
-            say(request, f"built the guest image in {lab.build_seconds:.0f} s")
-        TIMINGS["boot"] = lab.wait_ready()
-        say(request, f"3 guests up in {TIMINGS['boot']:.0f} s ({lab.accel})")
-        t1 = time.monotonic()
-        lab.provision_results = lab.provision(managers=MANAGERS)
-        TIMINGS["provision"] = time.monotonic() - t1
-        say(request, f"provisioned with vagrant/provision.sh in {TIMINGS['provision']:.0f} s")
-        ok = True
-        yield lab
-        TIMINGS["total"] = time.monotonic() - t0
-        say(request, "timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in TIMINGS.items()))
-    finally:
-        try:
-            if not ok or request.session.testsfailed > failed_before:
-                dest = LOG_ROOT / time.strftime("%Y%m%d-%H%M%S")
-                lab.collect_logs(dest)
-                say(request, f"guest logs (consoles, journals, shoald) in {dest}")
-        finally:
-            lab.stop()
-            lab.remove()
+def lab(vm_lab):
+    """The package's booted and provisioned guests (integration/vm/conftest.py)."""
+    return vm_lab
 
 
 def api(g, path: str):

@@ -1,6 +1,7 @@
 """Issue 18, must-show 1: a power cut on every manager at once loses no acknowledged write.
 
-Three QEMU guests form a 3-manager swarm (vagrant/provision.sh, as in test_vm_lab.py). A client
+The package's three QEMU guests (integration/vm/conftest.py: provisioned by vagrant/provision.sh,
+used first by test_vm_lab.py) become a 3-manager swarm: the two workers are promoted. A client
 loop on the host creates configs through each guest's local API and records every one that was
 answered with success. While it writes, the three QEMU processes are SIGKILLed together: a guest
 keeps what it flushed to its disk (QEMU's cache=writeback passes the flush on to the host's file,
@@ -13,24 +14,23 @@ were lost, so it proves the scenario can see a loss at all. To make that loss ce
 than lucky, the guests' periodic writeback and ext4's journal commits are pushed past the
 scenario for its duration: only an explicit sync moves data to the disk.
 
-Cost: one boot and provisioning for the module, then per case a write burst, a power cut and a
-second boot. Select or deselect with `-m vm` / `-m "not vm"`.
+Cost: the promotions, then per case a write burst, a power cut and a second boot (the boot and
+provisioning are the package's, shared with test_vm_lab.py). Select or deselect with `-m vm` / `-m "not vm"`.
 """
 from __future__ import annotations
 
 import base64
-import faulthandler
 import json
 import os
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
 from integration.helpers import wait_until
+from integration.vm.conftest import TIMINGS
+from integration.vm.conftest import say as _say
 from integration.vm.lab import Guest, GuestError, VMLab
 
 pytestmark = [pytest.mark.vm]
@@ -41,15 +41,10 @@ DROP_IN = "/etc/systemd/system/shoald.service.d/power-loss-test.conf"
 # acknowledged writes before the cut: enough that a journal that does not sync cannot keep
 # them all by luck, few enough to stay cheap under emulation
 ACKS_BEFORE_CUT = int(os.environ.get("SHOAL_VM_POWER_LOSS_ACKS", "24"))
-LOG_ROOT = Path("/var/tmp/shoal-vm-logs")
-TIMINGS: dict[str, float] = {}
 
 
 def say(request, text: str) -> None:
-    """Print past pytest's capture: the timings and counts belong in the CI log."""
-    capman = request.config.pluginmanager.getplugin("capturemanager")
-    with capman.global_and_fixture_disabled():
-        print(f"\n[vm power loss] {text}", file=sys.stderr, flush=True)
+    _say(request, text, tag="vm power loss")
 
 
 def in_parallel(guests: list[Guest], fn) -> list:
@@ -77,45 +72,21 @@ def api(g: Guest, method: str, path: str, body: dict | None = None, timeout: flo
     return json.loads(g.run(argv, timeout=timeout, check=True).out)
 
 
-@pytest.fixture(autouse=True)
-def _slow_steps_are_not_hangs():
-    # as in test_vm_lab.py: a boot under emulation legitimately takes minutes
-    faulthandler.dump_traceback_later(1500, file=sys.__stderr__)
-    yield
-
-
 @pytest.fixture(scope="module")
-def cluster(request):
-    faulthandler.dump_traceback_later(1500, file=sys.__stderr__)
-    if os.geteuid() != 0:
-        pytest.fail("the VM lab needs root (debootstrap, 9p shares): run scripts/test.sh as root")
-    lab = VMLab(n=3, disk_cache="writeback")
-    failed_before = request.session.testsfailed
-    ok = False
-    try:
-        t0 = time.monotonic()
-        lab.start()
-        TIMINGS["boot"] = lab.wait_ready()
-        t1 = time.monotonic()
-        # a fresh lab: every guest installs shoal at once, the joiners then wait for the tokens
-        lab.provision(managers=3, together=True)
-        TIMINGS["provision"] = time.monotonic() - t1
-        say(request, f"3 managers up: boot {TIMINGS['boot']:.0f} s ({lab.accel}), "
-                     f"provisioning {TIMINGS['provision']:.0f} s")
-        ok = True
-        yield lab
-        TIMINGS["total"] = time.monotonic() - t0
-        say(request, "timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in TIMINGS.items()))
-    finally:
-        try:
-            if (not ok or request.session.testsfailed > failed_before
-                    or os.environ.get("SHOAL_VM_KEEP_LOGS")):
-                dest = LOG_ROOT / (time.strftime("%Y%m%d-%H%M%S") + "-power-loss")
-                lab.collect_logs(dest)
-                say(request, f"guest logs (consoles, journals, shoald) in {dest}")
-        finally:
-            lab.stop()
-            lab.remove()
+def cluster(vm_lab, request):
+    """The package's guests as three managers: the workers are promoted (through the CLI, as an
+    operator would) and every manager must see three connected raft members."""
+    lab: VMLab = vm_lab
+    t0 = time.monotonic()
+    first = lab.guests[0]
+    workers = [x["hostname"] for x in first.shoal_json("node", "ls") if x["role"] != "manager"]
+    if workers:
+        first.shoal("node", "promote", *workers, timeout=300)
+    wait_until(lambda: all(in_parallel(lab.guests, cluster_healthy)), timeout=420, interval=3,
+               what="a leader and 3 connected raft members on every guest after the promotions")
+    TIMINGS["promote"] = time.monotonic() - t0
+    say(request, f"3 managers: promoted {workers or 'none'} in {TIMINGS['promote']:.0f} s")
+    return lab
 
 
 # ---- the guests' side ---------------------------------------------------------------------------
