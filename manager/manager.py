@@ -96,6 +96,8 @@ class Manager:
             self.raft.state_changes.clear()
             now_leading = self.raft.is_leader
             if now_leading and not leading:
+                if not await self._caught_up_as_leader():
+                    continue  # not the leader any more: look again
                 log.info("this manager is the leader now (term %s)", self.raft.term)
                 self.allocator = Allocator(self.store)
                 self._leader_tasks = [s.start() for s in self._leader_loops()]
@@ -104,6 +106,22 @@ class Manager:
                 await self._stop_leader_loops()
             leading = now_leading
             await self.raft.state_changes.wait()
+
+    async def _caught_up_as_leader(self) -> bool:
+        """A new leader's log holds every committed entry, but it learns which ones are
+        committed (and applies them) only once an entry of its own term commits. Its loops must
+        not decide on a store without them: an orchestrator did, and created the slots of the
+        old leader's last transaction a second time. So a no-op first; False if leadership was
+        lost meanwhile."""
+        while self.raft.is_leader:
+            try:
+                await self.raft.barrier(timeout=5.0)
+                return True
+            except errors.ShoalError as exc:  # no quorum yet, or a full disk: wait and retry
+                log.info("new leader: waiting to apply the earlier terms' commits (%s)",
+                         exc.message)
+                await asyncio.sleep(0.2)
+        return False
 
     def _leader_loops(self) -> list[LoopSupervisor]:
         def dispatcher() -> Awaitable[None]:
