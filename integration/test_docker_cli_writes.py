@@ -51,7 +51,10 @@ def names(lab, kind: str) -> set[str]:
 
 
 def test_a_service_created_scaled_updated_rolled_back_and_removed(lab, docker_config, host):
+    # A 1 s monitor instead of Docker's 5 s: the update and the rollback replace 5 tasks one
+    # by one, and the monitor's length proves nothing here (test_updates.py gates on it).
     res = docker(lab, host, "service", "create", "--name", "web", "--replicas", "3",
+                 "--update-monitor", "1s", "--rollback-monitor", "1s",
                  "-p", "8080:80", "busybox:1", "httpd", "-f", "-p", "80", "-h", "/etc",
                  cfg=docker_config, timeout=180)
     # the CLI's progress display saw the tasks run and the service converge
