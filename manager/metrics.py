@@ -139,6 +139,11 @@ def service_metrics(store: Store, now: float) -> Iterator[Metric]:
     rejected = GaugeMetricFamily("shoal_service_tasks_rejected_5m",
                                  "Tasks of the service its node rejected in the last 5 minutes",
                                  labels=["service"])
+    # The two above in one family, as dashboards that chart desired against running want them.
+    replicas = GaugeMetricFamily("shoal_service_replicas",
+                                 "Tasks of the service by state: desired (as "
+                                 "shoal_service_desired_tasks) and running (as "
+                                 "shoal_service_running_tasks)", labels=["service", "state"])
     since = now - RECENT_WINDOW
     for svc in store.list("services"):
         name = svc.spec.name
@@ -158,14 +163,17 @@ def service_metrics(store: Store, now: float) -> Iterator[Metric]:
                 else:
                     reject += 1
         mode = svc.spec.mode
-        desired.add_metric([name], mode.replicas if mode.mode == "replicated" else up)
+        wanted = mode.replicas if mode.mode == "replicated" else up
+        desired.add_metric([name], wanted)
         running.add_metric([name], run)
+        replicas.add_metric([name, "desired"], wanted)
+        replicas.add_metric([name, "running"], run)
         current = svc.update_status.state or "none"
         for state in ("none", *UPDATE_STATES):
             update.add_metric([name, state], int(state == current))
         failed.add_metric([name], fail)
         rejected.add_metric([name], reject)
-    yield from (desired, running, update, failed, rejected)
+    yield from (desired, running, replicas, update, failed, rejected)
 
 
 class ManagerMetrics:

@@ -140,6 +140,8 @@ def test_service_metrics_desired_running_update_state_and_recent_failures():
     assert value(found, "shoal_manager_leader") == 1
     assert value(found, "shoal_service_desired_tasks", service="web") == 3
     assert value(found, "shoal_service_running_tasks", service="web") == 2
+    assert value(found, "shoal_service_replicas", service="web", state="desired") == 3
+    assert value(found, "shoal_service_replicas", service="web", state="running") == 2
     assert value(found, "shoal_service_tasks_failed_5m", service="web") == 1
     assert value(found, "shoal_service_tasks_rejected_5m", service="web") == 2
     assert value(found, "shoal_service_update_state", service="web", state="paused") == 1

@@ -3,7 +3,8 @@
 parsed with prometheus_client's parser, which raises on anything that is not Prometheus text.
 
 The service figures are the leader's: `shoal_service_desired_tasks` and
-`shoal_service_running_tasks` (by `service`) follow a scale up and down. On a worker,
+`shoal_service_running_tasks` (by `service`), and the same in `shoal_service_replicas{state=...}`,
+follow a scale up and down. On a worker,
 `shoal_container_memory_usage_bytes` (the container's cgroup) follows a task that allocates.
 """
 from __future__ import annotations
@@ -106,6 +107,8 @@ def test_service_figures_follow_a_scale(obs):
                     and get(m, "shoal_service_running_tasks", service=SERVICE) == 5 and m,
                     timeout=90, what=f"{SERVICE}: 5 running in the leader's metrics")
     assert get(up, "shoal_service_desired_tasks", service=SERVICE) == 5
+    assert get(up, "shoal_service_replicas", service=SERVICE, state="desired") == 5
+    assert get(up, "shoal_service_replicas", service=SERVICE, state="running") == 5
     assert len(running(lab, SERVICE)) == 5
     assert sum(len(series(scrape(lab, h), "shoal_container_memory_usage_bytes",
                           service=SERVICE)) for h in WORKERS) == 5
@@ -115,6 +118,7 @@ def test_service_figures_follow_a_scale(obs):
                       and get(m, "shoal_service_running_tasks", service=SERVICE) == 1 and m,
                       timeout=90, what=f"{SERVICE}: 1 running in the leader's metrics")
     assert get(down, "shoal_service_desired_tasks", service=SERVICE) == 1
+    assert get(down, "shoal_service_replicas", service=SERVICE, state="running") == 1
     print(f"\nleader metrics followed {SERVICE}: 2 -> 5 -> 1 desired and running")
 
 
