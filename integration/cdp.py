@@ -17,6 +17,8 @@ from pathlib import Path
 from queue import Empty, Queue
 from typing import Any, Optional, Sequence
 
+from integration.helpers import stop_process
+
 CHROMIUM = "/usr/bin/chromium"
 
 
@@ -148,13 +150,7 @@ class Browser:
 
     def stop(self) -> None:
         import shutil
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         for fd in (self._to_browser, self._from_browser):
             try:
                 os.close(fd)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, TypeVa
 import pytest
 
 if TYPE_CHECKING:
+    import subprocess
     from shoal.lab.netlab import Lab
 
 T = TypeVar("T")
@@ -107,9 +108,16 @@ def registry_in_lab(lab, host: str, addr: str, workdir: Path) -> Iterator[None]:
     try:
         yield
     finally:
+        stop_process(proc)
+
+
+def stop_process(proc: "subprocess.Popen", grace: float = 10.0) -> None:
+    """Stop a process this test started (by its PID): SIGTERM, then SIGKILL after `grace`."""
+    import subprocess
+    if proc.poll() is None:
         proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

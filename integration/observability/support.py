@@ -12,7 +12,7 @@ from typing import Callable, Iterator, Optional
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from integration.helpers import node_table, wait_until
+from integration.helpers import node_table, stop_process, wait_until
 
 MANAGERS = ("manager1", "manager2", "manager3")
 WORKERS = ("worker1", "worker2", "worker3")
@@ -133,10 +133,4 @@ class Follow:
         return wait_until(seen, timeout=timeout, interval=0.3, what=what)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
