@@ -6,6 +6,7 @@ also on failure: no default route, no address outside 192.168.250.0/24 and 10.10
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -250,3 +251,87 @@ def test_vxlan_datagrams_bypass_the_nodes_conntrack(two_hosts):
             vxlan_notrack(hosts[name], False)
         nsutil.run(hosts["a"], ["nft", "delete", "table", "ip", "natdemo"])
     assert nsutil.run(hosts["a"], ["nft", "list", "tables"]).stdout.strip() == ""
+
+
+class _LinkMonitor:
+    """`ip -o monitor link` in a namespace: every link message, as the kernel sends it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.proc = subprocess.Popen(["nsenter", f"--net={path}", "ip", "-o", "monitor", "link"],
+                                     stdout=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        # listening for sure once it reports a link made after it started
+        with nsutil.ipr(path) as ip:
+            ip.link("add", ifname="monready", kind="bridge")
+        self._until("monready")
+        with nsutil.ipr(path) as ip:
+            ip.link("del", index=ip.link_lookup(ifname="monready")[0])
+
+    def _until(self, word: str) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if word in line:
+                return
+        raise AssertionError(f"ip monitor ended before reporting {word}")
+
+    def stop(self) -> list[str]:
+        with nsutil.ipr(self.path) as ip:      # a last event, so that everything before is read
+            ip.link("add", ifname="monend", kind="bridge")
+        try:
+            self._until("monend")
+        finally:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        with nsutil.ipr(self.path) as ip:
+            ip.link("del", index=ip.link_lookup(ifname="monend")[0])
+        return self.lines
+
+
+def test_the_nodes_ingress_interface_keeps_its_mac_against_udev(two_hosts):
+    """Debian's systemd-udevd gives a new MAC (MACAddressPolicy=persistent) to an interface that
+    appears in the host's namespace with a random one, a moment later. Seen in the VM lab: the
+    node's ingress interface lost the MAC its peers send to, and the routing mesh from that node
+    reached only its local tasks. The interface is born with its MAC, so udev leaves it alone,
+    and one changed anyway is set back on the next sync."""
+    hosts, tmp = two_hosts
+    nets = {
+        name: OverlayNetwork(f"shlu{name}", VNI, "10.10.0.0/24", f"192.168.250.{i}",
+                             netns_dir=str(tmp / name / "netns"), node_netns=hosts[name])
+        for i, name in ((1, "a"), (2, "b"))}
+    try:
+        for net in nets.values():
+            net.ensure()
+        tmp_name = nets["a"]._host_ifname(f"node:{VNI}")
+        # the overlay namespace is where the interface is made, before it moves to the node's
+        monitor = _LinkMonitor(nets["a"].netns_path)
+        try:
+            nets["a"].attach_node("10.10.0.2/24", MAC_A, "shoal_ingress")
+        finally:
+            lines = monitor.stop()
+        born = [re.search(r"link/ether (\S+)", line).group(1) for line in lines
+                if f" {tmp_name}@" in line and "link/ether" in line]
+        assert born and set(born) == {MAC_A}, f"born with {born}, not {MAC_A}:\n{''.join(lines)}"
+        nets["b"].attach("taskb", "10.10.0.3/24", MAC_B)
+        peers = [Peer(MAC_A, "10.10.0.2", "192.168.250.1"), Peer(MAC_B, "10.10.0.3", "192.168.250.2")]
+        for net in nets.values():
+            net.set_peers(peers)
+        ns_b = nets["b"].task_netns_path("taskb")
+        assert _ping(ns_b, "10.10.0.2").returncode == 0
+
+        # what udev did in the lab: another MAC on the node's interface
+        with nsutil.ipr(hosts["a"]) as ip:
+            ip.link("set", index=ip.link_lookup(ifname="shoal_ingress")[0],
+                    address="f2:a0:62:c5:ae:ca")
+        assert _ping(ns_b, "10.10.0.2", count=1).returncode != 0
+        nets["a"].attach_node("10.10.0.2/24", MAC_A, "shoal_ingress")     # the next sync
+        with nsutil.ipr(hosts["a"]) as ip:
+            link = ip.get_links(ip.link_lookup(ifname="shoal_ingress")[0])[0]
+        assert link.get_attr("IFLA_ADDRESS") == MAC_A
+        r = _ping(ns_b, "10.10.0.2")
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        for net in nets.values():
+            net.remove()
+    for name in nets:
+        assert _links(hosts[name]) == {"lo", "eth0"}

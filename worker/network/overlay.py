@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import logging
 import os
 import socket
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ from pyroute2.netlink.rtnl.ndmsg import NTF_SELF, NUD_NOARP, NUD_PERMANENT
 
 from common.nodestate import VXLAN_PORT
 from worker.network import nsutil
+
+log = logging.getLogger("shoal.network")
 
 VXLAN_OVERHEAD = 50          # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 VXLAN = "vxlan0"
@@ -226,10 +229,10 @@ class OverlayNetwork:
                 if old is not None:     # re-attach after a crash: start from scratch
                     tk.link("del", index=old)
             mtu = self.mtu
-            self._plug(self._host_ifname(task_id), path, ifname, mtu)
+            self._plug(self._host_ifname(task_id), path, ifname, mtu, mac)
             with nsutil.ipr(path) as tk:
                 idx = _first(tk, ifname=ifname)
-                tk.link("set", index=idx, address=mac, mtu=mtu, ifalias=self._alias)
+                tk.link("set", index=idx, ifalias=self._alias)
                 tk.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
                 tk.link("set", index=idx, state="up")
         except BaseException:
@@ -238,9 +241,16 @@ class OverlayNetwork:
         self.attachments[task_id] = Attachment(task_id, path, ifname, created)
         return path
 
-    def _plug(self, tmp_name: str, target_netns: Optional[str], ifname: str, mtu: int) -> None:
+    def _plug(self, tmp_name: str, target_netns: Optional[str], ifname: str, mtu: int,
+              mac: str) -> None:
         """Create an interface on this network in ``target_netns`` (None: the node's own), named
-        ``ifname`` there: a macvlan of vxlan0, or a veth into the bridge of an old layout."""
+        ``ifname`` there: a macvlan of vxlan0, or a veth into the bridge of an old layout.
+
+        The MAC is given at creation, not set afterwards: an interface born with a random MAC
+        that arrives in the host's namespace is fair game for systemd-udevd's
+        MACAddressPolicy=persistent (Debian's default), which may replace the MAC a moment after
+        we set ours. The peers' FDB entries name our MAC, so traffic to the node then vanishes.
+        An address given at creation is not "random" and udev leaves it alone."""
         self._clear_target(tmp_name, target_netns)
         with nsutil.ipr(self.netns_path) as ov:
             vx = _first(ov, ifname=VXLAN)
@@ -254,13 +264,13 @@ class OverlayNetwork:
                 br = _first(ov, ifname=LEGACY_BRIDGE)
                 if br is not None:
                     ov.link("add", ifname=tmp_name, kind="veth", mtu=mtu,
-                            peer={"ifname": ifname, "net_ns_fd": fd, "mtu": mtu})
+                            peer={"ifname": ifname, "net_ns_fd": fd, "mtu": mtu, "address": mac})
                     idx = _first(ov, ifname=tmp_name)
                     ov.link("set", index=idx, master=br)
                     ov.link("set", index=idx, state="up")
                     return
                 ov.link("add", ifname=tmp_name, kind="macvlan", link=vx, macvlan_mode="bridge",
-                        mtu=mtu)
+                        mtu=mtu, address=mac)
                 ov.link("set", index=_first(ov, ifname=tmp_name), net_ns_fd=fd)
             finally:
                 os.close(fd)
@@ -286,13 +296,20 @@ class OverlayNetwork:
                 have = {a.get_attr("IFA_ADDRESS") for a in node.get_addr(index=idx,
                                                                        family=socket.AF_INET)}
                 if have == {str(iface.ip)}:
+                    link = node.get_links(idx)[0]
+                    if link.get_attr("IFLA_ADDRESS", "").lower() != mac.lower():
+                        # Something in the host changed it (an interface made by an older
+                        # shoal, then given another MAC by udev): the peers still send to ours.
+                        log.warning("%s had MAC %s instead of %s; set it back", ifname,
+                                    link.get_attr("IFLA_ADDRESS"), mac)
+                        node.link("set", index=idx, address=mac)
                     return
                 node.link("del", index=idx)
         mtu = self.mtu
-        self._plug(self._host_ifname(f"node:{self.vni}"), self.node_netns, ifname, mtu)
+        self._plug(self._host_ifname(f"node:{self.vni}"), self.node_netns, ifname, mtu, mac)
         with nsutil.ipr(self.node_netns) as node:
             idx = _first(node, ifname=ifname)
-            node.link("set", index=idx, address=mac, mtu=mtu, ifalias=self._alias)
+            node.link("set", index=idx, ifalias=self._alias)
             node.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
             node.link("set", index=idx, state="up")
 
