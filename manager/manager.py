@@ -202,7 +202,7 @@ class Manager:
         return clusters[0] if clusters else None
 
     def manager_nodes(self) -> list[Node]:
-        return [n for n in self.store.list("nodes") if n.role == NODE_ROLE_MANAGER]
+        return sorted(self.store.by_index("nodes", "role", NODE_ROLE_MANAGER), key=lambda n: n.id)
 
     def manager_api_addrs(self) -> list[str]:
         return sorted(n.manager_status.api_addr for n in self.manager_nodes()

@@ -91,6 +91,26 @@ def test_a_node_that_joins_long_after_the_leader_started_gets_its_full_grace(loo
     loops(scenario)
 
 
+def test_nodes_silent_in_the_same_round_go_down_in_one_commit(loops):
+    """A thousand nodes lost at once (a rack, a simulated fleet) were a thousand commits, one
+    after another, while the leader also had to keep up with everything else (issue 20)."""
+    async def scenario(h):
+        cluster = h.m.store.get("clusters", "c1")
+        cluster.spec.dispatcher.heartbeat_period = 1.0
+        txn = Transaction().update("clusters", cluster)
+        for i in range(30):
+            txn.create("nodes", Node(id=f"rack{i}", status=NodeStatus(state="ready",
+                                                                       addr=f"10.9.1.{i + 1}"),
+                                     description=NodeDescription(hostname=f"rack{i}")))
+        await h.m.propose(txn)
+        rack = [f"rack{i}" for i in range(30)]
+        await wait(lambda: all(h.m.store.get("nodes", n).status.state == "down" for n in rack),
+                   timeout=10)
+        versions = {h.m.store.get("nodes", n).meta.version for n in rack}
+        assert len(versions) == 1, f"marked down in {len(versions)} commits"
+    loops(scenario)
+
+
 def test_a_task_deleted_before_the_dispatcher_noted_it_still_reaches_its_node(loops):
     """An answer computed after a task's deletion reached the store but before the dispatcher's
     watch noted its tombstone must not carry the store's newer index: the node goes on from

@@ -671,3 +671,41 @@ def test_a_manager_whose_journal_plain_pysyncobj_wrote_replays_it(tmp_path, monk
         assert (tmp_path / "journal").read_bytes()[:16] == records.MAGIC
 
     asyncio.run(scenario())
+
+
+# ---- the snapshot's format (issue 20: a large store's snapshot stalled the raft thread) --------
+
+def test_the_store_is_compressed_before_it_is_sealed_and_older_snapshots_still_load():
+    from common.model import Task
+    from manager.state.raft.cipher import DataCipher
+    from manager.state.raft.node import SNAPSHOT_CODEC, _StoreMachine
+    store = Store()
+    for i in range(0, 2000, 100):
+        txn = Transaction()
+        for j in range(i, i + 100):
+            txn.create("tasks", Task(id=f"task{j:05d}", service_id="web", slot=j + 1,
+                                     node_id=f"node{j % 50}"))
+        store.apply(txn.encode())
+    cipher = DataCipher(SECRET)
+    sealed = _StoreMachine(store, cipher)._serialize()
+    assert sealed["codec"] == SNAPSHOT_CODEC
+    # the tasks' msgpack repeats itself: compressed first, the sealed bytes are a fraction of it
+    assert len(sealed["store"]) * 4 < len(store.snapshot())
+    for data in (sealed, {"store": cipher.seal(store.snapshot())}):   # now, and before issue 20
+        loaded = Store()
+        _StoreMachine(loaded, cipher)._deserialize(data)
+        assert tables(loaded) == tables(store)
+    with pytest.raises(ValueError, match="newer shoal"):
+        _StoreMachine(Store(), cipher)._deserialize({**sealed, "codec": "zstd"})
+
+
+def test_pysyncobj_writes_the_snapshot_file_without_compressing_it_again(tmp_path):
+    from pysyncobj.serializer import SERIALIZER_STATE, Serializer
+    raft_journal.install()
+    path = str(tmp_path / "snapshot")
+    payload = bytes(1 << 20)            # compressible: level 9 would make it a kilobyte
+    serializer = Serializer(path, 0, False, None, None, None)
+    serializer.serialize(({"store": payload}, (b"", 1, 1), (b"", 0, 1), set()), 1)
+    assert serializer.checkSerializing()[0] == SERIALIZER_STATE.SUCCESS
+    assert os.path.getsize(path) > len(payload)
+    assert serializer.deserialize()[0]["store"] == payload     # and it is still gzip to read

@@ -1,5 +1,6 @@
 import threading
 
+from common import codec
 from common.model import Node, NodeSpec, Service, ServiceSpec, Task
 from manager.state.store import Store, Transaction
 
@@ -119,6 +120,35 @@ def test_snapshot_round_trip_keeps_indexes_and_dedup():
     assert restored.get("nodes", "a").spec.labels == {"k": "v"}
     assert [t.id for t in restored.by_index("tasks", "node_id", "a")] == ["t"]
     assert commit(restored, txn)["index"] == 1  # still recognised as already applied
+
+
+def _packed_from_scratch(s: Store) -> bytes:
+    """What Store.snapshot wrote before it kept objects' bytes between snapshots."""
+    return codec.pack({"index": s.index,
+                       "tables": {t: list(objs.values()) for t, objs in s._tables.items()},
+                       "recent": list(s._recent.items())})
+
+
+def test_a_snapshot_repacks_what_changed_since_the_last_one_and_drops_what_went():
+    s = Store()
+    commit(s, Transaction().create("nodes", Node(id="a", spec=NodeSpec(labels={"k": "1"})))
+           .create("nodes", Node(id="b")))
+    commit(s, Transaction().create("tasks", Task(id="t", service_id="x", node_id="a")))
+    assert s.snapshot() == _packed_from_scratch(s)
+    node = s.get("nodes", "a")
+    node.spec.labels["k"] = "2"
+    commit(s, Transaction().update("nodes", node).delete("nodes", "b"))
+    task = s.get("tasks", "t")
+    task.node_id = "b"
+    commit(s, Transaction().update("tasks", task))
+    second = s.snapshot()
+    assert second == _packed_from_scratch(s)
+    restored = Store()
+    restored.restore(second)
+    assert restored.get("nodes", "a").spec.labels == {"k": "2"}
+    assert restored.get("nodes", "b") is None
+    assert restored.get("tasks", "t").node_id == "b"
+    assert set(s._packed) == {("nodes", "a"), ("tasks", "t")}
 
 
 def test_find_by_prefix_and_name():

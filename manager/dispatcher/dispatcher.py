@@ -92,26 +92,25 @@ class Dispatcher:
         period = self.period
         self._told[node_id] = period
         store = self.replica.store
-        node = store.get("nodes", node_id)
-        if node is None:
+        # The stored node, not a copy: nearly every heartbeat changes nothing, and thousands of
+        # nodes heartbeat every few seconds.
+        stored = store.peek("nodes", node_id)
+        if stored is None:
             from common.errors import NotFound
             raise NotFound(f"node {node_id} is not part of this swarm (it was removed); "
                            f"run 'shoal swarm leave --force' on it and join again")
-        changed = False
-        if node.status.state != NODE_STATE_READY or node.status.addr != addr:
+        desc = strict.decode(NodeDescription, description, "description") if description else None
+        if (stored.status.state != NODE_STATE_READY or stored.status.addr != addr
+                or (desc is not None and desc != stored.description)):
+            node = codec.clone(stored)
             node.status.state, node.status.message, node.status.addr = NODE_STATE_READY, "", addr
-            changed = True
-        if description:
-            desc = strict.decode(NodeDescription, description, "description")
-            if desc != node.description:
+            if desc is not None:
                 node.description = desc
-                changed = True
-        if changed:
             node.meta.updated_at = time.time()
             await self.replica.propose(Transaction().update("nodes", node, check_version=False))
         return {
             "period": period,
-            "role": node.role,
+            "role": stored.role,
             "managers": self.directory.manager_api_addrs(),
             "leader": self.directory.leader_api_addr(),
         }
@@ -283,6 +282,7 @@ class Dispatcher:
             for gone in self._last_seen.keys() - {node.id for node in nodes}:
                 del self._last_seen[gone]       # a removed node
                 self._told.pop(gone, None)
+            silent: dict[str, float] = {}
             for node in nodes:
                 if node.status.state == NODE_STATE_DOWN:
                     continue
@@ -293,21 +293,33 @@ class Dispatcher:
                 # shorter, it learns the new one only with its next heartbeat.
                 allowed = max(deadline, self._told.get(node.id, 0.0) * GRACE_MULTIPLIER)
                 if now - seen > allowed:
-                    await self._mark_down(node.id, now - seen)
+                    silent[node.id] = now - seen
+            if silent:
+                await self._mark_down(silent)
 
-    async def _mark_down(self, node_id: str, silent_for: float) -> None:
-        node = self.replica.store.get("nodes", node_id)
-        if node is None or node.status.state == NODE_STATE_DOWN:
+    async def _mark_down(self, silent: dict[str, float]) -> None:
+        """One transaction for every node found silent in a round: when a rack (or a thousand
+        simulated nodes) goes, one commit rather than one each."""
+        txn, down = Transaction(), []
+        for node_id, silent_for in silent.items():
+            node = self.replica.store.get("nodes", node_id)
+            if node is None or node.status.state == NODE_STATE_DOWN:
+                continue
+            node.status.state = NODE_STATE_DOWN
+            node.status.message = f"heartbeat failure: no heartbeat for {silent_for:.1f}s"
+            node.meta.updated_at = time.time()
+            txn.update("nodes", node)
+            down.append(node)
+        if not down:
             return
-        node.status.state = NODE_STATE_DOWN
-        node.status.message = f"heartbeat failure: no heartbeat for {silent_for:.1f}s"
-        node.meta.updated_at = time.time()
         try:
-            await self.replica.propose(Transaction().update("nodes", node))
+            await self.replica.propose(txn)
+        except Exception as exc:  # conflict or lost leadership: the next round decides again
+            log.debug("marking %d node(s) down failed: %s", len(down), exc)
+            return
+        for node in down:
             log.info("node %s (%s) is down: %s", node.id, node.description.hostname,
                      node.status.message)
-        except Exception as exc:  # conflict or lost leadership: the next round decides again
-            log.debug("marking %s down failed: %s", node_id, exc)
 
 
 def _changes_network_state(e: Event) -> bool:

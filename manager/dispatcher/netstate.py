@@ -33,14 +33,14 @@ def is_backend(task: Task) -> bool:
 
 
 def node_network_state(store: Store, node_id: str) -> dict:
-    node = store.get("nodes", node_id)
+    node = store.peek("nodes", node_id)
     ingress = ingress_network(store)
     services = store.list("services")
     wanted: dict[str, Network] = {}
     for task in store.by_index("tasks", "node_id", node_id):
         if holds_address(task):
             for att in task.networks:
-                net = store.get("networks", att.network_id)
+                net = store.peek("networks", att.network_id)
                 if net is not None:
                     wanted[net.id] = net
     publishing = [s for s in services if ingress_ports(s.endpoint.ports)]
@@ -49,10 +49,11 @@ def node_network_state(store: Store, node_id: str) -> dict:
         wanted[ingress.id] = ingress
         node_ingress = {"address": node.ingress_attachment.address,
                         "mac": node.ingress_attachment.mac}
-    nodes = {n.id: n for n in store.list("nodes")}
     networks = []
-    for net in sorted(wanted.values(), key=lambda n: n.vni):
-        networks.append(_network_view(store, net, nodes, services))
+    if wanted:      # else (most nodes of a large cluster): no need to look at every node
+        nodes = {n.id: n for n in store.list("nodes")}
+        for net in sorted(wanted.values(), key=lambda n: n.vni):
+            networks.append(_network_view(store, net, nodes, services))
     cluster = next(iter(store.list("clusters")), None)
     return {"networks": networks, "ingress": node_ingress,
             "vxlan_port": cluster.data_path_port if cluster else VXLAN_PORT}

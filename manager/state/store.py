@@ -19,6 +19,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
 
+import msgpack
+
 from common import codec
 from common.model import TABLES
 
@@ -37,6 +39,8 @@ _INDEXES: dict[str, dict[str, Callable[[Any], Any]]] = {
         "node_id": lambda t: t.node_id,
         "slot": lambda t: (t.service_id, t.slot),
     },
+    # the managers among thousands of nodes, asked for on every heartbeat
+    "nodes": {"role": lambda n: n.role},
 }
 
 _RECENT_TXN_LIMIT = 10000
@@ -138,6 +142,8 @@ class Store:
             t: {name: {} for name in idx} for t, idx in _INDEXES.items()}
         self._recent: OrderedDict[str, dict] = OrderedDict()
         self.index = 0
+        # (table, id) -> (version, msgpack bytes) of the last snapshot (see snapshot)
+        self._packed: dict[tuple[str, str], tuple[int, bytes]] = {}
 
     # ---- reads (any thread) ---------------------------------------------------------------
     def get(self, table: str, obj_id: str) -> Any:
@@ -145,6 +151,12 @@ class Store:
         with self._lock:
             obj = self._tables[table].get(obj_id)
         return codec.clone(obj) if obj is not None else None
+
+    def peek(self, table: str, obj_id: str) -> Any:
+        """The stored object itself (None if absent): read-only, for hot paths that mostly only
+        look (a heartbeat); use get() for a copy to change."""
+        with self._lock:
+            return self._tables[table].get(obj_id)
 
     def list(self, table: str) -> list[Any]:
         """The stored objects themselves: read-only, clone before changing."""
@@ -298,13 +310,36 @@ class Store:
 
     # ---- snapshots ------------------------------------------------------------------------
     def snapshot(self) -> bytes:
+        """The whole store as codec.pack would write it, built from each object's packed bytes.
+
+        An object's bytes are kept from the last snapshot while its version stays the same
+        (every write replaces the object and sets a new version), so a snapshot re-packs only
+        what changed since the last one. Raft takes snapshots on its own thread: packing 100,000
+        tasks from scratch each time held it for seconds, long enough to lose the leadership."""
         with self._lock:
-            return codec.pack({
-                "index": self.index,
-                "tables": {t: [codec.to_plain(o) for o in objs.values()]
-                           for t, objs in self._tables.items()},
-                "recent": list(self._recent.items()),
-            })
+            index = self.index
+            tables = {t: list(objs.values()) for t, objs in self._tables.items()}
+            recent = list(self._recent.items())
+        old_cache = self._packed
+        cache: dict[tuple[str, str], tuple[int, bytes]] = {}
+        packer = msgpack.Packer(use_bin_type=True)
+        parts = [packer.pack_map_header(2), packer.pack("v"), packer.pack(codec.FORMAT_VERSION),
+                 packer.pack("d"), packer.pack_map_header(3), packer.pack("index"),
+                 packer.pack(index), packer.pack("tables"), packer.pack_map_header(len(tables))]
+        for table, objs in tables.items():
+            parts.append(packer.pack(table))
+            parts.append(packer.pack_array_header(len(objs)))
+            for obj in objs:
+                key, version = (table, obj.id), obj.meta.version
+                hit = old_cache.get(key)
+                packed = hit[1] if hit is not None and hit[0] == version else \
+                    packer.pack(codec.to_plain(obj))
+                cache[key] = (version, packed)
+                parts.append(packed)
+        parts.append(packer.pack("recent"))
+        parts.append(packer.pack(codec.to_plain(recent)))
+        self._packed = cache     # only what is stored now: deleted objects drop out
+        return b"".join(parts)
 
     def restore(self, data: bytes) -> None:
         state = codec.unpack(data)

@@ -30,6 +30,7 @@ The classes replace pysyncobj's through `pysyncobj.syncobj.createJournal` and th
 from __future__ import annotations
 
 import errno
+import gzip
 import logging
 import mmap
 import os
@@ -432,3 +433,16 @@ def install() -> None:
     _pysyncobj_journal.ResizableFile = PreallocatedFile
     pysyncobj.syncobj.createJournal = create_journal
     pysyncobj.serializer.atomicReplace = replace_durably
+    pysyncobj.serializer.gzip = _StoredGzip
+
+
+class _StoredGzip:
+    """pysyncobj's snapshot file is gzip (level 9) of a pickle; ours is nearly all the store's
+    sealed bytes, which do not compress. Level 0 writes the same gzip format, readable by any
+    version, at the speed of a copy: at level 9 the raft thread spent seconds per snapshot
+    of a large store, sending no heartbeat meanwhile (issue 20)."""
+
+    @staticmethod
+    def GzipFile(*args, **kwargs):  # noqa: N802 - the name pysyncobj calls
+        kwargs.setdefault("compresslevel", 0)
+        return gzip.GzipFile(*args, **kwargs)
