@@ -87,6 +87,15 @@ class Node:
     # The node's own address on the ingress network: published ports are forwarded from it.
     ingress_attachment: Optional["NetworkAttachment"] = None
 
+    @property
+    def simulated(self) -> bool:
+        """A node of `shoal sim nodes` (worker/sim): its tasks run nothing, it serves no port."""
+        return self.description.engine_version.endswith(SIMULATED_NODE_MARK)
+
+
+# What a simulated node's engine version ends with (`node inspect` shows it).
+SIMULATED_NODE_MARK = "(simulated node)"
+
 
 # Cluster
 @dataclass

@@ -83,6 +83,13 @@ def test_simulated_nodes_join_run_and_leave(tmp_path):
             wait_until(scaled_down, timeout=30, interval=1.0, what="150 tasks shut down")
             assert set(sim.status()["task_runs"].values()) == {1}  # none started again
 
+            # their tasks run nothing: logs and exec say so, rather than "unreachable"
+            logs = lab.cli("manager1", "service", "logs", "web", check=False, timeout=60)
+            assert "a simulated node (shoal sim nodes)" in logs.stdout + logs.stderr, logs
+            ex = lab.cli("manager1", "service", "exec", "web.1", "--", "true", check=False,
+                         timeout=60)
+            assert ex.returncode != 0 and "simulated node" in ex.stderr, ex
+
             assert sim.stop(timeout=30) == 0
             assert "left: 50 simulated nodes stopped" in sim.log.read_text()
             wait_until(lambda: all(n["status"] == "down" for n in sim_nodes(lab).values()),

@@ -128,7 +128,11 @@ def find_task(manager: Manager, ref: str) -> Task:
 
 # ---- to the task's node ---------------------------------------------------------------------
 def node_addr(manager: Manager, task: Task) -> str:
-    node = manager.store.get("nodes", task.node_id)
+    node = manager.store.peek("nodes", task.node_id)
+    if node is not None and node.simulated:
+        raise errors.FailedPrecondition(
+            f"task {task.name} is on {node.description.hostname}, a simulated node (shoal sim "
+            "nodes): its tasks run nothing, so there is nothing to exec into")
     if node is None or not node.status.addr:
         raise errors.Unavailable(f"task {task.name} is on node {task.node_id}, whose address "
                                  "is not known (is the node down? see 'shoal node ls')")

@@ -279,6 +279,9 @@ async def gather_logs(ctx, manager, svc: Service, follow: bool, tail: int | None
         try:
             if node is None or not node.status.addr:
                 raise errors.Unavailable("node is gone")
+            if node.simulated:
+                raise errors.FailedPrecondition(
+                    "a simulated node (shoal sim nodes): its tasks run nothing and have no logs")
             client = ctx.peer_client(f"{node.status.addr}:{API_PORT}")
             params = [("follow", "true" if follow else "false"),
                       ("tail", "all" if tail is None else str(tail))] + \

@@ -16,6 +16,7 @@ from typing import Optional
 
 from common import errors, pki
 from common.httpclient import ApiClient, Endpoint
+from common.model import SIMULATED_NODE_MARK
 from common.nodestate import NodeState
 from common.version import __version__
 from worker.agent import Agent, describe_node, request_join
@@ -51,7 +52,7 @@ class SimulatedFiles:
 
 def simulated_description(hostname: str) -> dict:
     """This machine's description, marked simulated where `node inspect` shows it."""
-    return {**describe_node(hostname), "engine_version": f"{__version__} (simulated node)"}
+    return {**describe_node(hostname), "engine_version": f"{__version__} {SIMULATED_NODE_MARK}"}
 
 
 class SimulatedNode:

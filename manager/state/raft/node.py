@@ -256,10 +256,13 @@ _MAX_BATCH = 256
 
 @dataclass
 class RaftTimings:
-    election_min: float = 0.25
-    election_max: float = 0.5
+    # A busy manager's raft thread shares the GIL with its event loop: under the load of a
+    # thousand nodes joining, 0.25-0.5 s was shorter than its pauses and leadership changed
+    # every second or so (issue 20). etcd's default is 1 s; Swarm's is 10 s.
+    election_min: float = 0.6
+    election_max: float = 1.2
     append_entries_period: float = 0.05
-    leader_fallback: float = 2.0
+    leader_fallback: float = 2.5
     connection_retry: float = 0.5
     connection_timeout: float = 1.5
 
