@@ -18,9 +18,25 @@ FORMAT_VERSION = 1
 T = TypeVar("T")
 
 
+# Types that are already plain: the common case, answered without a dataclass check.
+_PLAIN = frozenset({str, int, float, bool, bytes, type(None)})
+# type -> its dataclass field names (None: not a dataclass). Every object of the model passes
+# through here on every store read, write and snapshot: looking the fields up once per type
+# rather than once per object halved the codec's share of a busy leader (issue 20).
+_FIELDS: dict[type, tuple[str, ...] | None] = {}
+
+
 def to_plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    cls = type(obj)
+    if cls in _PLAIN:
+        return obj
+    names = _FIELDS.get(cls, ())
+    if names == ():
+        names = (tuple(f.name for f in dataclasses.fields(obj))
+                 if dataclasses.is_dataclass(obj) and not isinstance(obj, type) else None)
+        _FIELDS[cls] = names
+    if names is not None:
+        return {n: to_plain(getattr(obj, n)) for n in names}
     if isinstance(obj, dict):
         return {k: to_plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -34,49 +50,70 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 @functools.cache
-def _field_names(cls: type) -> frozenset[str]:
-    return frozenset(f.name for f in dataclasses.fields(cls) if f.init)
+def _field_converters(cls: type) -> dict[str, Any]:
+    """name -> converter of each field the constructor takes."""
+    hints = _hints(cls)
+    return {f.name: _converter(hints[f.name]) for f in dataclasses.fields(cls) if f.init}
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
+@functools.cache
+def _converter(tp: Any):
+    """A function turning a plain value into ``tp`` (None stays None at every level), built
+    once per type from its hints."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        arg = next((a for a in typing.get_args(tp) if a is not type(None)), None)
+        return _as_is if arg is None else _converter(arg)
+    if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        item_conv = _converter(item)
+
+        def to_list(value: Any) -> Any:
+            if value is None:
+                return None
+            # A str or a dict would iterate into characters or keys: a malformed spec must fail.
+            if not isinstance(value, (list, tuple)):
+                raise TypeError(f"expected a list, got {type(value).__name__}")
+            return [item_conv(v) for v in value]
+        return to_list
+    if origin is dict:
+        _, item = typing.get_args(tp) or (Any, Any)
+        item_conv = _converter(item)
+
+        def to_dict(value: Any) -> Any:
+            if value is None:
+                return None
+            if not isinstance(value, dict):
+                raise TypeError(f"expected an object, got {type(value).__name__}")
+            return {k: item_conv(v) for k, v in value.items()}
+        return to_dict
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return lambda value: None if value is None else from_plain(tp, value)
+    if tp is bytes:
+        return lambda value: value.encode() if isinstance(value, str) else value
+    if tp is float:
+        return lambda value: float(value) if isinstance(value, int) else value
+    return _as_is
 
 
 def _convert(tp: Any, value: Any) -> Any:
-    if value is None:
-        return None
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            if arg is not type(None):
-                return _convert(arg, value)
-        return value
-    if origin is list:
-        # A str or a dict would iterate into characters or keys: a malformed spec must fail.
-        if not isinstance(value, (list, tuple)):
-            raise TypeError(f"expected a list, got {type(value).__name__}")
-        (item,) = typing.get_args(tp) or (Any,)
-        return [_convert(item, v) for v in value]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise TypeError(f"expected an object, got {type(value).__name__}")
-        _, item = typing.get_args(tp) or (Any, Any)
-        return {k: _convert(item, v) for k, v in value.items()}
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return from_plain(tp, value)
-    if tp is bytes and isinstance(value, str):
-        return value.encode()
-    if tp is float and isinstance(value, int):
-        return float(value)
-    return value
+    return _converter(tp)(value)
 
 
 def from_plain(cls: type[T], data: dict) -> T:
     if not isinstance(data, dict):
         raise TypeError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
-    hints = _hints(cls)
-    names = _field_names(cls)
+    converters = _field_converters(cls)
     kwargs = {}
     for k, v in data.items():
-        if k in names:
+        conv = converters.get(k)
+        if conv is not None:
             try:
-                kwargs[k] = _convert(hints[k], v)
+                kwargs[k] = conv(v)
             except (TypeError, ValueError, AttributeError) as exc:
                 raise TypeError(f"{k}: {exc}") from None  # the path to the field, outermost first
     return cls(**kwargs)

@@ -111,6 +111,49 @@ def test_nodes_silent_in_the_same_round_go_down_in_one_commit(loops):
     loops(scenario)
 
 
+def test_most_nodes_silent_at_once_get_one_more_grace_before_they_go_down(loops):
+    """A leader whose loop stalls for a grace period (a huge create, a failover's reconnection
+    wave) finds nearly every node silent at once and marked them all Down, which reschedules
+    their tasks on top of the load: the storm issue 20 saw with 1,000 simulated nodes. Mass
+    silence waits one more grace; a few silent nodes do not."""
+    from manager.dispatcher.dispatcher import MASS_SILENCE_MIN_NODES
+
+    async def scenario(h):
+        cluster = h.m.store.get("clusters", "c1")
+        cluster.spec.dispatcher.heartbeat_period = 1.0
+        txn = Transaction().update("clusters", cluster)
+        fleet = [f"f{i}" for i in range(MASS_SILENCE_MIN_NODES + 10)]
+        for i, n in enumerate(fleet):
+            txn.create("nodes", Node(id=n, status=NodeStatus(state="ready", addr=f"10.9.2.{i + 1}"),
+                                     description=NodeDescription(hostname=n)))
+        await h.m.propose(txn)
+        t0 = time.monotonic()
+        # the first few keep heartbeating: a minority is alive, most are silent
+        alive = fleet[:5]
+
+        async def heartbeats():
+            while True:
+                for n in alive:
+                    await h.m.dispatcher.heartbeat(n, f"10.9.2.{fleet.index(n) + 1}", None)
+                await asyncio.sleep(0.3)
+        beating = asyncio.create_task(heartbeats())
+        try:
+            state = lambda n: h.m.store.get("nodes", n).status.state  # noqa: E731
+            await asyncio.sleep(4.5)        # past one grace (3 x 1 s) and a round
+            assert [n for n in fleet if state(n) == "down"] == [], "marked down within one grace"
+            await wait(lambda: all(state(n) == "down" for n in fleet[5:]), timeout=8)
+            assert time.monotonic() - t0 >= 6.0      # two graces
+            assert all(state(n) == "ready" for n in alive)
+            # now only a few fall silent among those still up: no extra grace
+            silent_one = alive.pop()
+            gone_at = time.monotonic()
+            await wait(lambda: state(silent_one) == "down", timeout=8)
+            assert time.monotonic() - gone_at < 5.5
+        finally:
+            beating.cancel()
+    loops(scenario)
+
+
 def test_a_task_deleted_before_the_dispatcher_noted_it_still_reaches_its_node(loops):
     """An answer computed after a task's deletion reached the store but before the dispatcher's
     watch noted its tombstone must not carry the store's newer index: the node goes on from

@@ -35,6 +35,11 @@ class Directory(Protocol):
     def leader_api_addr(self) -> Optional[str]: ...
 
 GRACE_MULTIPLIER = 3
+# When at least this many nodes are up and more than half of them fall silent in the same
+# round, the likelier cause is this leader (overloaded, or cut off) rather than the nodes: they
+# are marked Down only if the silence outlasts one more grace period. Kubernetes' node
+# controller damps evictions the same way (its large-cluster and unhealthy-zone thresholds).
+MASS_SILENCE_MIN_NODES = 50
 _TOMBSTONE_LIMIT = 5000
 _STATUS_FIELDS = ("state", "message", "err", "exit_code", "container_id", "health")
 HEALTH_STATES = ("", "starting", "healthy", "unhealthy")
@@ -74,6 +79,7 @@ class Dispatcher:
         self._status_queue: list[tuple[str, dict, asyncio.Future]] = []
         self._flusher: asyncio.Task | None = None
         self.heartbeats = 0  # received by this dispatcher (manager/metrics.py)
+        self._mass_silence_since: float | None = None
 
     @property
     def period(self) -> float:
@@ -283,19 +289,34 @@ class Dispatcher:
                 del self._last_seen[gone]       # a removed node
                 self._told.pop(gone, None)
             silent: dict[str, float] = {}
+            up = 0
             for node in nodes:
                 if node.status.state == NODE_STATE_DOWN:
                     continue
                 if node.id == self.directory.node_id:
                     continue  # the leader is alive by definition
+                up += 1
                 seen = self._last_seen[node.id]
                 # A node heartbeats at the period it was last told: after the period is made
                 # shorter, it learns the new one only with its next heartbeat.
                 allowed = max(deadline, self._told.get(node.id, 0.0) * GRACE_MULTIPLIER)
                 if now - seen > allowed:
                     silent[node.id] = now - seen
-            if silent:
+            if silent and not self._hold_mass_silence(len(silent), up, now, deadline):
                 await self._mark_down(silent)
+
+    def _hold_mass_silence(self, silent: int, up: int, now: float, grace: float) -> bool:
+        """True while most nodes are silent at once and that has lasted less than one more
+        grace period (see MASS_SILENCE_MIN_NODES)."""
+        if up < MASS_SILENCE_MIN_NODES or silent * 2 <= up:
+            self._mass_silence_since = None
+            return False
+        if self._mass_silence_since is None:
+            self._mass_silence_since = now
+            log.warning("%d of %d nodes missed their heartbeats at once: more likely this leader "
+                        "is overloaded or cut off than that they all failed; they are marked "
+                        "Down if the silence lasts %.0f s more", silent, up, grace)
+        return now - self._mass_silence_since <= grace
 
     async def _mark_down(self, silent: dict[str, float]) -> None:
         """One transaction for every node found silent in a round: when a rack (or a thousand
