@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from common import errors, tokens
+from shoal.daemon import tune_gc
 from worker.sim.nodes import PREFIX_RE, SimulatedNodes, parse_manager
 
 STATUS_EVERY = 2.0  # seconds between two writes of DATA/status.json
@@ -83,9 +84,10 @@ def nodes(count: int, manager: str, token: str, start_delay: float, fail_rate: f
     (token, CSR, its own certificate) and keeps a real session over mutual TLS (heartbeats,
     assignment stream, status reports), but its tasks run in a simulated executor (preparing,
     starting, running after --start-delay; failing at --fail-rate) that runs nothing. They
-    listen on no port: `service logs` and `service exec` cannot reach their tasks.
+    listen on no port: `service logs` and `service exec` of their tasks say so.
     Stopping ends their sessions; the managers mark them Down after the heartbeat grace."""
     workdir = data or Path(tempfile.mkdtemp(prefix=f"shoal-sim-{name_prefix}-"))
+    tune_gc()   # hundreds of agents in one process allocate as much as a manager does
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
