@@ -233,6 +233,7 @@ class Sample:
     op: str
     seconds: float
     ok: bool
+    error: str = ""
 
 
 @dataclass
@@ -263,8 +264,9 @@ class Sampler:
         t0 = time.monotonic()
         try:
             result = await self.managers.call(method, path, body, params=params, timeout=30)
-        except errors.ShoalError:
-            self.samples.append(Sample(t0, op, time.monotonic() - t0, False))
+        except errors.ShoalError as exc:
+            self.samples.append(Sample(t0, op, time.monotonic() - t0, False,
+                                       f"{op}: {exc.message}"[:200]))
             return None
         self.samples.append(Sample(t0, op, time.monotonic() - t0, True))
         return result
@@ -663,6 +665,9 @@ class Bench:
             1 for name, size in self.services.items() for slot in range(1, size + 1)
             if slots.get((name, slot), 0) != 1)
         self.checks["sim_nodes_seen_down"] = sorted(self.sampler.down_seen)
+        # what the failed API samples said (a figure, not a check)
+        self.checks["api_errors"] = dict(Counter(s.error for s in self.sampler.samples
+                                                 if not s.ok))
         self.checks["tasks_started_total"] = sum(runs.values())
 
     def ok(self) -> bool:

@@ -7,11 +7,10 @@ drain 10 %, a 4th manager joining). It asserts correctness, never speed:
 - no simulated node was ever seen Down (sampled each second throughout);
 - the failover rescheduled nothing: no task created after the kill, none of the live ones gone.
 
-The preset is SHOAL_SCALE_PRESET (default PRESET below). Issue 20 wants `small` (1,000 nodes,
-20,000 tasks) in under 5 minutes on the 2-core machine. It does not finish yet: on the first
-runs the managers' raft leadership flapped and the joined nodes went Down after ~600 joins
-(bench/scale_bench.py's docstring has the figures' meaning). So the default is `suite` (100
-nodes, 1,000 tasks; ~3 minutes), which finishes; `tiny` (200 / 2,000) finished once of twice.
+The preset is SHOAL_SCALE_PRESET (default PRESET below): `small` (1,000 nodes, 20,000 tasks),
+the issue's, which finished in 274 s on the 2-core machine (the README's Scale section). It is
+selected with `-m scale` and not yet part of the default run: it would take the CI run past its
+50-minute aim, and it has passed on few runs so far.
 """
 from __future__ import annotations
 
@@ -25,7 +24,7 @@ from integration.helpers import needs_root
 
 pytestmark = [needs_root, pytest.mark.lab, pytest.mark.scale]
 
-PRESET = "suite"
+PRESET = "small"
 
 
 def test_scale_preset_is_correct():
