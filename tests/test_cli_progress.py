@@ -67,6 +67,15 @@ def test_a_new_attempt_shows_the_error_that_ended_the_last_one():
     assert "last attempt" not in lines[1].text()
 
 
+def test_an_attempt_that_ended_shows_its_state_with_its_error():
+    """What a run without a terminal prints once per slot: "rejected: REASON", whether the poll
+    saw the rejected attempt itself or the next one (it printed only the reason when the next
+    attempt was rejected between two polls, and the test of it depended on the timing)."""
+    now = progress.slot_lines([task(1, 0, "rejected", REASON, desired="running")], 1)
+    after = progress.slot_lines(rejected_slot(1, 1), 1)
+    assert now[0].error == after[0].error == f"rejected: {REASON}"
+
+
 _states = st.sampled_from(["new", "pending", "assigned", "running", "failed", "rejected",
                            "complete", "shutdown"])
 

@@ -68,6 +68,9 @@ def slot_lines(tasks: list[dict], desired: int) -> list[SlotLine]:
         current = live[-1]
         error = _error(current)
         message = error or current["status"].get("message") or ""
+        if error and current["status"]["state"] in ("rejected", "failed"):
+            # the same words whether the poll caught this attempt or the next one after it
+            error = f"{current['status']['state']}: {error}"
         ended = [t for t in group if t is not current and t["status"]["state"] in ("rejected", "failed")]
         if not error and ended and _error(ended[-1]):
             error = f"{ended[-1]['status']['state']}: {_error(ended[-1])}"
