@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import ipaddress
 import logging
 import os
@@ -28,6 +27,7 @@ from aiohttp import web
 
 from common import errors, pki
 from common.aio import cancel_and_wait
+from common.gctuning import tune_gc
 from common.httpclient import DEFAULT_SOCKET, ApiClient, Endpoint
 from common.model import NODE_ROLE_MANAGER, NODE_ROLE_WORKER
 from common.httpserver import CTX, error_middleware
@@ -313,20 +313,6 @@ def _parse_addr(value: str, default_port: int) -> str:
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"bad port in {value!r}")
     return f"{host}:{port}"
-
-
-# Python collects its youngest generation every 700 net allocations. A manager holds the whole
-# store in memory (millions of objects with 20,000 tasks) and every raft entry it applies
-# allocates thousands more: measured, half of applying 20,000 tasks onto a store of 20,000 was
-# the collector, on the raft thread, which holds the GIL meanwhile (no heartbeats, no votes).
-# With these thresholds the collector's share is halved or better (bench/store_apply_bench.py),
-# and the 1,000-node scale preset stopped losing its leader (issue 20). Nothing is kept from
-# being collected; collections come less often. A rare full collection still pauses ~0.3 s.
-GC_THRESHOLDS = (50_000, 50, 100)
-
-
-def tune_gc() -> None:
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def main(argv: list[str] | None = None) -> None:

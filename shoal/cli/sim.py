@@ -17,8 +17,7 @@ from pathlib import Path
 import click
 
 from common import errors, tokens
-from shoal.daemon import tune_gc
-from worker.sim.nodes import PREFIX_RE, SimulatedNodes, parse_manager
+from common.gctuning import tune_gc
 
 STATUS_EVERY = 2.0  # seconds between two writes of DATA/status.json
 # Which flag a SimulatedNodes field comes from, for its errors.
@@ -35,6 +34,7 @@ def sim() -> None:
 
 
 def _check_manager(_ctx, _param, value: str) -> str:
+    from worker.sim.nodes import parse_manager
     try:
         return parse_manager(value)
     except errors.ShoalError as exc:
@@ -51,6 +51,7 @@ def _check_token(_ctx, _param, value: str) -> str:
 
 
 def _check_prefix(_ctx, _param, value: str) -> str:
+    from worker.sim.nodes import PREFIX_RE
     if not PREFIX_RE.match(value):
         raise click.BadParameter(f"{value!r} is not usable in a hostname: use letters, digits "
                                  "and '-' (at most 41), like 'sim' or 'simB'")
@@ -86,6 +87,9 @@ def nodes(count: int, manager: str, token: str, start_delay: float, fail_rate: f
     starting, running after --start-delay; failing at --fail-rate) that runs nothing. They
     listen on no port: `service logs` and `service exec` of their tasks say so.
     Stopping ends their sessions; the managers mark them Down after the heartbeat grace."""
+    # The agents (aiohttp, the worker package) load only here: every other shoal command
+    # starts without them.
+    from worker.sim.nodes import SimulatedNodes
     workdir = data or Path(tempfile.mkdtemp(prefix=f"shoal-sim-{name_prefix}-"))
     tune_gc()   # hundreds of agents in one process allocate as much as a manager does
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
@@ -102,7 +106,7 @@ def nodes(count: int, manager: str, token: str, start_delay: float, fail_rate: f
         raise click.ClickException(exc.message) from None
 
 
-async def _run(sim_nodes: SimulatedNodes) -> None:
+async def _run(sim_nodes: "SimulatedNodes") -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
