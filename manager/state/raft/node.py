@@ -55,6 +55,7 @@ from manager.state.raft import journal as raft_journal  # noqa: E402
 from manager.state.raft import snapshot_retention  # noqa: E402
 from manager.state.raft.cipher import DataCipher  # noqa: E402
 from manager.state.raft.durable_acks import DurableAcks  # noqa: E402
+from manager.state.raft import wire as raft_wire  # noqa: E402
 from manager.state.store import Store, Transaction, TxnResult  # noqa: E402
 
 log = logging.getLogger("shoal.raft")
@@ -62,6 +63,7 @@ log = logging.getLogger("shoal.raft")
 # How the store is packed inside a raft snapshot (absent: sealed msgpack, before issue 20).
 SNAPSHOT_CODEC = "zlib"
 raft_journal.install()
+raft_wire.install()
 
 
 class _OncePerMinute(logging.Filter):
@@ -293,6 +295,7 @@ class RaftNode:
             fullDumpFile=str(data_dir / "snapshot"),
             dynamicMembershipChange=True,
             appendEntriesUseBatch=False,
+            appendEntriesBatchSizeBytes=raft_wire.BATCH_BYTES,
             appendEntriesPeriod=t.append_entries_period,
             raftMinTimeout=t.election_min,
             raftMaxTimeout=t.election_max,
