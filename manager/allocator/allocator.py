@@ -204,6 +204,9 @@ class _Pool:
                 return f"{ipaddress.IPv4Address(candidate)}/{self.network.prefixlen}"
         return None
 
+    def free(self) -> int:
+        return self.last - self.first + 1 - len(self.held)
+
     def release(self, ip: str, owner: str) -> None:
         key = int(ipaddress.IPv4Address(ip.split("/")[0]))
         if self.held.get(key) == owner:
@@ -265,6 +268,11 @@ class Allocator:
                 f"network {net.spec.name if net else network_id} ({net.subnet if net else '?'}) "
                 "has no free address: use a larger subnet or fewer tasks")
         return addr
+
+    def has_free_address(self, network_id: str) -> bool:
+        """From what this allocator holds, without looking at the store again: cheap enough for
+        each of thousands of nodes while a network is full."""
+        return self._pool(network_id).free() > 0
 
     def _release(self, network_id: str, addr: str, owner: str) -> None:
         pool = self._pools.get(network_id)
