@@ -307,3 +307,53 @@ def test_cli_progress_follows_dockers_two_phases():
         "rotating... CA certificates:  5/6 nodes"
     assert not _converged({"rotating": True, "progress": {**p, "certs": 6, "trust": 6}})
     assert _converged({"rotating": False, "progress": {**p, "certs": 6, "trust": 6}})
+
+
+def test_the_certificate_report_rides_on_the_heartbeat(tmp_path):
+    """An agent's TLS report (issuer, trusted roots) was a second request every period, and
+    the leader parsed the root for each: the heartbeat now carries it, its answer says what to
+    hold, and the agent asks separately only a manager that answered without it. A report like
+    the last one commits nothing."""
+    from common.model import Node
+    from common.nodestate import NodeFiles
+    from manager.state.store import Transaction
+    from worker import certsync
+    m = _FakeManager(_cluster())
+    m.store.apply(Transaction().create("nodes", Node(id="n1")).encode())
+    cluster = m.cluster()
+    answer = asyncio.run(ca_api.tls_status(m, "n1", {"issuer": "old", "trust": "stale"}))
+    assert answer["issuer"] == pki.key_id(cluster.root_ca.cert_pem) and "bundle" in answer
+    rec = m.store.get("node_tls", "n1")
+    assert (rec.issuer_key_id, rec.trust_digest) == ("old", "stale")
+    current = {"issuer": "old", "trust": answer["trust"]}
+    again = asyncio.run(ca_api.tls_status(m, "n1", current))
+    assert "bundle" not in again
+    index = m.store.index
+    asyncio.run(ca_api.tls_status(m, "n1", current))
+    assert m.store.index == index
+
+    # the agent's side: a node holding a certificate of this root, trusting it
+    files = NodeFiles(tmp_path)
+    root = pki.RootCA(cluster.root_ca.cert_pem, cluster.root_ca.key_pem)
+    key = pki.generate_key()
+    cert = root.issue(pki.make_csr(key, "n1"), "n1", pki.ROLE_WORKER, CLUSTER)
+    files.save_certs(cluster.root_ca.cert_pem, cert, key)
+    report = certsync.report(files)
+    held = asyncio.run(ca_api.tls_status(m, "n1", report))
+
+    class Agent:
+        host = type("Host", (), {"files": files})()
+        asked: list = []
+
+        async def request_managers(self, method, path, body=None):
+            self.asked.append(path)
+            return held
+
+        async def renew_certificate(self):
+            raise AssertionError("nothing to renew")
+
+    agent = Agent()
+    asyncio.run(certsync.sync(agent, held))        # the heartbeat's answer: no other request
+    assert agent.asked == []
+    asyncio.run(certsync.sync(agent, None))        # an older manager's heartbeat answer
+    assert agent.asked == ["/certificates/status"]

@@ -177,3 +177,36 @@ def test_a_task_deleted_before_the_dispatcher_noted_it_still_reaches_its_node(lo
             await asyncio.sleep(0.05)
         assert task in seen
     loops(scenario)
+
+
+def test_a_large_swarm_is_given_a_longer_heartbeat_period_and_judged_by_it(loops):
+    """With thousands of nodes at the configured period the leader spent its time answering
+    heartbeats (issue 20: 1,000 nodes at 5 s cost 0.4 core): past MAX_HEARTBEATS_PER_SECOND
+    the period handed out grows with the swarm, and silence is judged by that period, also by
+    a leader that has not heard a node yet (the one after a failover)."""
+    from manager.dispatcher.dispatcher import MAX_HEARTBEATS_PER_SECOND, effective_period
+
+    assert effective_period(5.0, 100) == 5.0
+    assert effective_period(5.0, 5000) == 5000 / MAX_HEARTBEATS_PER_SECOND
+
+    async def scenario(h):
+        cluster = h.m.store.get("clusters", "c1")
+        cluster.spec.dispatcher.heartbeat_period = 0.2
+        txn = Transaction().update("clusters", cluster)
+        # enough nodes that the rate cap, not the configured 0.2 s, sets the period
+        count = int(MAX_HEARTBEATS_PER_SECOND * 1.0)
+        fleet = [f"big{i}" for i in range(count)]
+        for i, n in enumerate(fleet):
+            txn.create("nodes", Node(id=n, status=NodeStatus(state="ready", addr=f"10.9.{i // 250}.{i % 250 + 1}"),
+                                     description=NodeDescription(hostname=n)))
+        await h.m.propose(txn)
+        nodes = h.m.store.count("nodes")
+        period = nodes / MAX_HEARTBEATS_PER_SECOND
+        assert period > 1.0
+        answer = await h.m.dispatcher.heartbeat("big0", "10.9.0.1", None)
+        assert answer["period"] == period
+        # 3 x 0.2 s would have marked the silent ones Down long before this
+        await asyncio.sleep(2.0)
+        assert [n for n in fleet if h.m.store.get("nodes", n).status.state == "down"] == []
+    loops(scenario)
+

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import platform
+import random
 import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Protocol
@@ -104,6 +105,18 @@ async def request_join(remote: str, token: str, advertise: str, description: dic
                   managers=sorted(answer.get("managers") or [remote]), raft=answer.get("raft"))
 
 
+def stream_wait(period: float) -> float:
+    """How long the assignment stream's request may wait for news: 20 s, or two heartbeat
+    periods in a swarm large enough to be given long ones (the managers hold it at most 120 s)."""
+    return min(max(20.0, 2 * period), 120.0)
+
+
+def next_heartbeat_in(period: float) -> float:
+    """A little early, at random: agents that (re)connected together drift apart rather than
+    reach the leader in one wave each period; never late, so never near the grace."""
+    return period * random.uniform(0.9, 1.0)
+
+
 class Agent:
     def __init__(self, host: AgentHost, runner: Optional["TaskRunner"] = None,
                  description: Optional[dict] = None) -> None:
@@ -136,9 +149,10 @@ class Agent:
         while True:
             addr = self.leader or (self._candidates() or [self.host.state.api_addr])[0]
             try:
+                wait = stream_wait(self.period)
                 answer = await self.host.peer_client(addr).request(
                     "POST", "/dispatcher/assignments",
-                    {"since": since, "wait": 20, "net_digest": net_digest}, timeout=30)
+                    {"since": since, "wait": wait, "net_digest": net_digest}, timeout=wait + 10)
             except errors.ShoalError as exc:
                 log.debug("assignments from %s: %s", addr, exc.message)
                 await asyncio.sleep(0.5)
@@ -198,7 +212,7 @@ class Agent:
             failures = 0
             self.connected.set()
             await self._follow(answer)
-            await asyncio.sleep(self.period)
+            await asyncio.sleep(next_heartbeat_in(self.period))
 
     async def _heartbeat(self, addr: str) -> dict:
         body: dict = {"addr": self.host.state.advertise_addr}
@@ -208,9 +222,13 @@ class Agent:
             body["raft_disk"] = {"free": free_bytes(raft_dir), "path": str(raft_dir)}
         if not self._sent_description:
             body["description"] = self._description
+        try:
+            body["tls"] = certsync.report(self.host.files)
+        except (OSError, ValueError) as exc:  # certsync.sync says why after the heartbeat
+            log.debug("no certificate report with this heartbeat: %s", exc)
         # A short timeout: a dead manager must not delay the move to another one.
         answer = await self.host.peer_client(addr).request(
-            "POST", "/dispatcher/heartbeat", body, timeout=max(2.0, self.period))
+            "POST", "/dispatcher/heartbeat", body, timeout=min(max(2.0, self.period), 10.0))
         self._sent_description = True
         return answer
 
@@ -233,7 +251,8 @@ class Agent:
                 log.warning("role change to %s not done yet: %s", role, exc)
             return
         try:
-            await certsync.sync(self)
+            tls = answer.get("tls")
+            await certsync.sync(self, tls if isinstance(tls, dict) else None)
         except errors.ShoalError as exc:  # the next heartbeat tries again
             log.warning("certificate upkeep not done yet: %s", exc.message)
         except (OSError, ValueError) as exc:

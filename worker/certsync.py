@@ -26,11 +26,20 @@ class Renewer(Protocol):
     async def renew_certificate(self) -> None: ...
 
 
-async def sync(agent: Renewer) -> None:
+def report(files: NodeFiles) -> dict:
+    """What this node holds: the root that issued its certificate, the roots it trusts."""
+    ca, cert, _ = files.load_certs()
+    return {"issuer": pki.issuer_key_id(cert), "trust": pki.bundle_digest(ca)}
+
+
+async def sync(agent: Renewer, answer: dict | None = None) -> None:
+    """Act on the managers' answer to this node's report: the one its heartbeat carried, or
+    (from a manager that answers heartbeats without one) one asked for here."""
     ca, cert, _ = agent.host.files.load_certs()
     have_trust, have_issuer = pki.bundle_digest(ca), pki.issuer_key_id(cert)
-    answer = await agent.request_managers("POST", "/certificates/status",
-                                          {"issuer": have_issuer, "trust": have_trust})
+    if answer is None:
+        answer = await agent.request_managers("POST", "/certificates/status",
+                                              {"issuer": have_issuer, "trust": have_trust})
     want_issuer, want_trust = answer.get("issuer") or "", answer.get("trust") or ""
     # The certificate first: the new trust may drop the root the current one chains to.
     if (want_issuer and want_issuer != have_issuer) or pki.needs_renewal(cert):

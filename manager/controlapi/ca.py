@@ -164,24 +164,31 @@ async def _finish_if_done(manager: Manager) -> None:
 
 
 async def certificate_status(request: web.Request) -> web.Response:
-    """A node's report of its TLS material (each heartbeat period); the answer says what it
-    should trust and which root its certificate should come from."""
+    """A node's report of its TLS material, from agents that do not send it with their
+    heartbeats; the answer says what it should trust and which root its certificate should
+    come from."""
     manager = manager_of(request)
     node_id = caller_node_id(request, "certificate status reports")
     data = await body_json(request)
-    issuer = field(data, "issuer", str)
-    trust = field(data, "trust", str)
+    return reply(await tls_status(manager, node_id, data))
+
+
+async def tls_status(manager, node_id: str, report: dict) -> dict:
+    """Note a node's report ({"issuer", "trust"}) and answer what it should hold: each
+    heartbeat of every node comes here, so a report like the last one reads and writes nothing."""
+    issuer = field(report, "issuer", str)
+    trust = field(report, "trust", str)
     cluster = _cluster_or_unavailable(manager)
-    if manager.store.get("nodes", node_id) is not None:
-        rec = manager.store.get("node_tls", node_id)
+    if manager.store.peek("nodes", node_id) is not None:
+        rec = manager.store.peek("node_tls", node_id)
         if rec is None or (rec.issuer_key_id, rec.trust_digest) != (issuer, trust):
-            rec = NodeTLS(id=node_id, issuer_key_id=issuer[:128], trust_digest=trust[:128])
-            rec.meta.updated_at = time.time()
+            new = NodeTLS(id=node_id, issuer_key_id=issuer[:128], trust_digest=trust[:128])
+            new.meta.updated_at = time.time()
             txn = Transaction()
-            if manager.store.get("node_tls", node_id) is None:
-                txn.create("node_tls", rec)
+            if rec is None:
+                txn.create("node_tls", new)
             else:
-                txn.update("node_tls", rec, check_version=False)
+                txn.update("node_tls", new, check_version=False)
             await manager.propose(txn)
         if cluster.root_ca.rotation is not None:
             await _finish_if_done(manager)
@@ -192,7 +199,7 @@ async def certificate_status(request: web.Request) -> web.Response:
               "issuer": pki.key_id(rot.cert_pem if rot is not None else cluster.root_ca.cert_pem)}
     if answer["trust"] != trust:
         answer["bundle"] = bundle.decode()
-    return reply(answer)
+    return answer
 
 
 def routes() -> list[web.RouteDef]:

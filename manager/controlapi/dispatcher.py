@@ -5,7 +5,13 @@ from aiohttp import web
 
 from common import errors
 from common.httpserver import body_json, field, reply
+from manager.controlapi.ca import tls_status
 from manager.controlapi.context import caller_node_id, manager_of
+
+
+# The longest an assignment stream's request is held without news: agents of a large swarm
+# (long heartbeat periods) ask for up to this long, so that idle streams cost few requests.
+MAX_WAIT = 120.0
 
 
 async def dispatcher_heartbeat(request: web.Request) -> web.Response:
@@ -15,20 +21,25 @@ async def dispatcher_heartbeat(request: web.Request) -> web.Response:
     addr = field(data, "addr", str)
     description = field(data, "description", dict, required=False)
     raft_disk = field(data, "raft_disk", dict, required=False)
+    tls = field(data, "tls", dict, required=False)
     if raft_disk is not None:
         manager.disk_guard.note(node_id, field(raft_disk, "free", int),
                                 field(raft_disk, "path", str))
-    return reply(await manager.dispatcher.heartbeat(node_id, addr, description))
+    answer = await manager.dispatcher.heartbeat(node_id, addr, description)
+    if tls is not None:
+        # The certificate report rides on the heartbeat: one request per period, not two.
+        answer["tls"] = await tls_status(manager, node_id, tls)
+    return reply(answer)
 
 
 async def dispatcher_assignments(request: web.Request) -> web.Response:
     manager = manager_of(request)
     node_id = caller_node_id(request, "assignments")
-    if manager.store.get("nodes", node_id) is None:
+    if manager.store.peek("nodes", node_id) is None:
         raise errors.NotFound(f"node {node_id} is not part of this swarm (it was removed)")
     data = await body_json(request)
     since = field(data, "since", int, required=False, default=0)
-    wait = min(max(field(data, "wait", float, required=False, default=0.0), 0.0), 25.0)
+    wait = min(max(field(data, "wait", float, required=False, default=0.0), 0.0), MAX_WAIT)
     net_digest = field(data, "net_digest", str, required=False, default="")
     return reply(await manager.dispatcher.assignments(node_id, since, wait, net_digest))
 
