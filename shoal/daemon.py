@@ -15,6 +15,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -28,7 +29,7 @@ from aiohttp import web
 from common import errors, pki
 from common.aio import cancel_and_wait
 from common.gctuning import tune_gc
-from common.httpclient import DEFAULT_SOCKET, ApiClient, Endpoint
+from common.httpclient import DEFAULT_SOCKET, SERVER_KEEPALIVE, ApiClient, Endpoint
 from common.model import NODE_ROLE_MANAGER, NODE_ROLE_WORKER
 from common.httpserver import CTX, error_middleware
 from common.nodestate import API_PORT, NodeFiles, NodeState
@@ -219,7 +220,8 @@ class Daemon:
         from shoal import recoveryapi
         app.add_routes(recoveryapi.cluster_routes())  # a recovered swarm's manager tells its nodes
         app.router.add_get("/_ping", lambda _: web.Response(text="OK"))
-        self._tcp_runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE)
+        self._tcp_runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE,
+                                         keepalive_timeout=SERVER_KEEPALIVE)
         await self._tcp_runner.setup()
         host, port = self.state.listen_addr.rsplit(":", 1)
         try:
@@ -315,6 +317,21 @@ def _parse_addr(value: str, default_port: int) -> str:
     return f"{host}:{port}"
 
 
+def raise_open_files_limit() -> None:
+    """A manager holds two connections per node (heartbeats, the assignment stream): the usual
+    soft limit of 1,024 descriptors ends a swarm at about 500 nodes. Go daemons (dockerd,
+    containerd) raise the soft limit to the hard one at start; shoald does the same (its
+    systemd unit sets both high)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard
+    if hard == resource.RLIM_INFINITY:  # the kernel still caps descriptors at fs.nr_open
+        with contextlib.suppress(OSError, ValueError):
+            want = int(Path("/proc/sys/fs/nr_open").read_text())
+    if want != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="shoald", description="shoal node daemon")
     parser.add_argument("--data-root", default="/var/lib/shoal", help="state directory")
@@ -372,6 +389,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("shoald must run as root (it manages namespaces, mounts and containers)")
     os.umask(0o022)
     tune_gc()
+    raise_open_files_limit()
     daemon = Daemon(Path(args.data_root), args.advertise_addr, listen, args.socket, args.hostname,
                     args.docker_socket or None)
     daemon.insecure_registries = frozenset(args.insecure_registry)
