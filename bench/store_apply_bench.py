@@ -1,5 +1,5 @@
 """Store apply benchmark: the cost of applying raft entries to a large store, with Python's
-default garbage collector thresholds and with shoald's (common/gctuning.py GC_THRESHOLDS).
+default garbage collector thresholds and with shoald's (common/tuning.py GC_THRESHOLDS).
 
 A manager applies every entry on pysyncobj's thread while holding the GIL; time spent there,
 and above all one long collector pause, is time without heartbeats or votes. Each mode runs in a
@@ -29,7 +29,7 @@ def one_mode(mode: str, base: int, tasks: int) -> dict:
 
     from bench.scheduler_bench import make_tasks
     from manager.state.store import Store, Transaction
-    from common.gctuning import GC_THRESHOLDS
+    from common.tuning import GC_THRESHOLDS
 
     def entries(objs) -> list[bytes]:
         out = []

@@ -28,7 +28,7 @@ from aiohttp import web
 
 from common import errors, pki
 from common.aio import cancel_and_wait
-from common.gctuning import tune_gc
+from common.tuning import shrink_tls_buffers, tune_gc
 from common.httpclient import DEFAULT_SOCKET, SERVER_KEEPALIVE, ApiClient, Endpoint
 from common.model import NODE_ROLE_MANAGER, NODE_ROLE_WORKER
 from common.httpserver import CTX, error_middleware
@@ -389,6 +389,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("shoald must run as root (it manages namespaces, mounts and containers)")
     os.umask(0o022)
     tune_gc()
+    shrink_tls_buffers()
     raise_open_files_limit()
     daemon = Daemon(Path(args.data_root), args.advertise_addr, listen, args.socket, args.hostname,
                     args.docker_socket or None)

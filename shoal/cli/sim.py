@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from common import errors, tokens
-from common.gctuning import tune_gc
+from common.tuning import shrink_tls_buffers, tune_gc
 
 STATUS_EVERY = 2.0  # seconds between two writes of DATA/status.json
 # Which flag a SimulatedNodes field comes from, for its errors.
@@ -92,6 +92,7 @@ def nodes(count: int, manager: str, token: str, start_delay: float, fail_rate: f
     from worker.sim.nodes import SimulatedNodes
     workdir = data or Path(tempfile.mkdtemp(prefix=f"shoal-sim-{name_prefix}-"))
     tune_gc()   # hundreds of agents in one process allocate as much as a manager does
+    shrink_tls_buffers()   # and hold as many connections
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
