@@ -47,11 +47,13 @@ from bench._results import Results, add_json_option  # noqa: E402
 from common import errors  # noqa: E402
 from common.httpclient import ApiClient, Endpoint  # noqa: E402
 from integration.helpers import unique_lab_name  # noqa: E402
+from manager.dispatcher.dispatcher import effective_period  # noqa: E402
 from shoal.lab.netlab import Lab  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SERVICE_SIZE = 2000          # replicas per service besides the big one
 UPDATE_PARALLELISM = 100
+INGRESS_NODES = 250          # past this many nodes the bench gives ingress a /16
 
 
 @dataclass(frozen=True)
@@ -477,6 +479,10 @@ class Bench:
         return (f"nodes {dict(states)}, tasks running {running}/{desired}, leader {leader} "
                 f"term {term}, sim nodes seen down so far {len(self.sampler.down_seen)}")
 
+    def heartbeat_period(self) -> float:
+        """The period the leader hands out: the swarm's, longer past 100 heartbeats/s."""
+        return effective_period(self.preset.heartbeat, self.preset.nodes + 3)
+
     async def sim_nodes_view(self) -> list[dict]:
         nodes = await self.managers.call("GET", "/nodes")
         prefixes = tuple(f"{s.prefix}-" for s in self.sims)
@@ -487,6 +493,12 @@ class Bench:
         p = self.preset
         m1 = "manager1"
         await self.cli(m1, "swarm", "update", "--dispatcher-heartbeat", f"{p.heartbeat:g}s")
+        if p.nodes > INGRESS_NODES:
+            # Every node takes an ingress address: the default /24 has room for 253, and as
+            # with Docker, a larger swarm needs a larger ingress network.
+            await self.cli(m1, "network", "rm", "ingress")
+            await self.cli(m1, "network", "create", "--driver", "overlay", "--ingress",
+                           "--subnet", "10.0.0.0/16", "ingress")
         await self.cli(m1, "service", "create", "--detach", "--name", "probe", "--replicas", "0",
                        "--resolve-image", "never", "busybox:1", "true")
         token = (await self.cli(m1, "swarm", "join-token", "-q", "worker")).strip()
@@ -546,7 +558,7 @@ class Bench:
 
         async with Step(self, "steady") as step:
             await asyncio.sleep(p.steady)
-            step.extra["heartbeat_period"] = p.heartbeat
+            step.extra["heartbeat_period"] = self.heartbeat_period()
 
         async with Step(self, "update") as step:
             await self.cli(m1, "service", "update", "--detach", "--env-add", "BENCH=2", "big")
@@ -596,7 +608,7 @@ class Bench:
             step.extra["time_to_new_leader_s"] = round(time.monotonic() - t0, 2)
             step.extra.update(killed=leader, new_leader=elected)
             # The new leader gives every node a full grace period: wait it out and more.
-            await asyncio.sleep(3 * p.heartbeat + 5)
+            await asyncio.sleep(3 * self.heartbeat_period() + 5)
             after = await self.live_tasks()
             nodes = await self.sim_nodes_view()
             down = [n["description"]["hostname"] for n in nodes if n["status"]["state"] != "ready"]
