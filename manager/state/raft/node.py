@@ -146,6 +146,11 @@ class _StoreMachine(SyncObjConsumer):
         self._store.restore(raw)
 
 
+# A tick that took this much longer than its poll's wait was spent working (applying entries,
+# a snapshot), not waiting for the leader (see _SyncObj).
+BUSY_TICK = 0.25
+
+
 class _SyncObj(DurableAcks, SyncObj):
     """pysyncobj with one fix: a late acknowledgement must not move the leader's next index for
     a follower backwards.
@@ -172,6 +177,13 @@ class _SyncObj(DurableAcks, SyncObj):
     a restart (its timer long expired, reached by a follower before the leader) deposed a
     healthy leader with its higher term. pysyncobj looks its election gate up by its private
     name on each tick, which makes that method the seam here too.
+
+    And a tick spent working is not the leader's silence. pysyncobj checks the election timer
+    at the start of a tick and reads the sockets at its end: a follower that spent a second
+    applying a large entry (a service of thousands of tasks) judged its leader before reading
+    the appends waiting for it, and two followers applying the same entry granted each other's
+    pre-vote. After a busy tick a follower's timer starts again, and for the minimum election
+    timeout it votes no, as it would having just heard from its leader.
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -180,8 +192,18 @@ class _SyncObj(DurableAcks, SyncObj):
         self._pre_vote_sent_at = -1e9
         self._pre_vote_yes: set = set()
         self._pre_vote_won_at = -1e9
+        self._busy_tick_ended_at = -1e9
         super().__init__(*args, **kwargs)
         self.addOnTickCallback(self._wake_if_alone)
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802, N803 - pysyncobj's tick
+        started = time.monotonic()
+        super()._onTick(timeToWait)
+        now = time.monotonic()
+        if now - started - timeToWait > BUSY_TICK and self._SyncObj__raftState == _RAFT_STATE.FOLLOWER:
+            self._busy_tick_ended_at = now
+            self._SyncObj__raftElectionDeadline = max(
+                self._SyncObj__raftElectionDeadline, now + self._SyncObj__generateRaftTimeout())
 
     def _wake_if_alone(self) -> None:
         if (not self._SyncObj__otherNodes
@@ -216,7 +238,8 @@ class _SyncObj(DurableAcks, SyncObj):
     def _would_vote_for(self, ask: dict) -> bool:
         if self._SyncObj__raftState == _RAFT_STATE.LEADER:
             return False  # it steps down by itself once it loses its quorum (leaderFallbackTimeout)
-        if time.monotonic() - self._leader_heard_at < self._SyncObj__conf.raftMinTimeout:
+        heard = max(self._leader_heard_at, self._busy_tick_ended_at)
+        if time.monotonic() - heard < self._SyncObj__conf.raftMinTimeout:
             return False
         if ask.get("term", -1) < self._SyncObj__raftCurrentTerm:
             return False
