@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio.sslproto
 import gc
+import logging
+import time
+
+log = logging.getLogger("shoal.gc")
 
 # Python collects its youngest generation every 700 net allocations. A manager holds the whole
 # store in memory (millions of objects with 20,000 tasks) and every raft entry it applies
@@ -15,8 +19,30 @@ import gc
 GC_THRESHOLDS = (50_000, 50, 100)
 
 
+# A collection that stops every thread of the process this long is said in the log: a manager's
+# raft thread sends no heartbeat meanwhile, so this is where a lost leadership can come from.
+LONG_GC_PAUSE = 0.3
+
+
 def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
+    if _watch_pauses not in gc.callbacks:
+        gc.callbacks.append(_watch_pauses)
+
+
+_started = 0.0
+
+
+def _watch_pauses(phase: str, info: dict) -> None:
+    global _started
+    if phase == "start":
+        _started = time.perf_counter()
+        return
+    paused = time.perf_counter() - _started
+    if paused >= LONG_GC_PAUSE:
+        log.warning("garbage collection (generation %d) paused this process for %.2f s "
+                    "(%d objects freed)", info.get("generation", -1), paused,
+                    info.get("collected", 0))
 
 
 # asyncio gives every TLS connection a read buffer of 256 KiB (SSLProtocol.max_size) for its

@@ -43,3 +43,25 @@ def test_tls_connections_with_small_read_buffers_carry_large_bodies(monkeypatch)
             await runner.cleanup()
     asyncio.run(scenario())
     assert buffers == [tuning.TLS_READ_BUFFER] * 2
+
+
+def test_a_long_garbage_collection_is_said_in_the_log(monkeypatch, caplog):
+    """A full collection stops every thread, the raft thread too: a manager that lost its
+    leadership for no visible reason had paused in one. Long pauses are logged."""
+    import gc
+    import logging
+
+    monkeypatch.setattr(tuning, "LONG_GC_PAUSE", 0.0)
+    threshold, had = gc.get_threshold(), tuning._watch_pauses in gc.callbacks
+    try:
+        tuning.tune_gc()
+        tuning.tune_gc()            # idempotent: one watcher
+        assert gc.callbacks.count(tuning._watch_pauses) == 1
+        with caplog.at_level(logging.WARNING, logger="shoal.gc"):
+            gc.collect()
+    finally:
+        gc.set_threshold(*threshold)
+        if not had:
+            gc.callbacks.remove(tuning._watch_pauses)
+    assert any("garbage collection (generation 2) paused this process" in r.getMessage()
+               for r in caplog.records)
