@@ -50,7 +50,8 @@ def fill(disk: Path) -> Path:
 
 
 def big_node(node_id: str, kib: int) -> Node:
-    # Random data: the journal holds entries sealed (encrypted), so size in is size on disk.
+    # Random data in hex: the journal holds entries compressed (hex halves) and sealed, so
+    # about half the size in is the size on disk.
     return Node(id=node_id, spec=NodeSpec(labels={"blob": os.urandom(kib * 512).hex()}))
 
 
@@ -66,7 +67,7 @@ def test_a_full_disk_refuses_the_change_keeps_running_and_loses_nothing(tmp_path
             filler = fill(disk)
             with pytest.raises(ResourceExhausted, match=r"disk is full .*journal.*No space left "
                                                         r"on device.*the change was not made"):
-                await node.commit(Transaction().create("nodes", big_node("lost", 1536)), timeout=2.0)
+                await node.commit(Transaction().create("nodes", big_node("lost", 3072)), timeout=2.0)
             assert node.store.get("nodes", "lost") is None
             # Still the leader, still serving: room again and the next change goes through.
             filler.unlink()

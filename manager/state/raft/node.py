@@ -200,7 +200,8 @@ class _SyncObj(DurableAcks, SyncObj):
         started = time.monotonic()
         super()._onTick(timeToWait)
         now = time.monotonic()
-        if now - started - timeToWait > BUSY_TICK and self._SyncObj__raftState == _RAFT_STATE.FOLLOWER:
+        busy = now - started - timeToWait > BUSY_TICK
+        if busy and self._SyncObj__raftState == _RAFT_STATE.FOLLOWER:
             self._busy_tick_ended_at = now
             self._SyncObj__raftElectionDeadline = max(
                 self._SyncObj__raftElectionDeadline, now + self._SyncObj__generateRaftTimeout())
