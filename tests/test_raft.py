@@ -1,5 +1,6 @@
 """The raft adapter with three real pysyncobj replicas on loopback, in one process."""
 import asyncio
+import contextlib
 import socket
 import time
 
@@ -21,6 +22,20 @@ def free_ports(n):
     return ports
 
 
+@contextlib.asynccontextmanager
+async def three_members(tmp_path):
+    """Three real members on loopback, one process; (members, the first leader). All closed
+    at the end, also those a test closed itself."""
+    addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
+    nodes = [RaftNode(Store(), a, addrs, tmp_path / str(i), b"k" * 32) for i, a in enumerate(addrs)]
+    try:
+        await wait_for(lambda: any(n.is_leader for n in nodes))
+        yield nodes, next(n for n in nodes if n.is_leader)
+    finally:
+        for n in nodes:
+            n.close()
+
+
 async def wait_for(check, timeout=10.0):
     deadline = time.monotonic() + timeout
     while not check():
@@ -30,11 +45,7 @@ async def wait_for(check, timeout=10.0):
 
 def test_three_replicas_converge_and_survive_leader_loss(tmp_path):
     async def scenario():
-        addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
-        nodes = [RaftNode(Store(), a, addrs, tmp_path / str(i), b"k" * 32) for i, a in enumerate(addrs)]
-        try:
-            await wait_for(lambda: any(n.is_leader for n in nodes))
-            leader = next(n for n in nodes if n.is_leader)
+        async with three_members(tmp_path) as (nodes, leader):
             for i in range(20):
                 r = await leader.commit(Transaction().create("nodes", Node(id=f"n{i}")))
                 assert r.ok
@@ -55,9 +66,6 @@ def test_three_replicas_converge_and_survive_leader_loss(tmp_path):
             with pytest.raises(Unavailable, match="quorum|leader"):
                 await lonely.commit(Transaction().create("nodes", Node(id="lost")), timeout=1.0)
             assert time.monotonic() - t0 < 2.0
-        finally:
-            for n in nodes:
-                n.close()
     asyncio.run(scenario())
 
 
@@ -197,20 +205,13 @@ def test_large_entries_reach_the_followers_whole_and_unexpanded(tmp_path, caplog
     import pysyncobj.pickle
 
     async def scenario():
-        addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
-        nodes = [RaftNode(Store(), a, addrs, tmp_path / str(i), b"k" * 32) for i, a in enumerate(addrs)]
-        try:
-            await wait_for(lambda: any(n.is_leader for n in nodes))
-            leader = next(n for n in nodes if n.is_leader)
+        async with three_members(tmp_path) as (nodes, leader):
             for i, size in enumerate((70_000, 200_000, 650_000, 1_300_000)):
                 big = Node(id=f"big{i}")
                 # incompressible, so that the entry stays large after the batch's zlib
                 big.spec.labels = {"blob": base64.b64encode(os.urandom(size)).decode()}
                 assert (await leader.commit(Transaction().create("nodes", big), timeout=20)).ok
             await wait_for(lambda: all(n.store.count("nodes") == 4 for n in nodes), 20)
-        finally:
-            for n in nodes:
-                n.close()
     with caplog.at_level(logging.ERROR, logger="pysyncobj"):
         asyncio.run(scenario())
     failures = [r.getMessage() for r in caplog.records if r.name.startswith("pysyncobj")]
@@ -225,11 +226,7 @@ def test_followers_busy_applying_a_large_entry_do_not_depose_their_leader(tmp_pa
     leader's messages waiting on its socket, and each granted the other's pre-vote: an election
     with nothing wrong (issue 20, 5,000 simulated nodes). A tick spent working is not silence."""
     async def scenario():
-        addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
-        nodes = [RaftNode(Store(), a, addrs, tmp_path / str(i), b"k" * 32) for i, a in enumerate(addrs)]
-        try:
-            await wait_for(lambda: any(n.is_leader for n in nodes))
-            leader = next(n for n in nodes if n.is_leader)
+        async with three_members(tmp_path) as (nodes, leader):
             for n in nodes:
                 if n is not leader:
                     # on the raft thread, as a long apply is; sleeping lets the GIL go, as
@@ -242,7 +239,4 @@ def test_followers_busy_applying_a_large_entry_do_not_depose_their_leader(tmp_pa
             await wait_for(lambda: all(n.store.count("nodes") == 3 for n in nodes), 15)
             await asyncio.sleep(1.5)
             assert leader.is_leader and [n.term for n in nodes] == [term] * 3
-        finally:
-            for n in nodes:
-                n.close()
     asyncio.run(scenario())
